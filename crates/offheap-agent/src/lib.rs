@@ -1,0 +1,1 @@
+//! The native agent. OWNER: the native-agent work.

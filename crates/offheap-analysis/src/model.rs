@@ -1,0 +1,165 @@
+//! The Model: the one structure that flows from the analysis to every
+//! reporter. A number that two outputs show is computed once, here.
+
+use offheap_format::native::{AllocKind, ModuleRecord};
+use offheap_format::{End, Meta};
+use offheap_symbols::Frame;
+use serde::{Deserialize, Serialize};
+
+/// Verdict categories (`summary.json` `verdict.kinds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// The V8 heap retained after GC grows.
+    JsHeap,
+    /// `external` or `arrayBuffers` grow.
+    External,
+    /// Native (malloc/mmap) live bytes grow, or RSS grows with the V8 heap and external flat.
+    Native,
+    /// RSS grows while live native bytes stay flat and the allocator retains free memory.
+    Fragmentation,
+    /// Memory plateaus.
+    None,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::JsHeap => "js-heap",
+            Kind::External => "external",
+            Kind::Native => "native",
+            Kind::Fragmentation => "fragmentation",
+            Kind::None => "none",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub kinds: Vec<Kind>,
+    pub primary: Kind,
+    /// 0.0-1.0
+    pub confidence: f64,
+    pub explanation: String,
+    pub next_steps: Vec<String>,
+}
+
+/// Robust growth rates in bytes per second, after warm-up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Growth {
+    pub rss: f64,
+    pub heap_used: f64,
+    pub external: f64,
+    pub array_buffers: f64,
+    /// Sampled live native bytes (native agent); absent without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_live: Option<f64>,
+    /// Free bytes the allocator retains (mallinfo2 fordblks); absent without the native agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocator_free: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    pub rss: u64,
+    pub heap_used: u64,
+    pub external: u64,
+    pub array_buffers: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_live: Option<u64>,
+}
+
+/// One named series of the timeline. `t` in seconds since the recording started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    /// "rss", "heap_used", "heap_total", "external", "array_buffers", "native_live", "allocator_retained"
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GcMark {
+    pub t: f64,
+    /// "minor", "major", "incremental", "weakcb"
+    pub kind: String,
+    pub duration_ms: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub series: Vec<Series>,
+    pub gc: Vec<GcMark>,
+    /// Seconds since start where the warm-up ends (analysis starts there).
+    pub warmup_end: f64,
+    pub duration: f64,
+}
+
+impl Timeline {
+    pub fn series(&self, name: &str) -> Option<&Series> {
+        self.series.iter().find(|s| s.name == name)
+    }
+}
+
+/// A suspect stack (`summary.json` `suspects`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Suspect {
+    pub rank: u32,
+    /// Sustained growth of live bytes (aged), bytes per second.
+    pub bytes_per_s: f64,
+    /// Live bytes at the end of the analysis window.
+    pub live_bytes: u64,
+    /// Live allocations at the end of the analysis window.
+    pub allocations: u64,
+    /// Module that owns it: the first frame in user code or an addon.
+    pub module: String,
+    /// The function in that module ("focus on your addon").
+    pub function: String,
+    /// A known culprit's explanation, if one matched.
+    pub hint: Option<String>,
+    pub kind: AllocKind,
+    /// Frames innermost first, allocator-internal frames collapsed.
+    pub frames: Vec<Frame>,
+}
+
+/// One symbolized stack with its counters, for flame graphs, folded stacks and pprof.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileStack {
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+    pub kind: AllocKind,
+    pub alloc_bytes: u64,
+    pub alloc_count: u64,
+    /// Live at the end of the window.
+    pub live_bytes: u64,
+    pub live_count: u64,
+    /// Growth of live bytes across the window ("leaked"), may be negative.
+    pub growth_bytes: i64,
+    pub growth_bytes_per_s: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub stacks: Vec<ProfileStack>,
+    pub modules: Vec<ModuleRecord>,
+    /// Mean sampling interval in bytes (1 = exact).
+    pub sample_interval: u64,
+    /// Analysis window, seconds since start.
+    pub window: (f64, f64),
+}
+
+/// Everything a reporter needs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Model {
+    pub meta: Meta,
+    pub end: Option<End>,
+    pub timeline: Timeline,
+    pub verdict: Option<Verdict>,
+    pub growth: Growth,
+    pub peak: Peak,
+    pub suspects: Vec<Suspect>,
+    pub profile: Profile,
+    /// Heap-snapshot findings (`summary.json` `heap`), if snapshots were taken.
+    pub heap: Option<serde_json::Value>,
+    /// What was skipped or looks odd; shown to the user.
+    pub notes: Vec<String>,
+}

@@ -1,0 +1,26 @@
+//! File names inside a recording directory.
+
+/// Metadata written by the CLI when the recording starts.
+pub const META: &str = "recording.json";
+/// `/proc` samples of every watched process.
+pub const PROC: &str = "proc.jsonl";
+/// Written by the CLI when the target has ended.
+pub const END: &str = "end.json";
+/// Prefix of the JS agent's streams: `node-PID-THREADID.jsonl`.
+pub const NODE_PREFIX: &str = "node-";
+/// Suffix of the JS agent's streams.
+pub const NODE_SUFFIX: &str = ".jsonl";
+/// Prefix of the native agent's streams: `native-PID.bin`.
+pub const NATIVE_PREFIX: &str = "native-";
+/// Suffix of the native agent's streams.
+pub const NATIVE_SUFFIX: &str = ".bin";
+/// Prefix of the copies of V8's perf maps: `perf-PID.map`.
+pub const PERF_MAP_PREFIX: &str = "perf-";
+/// Suffix of the copies of V8's perf maps.
+pub const PERF_MAP_SUFFIX: &str = ".map";
+/// The JS agent, as written into the recording for the target to load.
+pub const JS_AGENT: &str = "offheap-agent.js";
+/// The native agent, as written into the recording for the target to preload.
+pub const NATIVE_AGENT: &str = "liboffheap_agent.so";
+/// Summary written by `run` and `report`.
+pub const SUMMARY: &str = "summary.json";

@@ -1,0 +1,344 @@
+//! Reader-side types for the JSON streams, and [`Recording::open`].
+
+use crate::layout;
+use crate::native::NativeStream;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+/// `recording.json`: what was recorded, how, and when.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Always [`crate::FORMAT_VERSION`] for files this version writes.
+    pub format_version: u32,
+    pub offheap_version: String,
+    /// "run" or "attach".
+    pub mode: String,
+    /// The command as the user gave it (for attach: the target's cmdline).
+    pub command: Vec<String>,
+    /// The target's pid.
+    pub pid: u32,
+    /// Unix time in ms when recording started.
+    pub start_ms: f64,
+    /// Sampling period of the telemetry, in ms.
+    pub interval_ms: u64,
+    /// True if the target was recognised as Node.
+    pub node: bool,
+    /// Node flags offheap added (e.g. `--perf-basic-prof`).
+    #[serde(default)]
+    pub node_flags: Vec<String>,
+    /// True if the native agent was preloaded.
+    #[serde(default)]
+    pub native: bool,
+    /// Native sampling interval in bytes (1 = exact).
+    #[serde(default)]
+    pub sample_interval: u64,
+    /// Free-form settings worth keeping (follow-fork, depth, ...).
+    #[serde(default)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+/// `end.json`: how the target ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct End {
+    /// Unix time in ms when the target ended (or recording stopped).
+    pub end_ms: f64,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Signal number, if a signal killed it.
+    pub signal: Option<i32>,
+    /// offheap's own exit status: the code, or 128+signal.
+    pub exit_status: i32,
+    /// Why recording stopped: "exited", "killed", "duration", "detached".
+    pub reason: String,
+}
+
+/// One `/proc` sample of one process. Sizes in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcSample {
+    /// Unix time in ms.
+    pub t: f64,
+    pub pid: u32,
+    /// From `/proc/PID/status`: VmRSS, RssAnon, RssFile, RssShmem, VmSwap, VmData, VmHWM...
+    pub status: BTreeMap<String, u64>,
+    /// From `/proc/PID/smaps_rollup`: Rss, Pss, Private_Dirty, Anonymous, Swap...
+    #[serde(default)]
+    pub smaps_rollup: BTreeMap<String, u64>,
+}
+
+impl ProcSample {
+    pub fn rss(&self) -> Option<u64> {
+        self.status.get("VmRSS").copied()
+    }
+}
+
+/// One line of a JS agent stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeRecord {
+    /// First line of every stream.
+    Hello(NodeHello),
+    /// `process.memoryUsage()` and V8 heap statistics.
+    Mem(NodeMem),
+    /// One GC event from `perf_hooks`.
+    Gc(NodeGc),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeHello {
+    pub t: f64,
+    pub pid: u32,
+    pub thread_id: u32,
+    pub node_version: String,
+    pub v8_version: String,
+    pub is_main_thread: bool,
+    /// Version of the JS agent's stream.
+    pub version: u32,
+    #[serde(default)]
+    pub exec_argv: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeMem {
+    pub t: f64,
+    pub rss: u64,
+    pub heap_total: u64,
+    pub heap_used: u64,
+    pub external: u64,
+    pub array_buffers: u64,
+    /// `v8.getHeapStatistics()`, keys as V8 names them.
+    #[serde(default)]
+    pub heap: BTreeMap<String, f64>,
+    /// `v8.getHeapSpaceStatistics()`: space name -> its numbers.
+    #[serde(default)]
+    pub spaces: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeGc {
+    /// Unix time in ms when the GC started.
+    pub t: f64,
+    /// `detail.kind`: 1 minor, 2 major (mark-compact), 4 incremental, 8 weak callbacks.
+    pub kind: u32,
+    pub flags: u32,
+    pub duration_ms: f64,
+}
+
+impl NodeGc {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            1 => "minor",
+            2 => "major",
+            4 => "incremental",
+            8 => "weakcb",
+            _ => "other",
+        }
+    }
+}
+
+/// One JS agent stream: one isolate (main thread or a worker) of one process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStream {
+    pub file: String,
+    pub hello: Option<NodeHello>,
+    pub mem: Vec<NodeMem>,
+    pub gc: Vec<NodeGc>,
+}
+
+impl NodeStream {
+    pub fn pid(&self) -> Option<u32> {
+        self.hello.as_ref().map(|h| h.pid)
+    }
+    pub fn is_main_thread(&self) -> bool {
+        self.hello.as_ref().is_some_and(|h| h.is_main_thread)
+    }
+}
+
+/// A whole recording, as read back.
+#[derive(Clone, Debug, Default)]
+pub struct Recording {
+    pub dir: PathBuf,
+    pub meta: Meta,
+    pub end: Option<End>,
+    pub proc: Vec<ProcSample>,
+    pub node: Vec<NodeStream>,
+    pub native: Vec<NativeStream>,
+    /// Copies of V8 perf maps: pid -> path in the recording.
+    pub perf_maps: BTreeMap<u32, PathBuf>,
+    /// What was skipped or looked odd while reading; shown to the user.
+    pub notes: Vec<String>,
+}
+
+/// Why a recording could not be read at all.
+#[derive(Debug)]
+pub enum OpenError {
+    Missing(PathBuf),
+    NotADirectory(PathBuf),
+    Empty(PathBuf),
+    BadMeta(PathBuf, String),
+    TooNew(u32),
+    Io(PathBuf, std::io::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Missing(p) => write!(f, "{}: no such recording directory", p.display()),
+            OpenError::NotADirectory(p) => {
+                write!(f, "{}: not a directory (give the recording directory that `offheap run` wrote)", p.display())
+            }
+            OpenError::Empty(p) => write!(f, "{}: not an offheap recording (no {} in it)", p.display(), layout::META),
+            OpenError::BadMeta(p, e) => write!(f, "{}: corrupt recording metadata: {e}", p.display()),
+            OpenError::TooNew(v) => write!(
+                f,
+                "recording format version {v} is newer than this offheap understands ({}); upgrade offheap",
+                crate::FORMAT_VERSION
+            ),
+            OpenError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Reads a JSON-lines file leniently: every complete, parseable line is
+/// returned; a truncated last line or a corrupt line is skipped and noted.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, notes: &mut Vec<String>) -> Vec<T> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            notes.push(format!("{name}: unreadable ({e}); skipped"));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut lineno = 0usize;
+    let mut corrupt = 0usize;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                notes.push(format!("{name}: read error after line {lineno} ({e}); rest skipped"));
+                break;
+            }
+        }
+        lineno += 1;
+        let complete = line.last() == Some(&b'\n');
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        match serde_json::from_slice::<T>(text) {
+            Ok(v) => out.push(v),
+            Err(_) if !complete => {
+                notes.push(format!("{name}: last record (line {lineno}) is truncated; skipped"));
+            }
+            Err(_) => corrupt += 1,
+        }
+    }
+    if corrupt > 0 {
+        notes.push(format!("{name}: {corrupt} corrupt line(s) skipped"));
+    }
+    out
+}
+
+impl Recording {
+    /// Opens a recording directory, reading everything that is readable.
+    pub fn open(dir: &Path) -> Result<Recording, OpenError> {
+        let md = fs::metadata(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => OpenError::Missing(dir.to_path_buf()),
+            _ => OpenError::Io(dir.to_path_buf(), e),
+        })?;
+        if !md.is_dir() {
+            return Err(OpenError::NotADirectory(dir.to_path_buf()));
+        }
+        let meta_path = dir.join(layout::META);
+        let meta_text = match fs::read(&meta_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(OpenError::Empty(dir.to_path_buf())),
+            Err(e) => return Err(OpenError::Io(meta_path, e)),
+        };
+        let meta: Meta =
+            serde_json::from_slice(&meta_text).map_err(|e| OpenError::BadMeta(meta_path.clone(), e.to_string()))?;
+        if meta.format_version > crate::FORMAT_VERSION {
+            return Err(OpenError::TooNew(meta.format_version));
+        }
+        let mut rec = Recording { dir: dir.to_path_buf(), meta, ..Default::default() };
+        let mut notes = Vec::new();
+
+        let end_path = dir.join(layout::END);
+        match fs::read(&end_path) {
+            Ok(t) => match serde_json::from_slice::<End>(&t) {
+                Ok(e) => rec.end = Some(e),
+                Err(e) => notes.push(format!("{}: corrupt ({e}); treated as missing", layout::END)),
+            },
+            Err(_) => notes.push(format!(
+                "{} is missing: the recording was cut short (offheap itself was killed?); analysing what was recorded",
+                layout::END
+            )),
+        }
+
+        let proc_path = dir.join(layout::PROC);
+        if proc_path.exists() {
+            rec.proc = read_jsonl(&proc_path, &mut notes);
+        }
+
+        let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(|e| OpenError::Io(dir.to_path_buf(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for path in entries {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            if name.starts_with(layout::NODE_PREFIX) && name.ends_with(layout::NODE_SUFFIX) {
+                let mut stream = NodeStream { file: name.to_string(), ..Default::default() };
+                for r in read_jsonl::<NodeRecord>(&path, &mut notes) {
+                    match r {
+                        NodeRecord::Hello(h) => stream.hello = Some(h),
+                        NodeRecord::Mem(m) => stream.mem.push(m),
+                        NodeRecord::Gc(g) => stream.gc.push(g),
+                    }
+                }
+                rec.node.push(stream);
+            } else if name.starts_with(layout::NATIVE_PREFIX) && name.ends_with(layout::NATIVE_SUFFIX) {
+                match crate::native::read_stream(&path) {
+                    Ok(s) => {
+                        for n in &s.notes {
+                            notes.push(format!("{name}: {n}"));
+                        }
+                        rec.native.push(s)
+                    }
+                    Err(e) => notes.push(format!("{name}: unreadable ({e}); skipped")),
+                }
+            } else if let Some(pid) = name
+                .strip_prefix(layout::PERF_MAP_PREFIX)
+                .and_then(|s| s.strip_suffix(layout::PERF_MAP_SUFFIX))
+                .and_then(|s| s.parse::<u32>().ok())
+            {
+                rec.perf_maps.insert(pid, path.clone());
+            }
+        }
+        rec.notes = notes;
+        Ok(rec)
+    }
+
+    /// The main-thread JS stream of the target process, if any.
+    pub fn main_node_stream(&self) -> Option<&NodeStream> {
+        self.node
+            .iter()
+            .find(|s| s.is_main_thread() && s.pid() == Some(self.meta.pid))
+            .or_else(|| self.node.iter().find(|s| s.is_main_thread()))
+    }
+
+    /// The native stream of the target process, if any.
+    pub fn main_native_stream(&self) -> Option<&NativeStream> {
+        self.native.iter().find(|s| s.pid == self.meta.pid).or_else(|| self.native.first())
+    }
+}
