@@ -1,5 +1,14 @@
 //! From a recording to a [`Model`]: timeline, verdict, suspects, diffs.
-//! Pure functions over data: nothing here reads the target or writes files.
+//! Pure functions over data: nothing here reads the target or writes files
+//! (symbolization reads the target's binaries on disk, through offheap-symbols).
 
+mod analyze;
 pub mod model;
+pub mod stats;
+pub mod summary;
+pub mod suspects;
+mod symbolize;
+pub mod verdict;
+
+pub use analyze::{Options, analyze, timeline, warmup};
 pub use model::*;

@@ -124,6 +124,9 @@ pub struct NodeGc {
     pub kind: u32,
     pub flags: u32,
     pub duration_ms: f64,
+    /// heapUsed measured right after a mark-compact (kind 2), if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_used_after: Option<u64>,
 }
 
 impl NodeGc {

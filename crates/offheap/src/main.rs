@@ -1,1 +1,56 @@
-fn main(){}
+//! offheap: finds the memory a Node.js heap snapshot cannot see.
+//!
+//! This crate is the thin binary: argument parsing, launching and attaching,
+//! collecting into the recording, the live status line, and wiring the
+//! analysis to the reporters. It computes no verdict itself.
+
+mod cli;
+mod collect;
+mod demo;
+mod elf;
+mod outdir;
+mod reporting;
+mod run;
+mod signals;
+mod status;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// An error that is the user's to fix: printed as one line, no backtrace.
+#[derive(Debug)]
+pub struct UserError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// Shorthand for a one-line user error with exit code 2.
+pub fn user_error(message: impl Into<String>) -> anyhow::Error {
+    UserError { message: message.into(), code: 2 }.into()
+}
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::dispatch(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.downcast_ref::<UserError>().map(|u| u.code).unwrap_or(1);
+            // One line: the error and its causes, joined.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                msg.push_str(": ");
+                msg.push_str(&cause.to_string());
+            }
+            eprintln!("offheap: error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Recording -> Model.
+
+use crate::model::*;
+use crate::stats::trend;
+use crate::symbolize::Symbols;
+use crate::verdict::{Evidence, decide};
+use offheap_format::Recording;
+use offheap_format::native::{AllocKind, NativeStream};
+
+/// Analysis settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Allocations younger than this do not count towards a suspect's growth
+    /// (the agent's aged counters use its own OFFHEAP_MIN_AGE_MS; this is
+    /// informational and used when the agent recorded none).
+    pub min_age_s: f64,
+    /// How many suspects to keep.
+    pub top: usize,
+    /// Analysis window in seconds since start; default: after warm-up to the end.
+    pub window: Option<(f64, f64)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { min_age_s: 5.0, top: 10, window: None }
+    }
+}
+
+/// Warm-up skipped before judging growth: 20% of the run, 1 s to 30 s.
+pub fn warmup(duration: f64) -> f64 {
+    (duration * 0.2).clamp(1.0, 30.0).min(duration)
+}
+
+fn rel(t_ms: f64, start_ms: f64) -> f64 {
+    (t_ms - start_ms) / 1000.0
+}
+
+/// Builds the timeline from every stream of the target process.
+pub fn timeline(rec: &Recording) -> (Timeline, Vec<(f64, f64)>) {
+    let start = rec.meta.start_ms;
+    let pid = rec.meta.pid;
+    let mut tl = Timeline::default();
+    let mut push = |name: &str, points: Vec<(f64, f64)>| {
+        if !points.is_empty() {
+            tl.series.push(Series { name: name.into(), points });
+        }
+    };
+    push(
+        "rss",
+        rec.proc.iter().filter(|s| s.pid == pid).filter_map(|s| Some((rel(s.t, start), s.rss()? as f64))).collect(),
+    );
+    let mut post_gc = Vec::new();
+    if let Some(node) = rec.main_node_stream() {
+        let m = &node.mem;
+        push("heap_used", m.iter().map(|x| (rel(x.t, start), x.heap_used as f64)).collect());
+        push("heap_total", m.iter().map(|x| (rel(x.t, start), x.heap_total as f64)).collect());
+        push("external", m.iter().map(|x| (rel(x.t, start), x.external as f64)).collect());
+        push("array_buffers", m.iter().map(|x| (rel(x.t, start), x.array_buffers as f64)).collect());
+        tl.gc = node
+            .gc
+            .iter()
+            .map(|g| GcMark { t: rel(g.t, start), kind: g.kind_name().into(), duration_ms: g.duration_ms })
+            .collect();
+        post_gc = node.gc.iter().filter_map(|g| Some((rel(g.t, start), g.heap_used_after? as f64))).collect();
+    }
+    if let Some(native) = rec.main_native_stream() {
+        let (live, retained) = native_totals(native, start);
+        push("native_live", live);
+        push("allocator_retained", retained);
+    }
+    let last_sample = tl.series.iter().filter_map(|s| s.points.last().map(|p| p.0)).fold(0.0, f64::max);
+    tl.duration = rec.end.as_ref().map(|e| rel(e.end_ms, start)).unwrap_or(last_sample).max(last_sample);
+    tl.warmup_end = warmup(tl.duration);
+    (tl, post_gc)
+}
+
+/// Sum of live malloc bytes per snapshot (aged when the agent recorded ages),
+/// and the allocator's retained free bytes.
+fn native_totals(native: &NativeStream, start: f64) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    let n = native.snapshot_times_ms.len();
+    let mut live = vec![0f64; n];
+    for s in &native.series {
+        if native.stacks.get(s.stack as usize).is_some_and(|st| st.kind != AllocKind::Malloc) {
+            continue;
+        }
+        // Walk the sparse points, carrying values forward.
+        for (k, &(idx, c)) in s.points.iter().enumerate() {
+            let next = s.points.get(k + 1).map(|p| p.0 as usize).unwrap_or(n);
+            for v in live.iter_mut().take(next.min(n)).skip(idx as usize) {
+                *v += c.live_bytes as f64;
+            }
+        }
+    }
+    let times: Vec<f64> = native.snapshot_times_ms.iter().map(|&t| rel(t, start)).collect();
+    let live_pts = times.iter().copied().zip(live).collect();
+    let retained = times
+        .iter()
+        .zip(&native.allocator)
+        .filter_map(|(&t, a)| a.map(|a| (t, a.free_bytes as f64)))
+        .collect();
+    (live_pts, retained)
+}
+
+/// The snapshots of the window [from, to], excluding the final at-exit
+/// snapshot (teardown frees or leaves everything; it says nothing of a leak).
+fn window_snapshots(native: &NativeStream, start: f64, from: f64, to: f64) -> Vec<u32> {
+    let n = native.snapshot_times_ms.len();
+    let usable = if n > 3 { n - 1 } else { n };
+    (0..usable)
+        .filter(|&i| {
+            let t = rel(native.snapshot_times_ms[i], start);
+            t >= from && t <= to
+        })
+        .map(|i| i as u32)
+        .collect()
+}
+
+/// Per-stack figures over a window.
+struct StackFigures {
+    stack: u32,
+    live_end: u64,
+    count_end: u64,
+    alloc_bytes: u64,
+    alloc_count: u64,
+    growth: i64,
+    slope: f64,
+}
+
+fn stack_figures(native: &NativeStream, snaps: &[u32], start: f64) -> Vec<StackFigures> {
+    let (Some(&first), Some(&last)) = (snaps.first(), snaps.last()) else { return Vec::new() };
+    let step = (snaps.len() / 64).max(1);
+    native
+        .series
+        .iter()
+        .map(|s| {
+            let end = s.at(last);
+            let begin = s.at(first);
+            let pts: Vec<(f64, f64)> = snaps
+                .iter()
+                .step_by(step)
+                .chain(std::iter::once(&last))
+                .map(|&i| (rel(native.snapshot_times_ms[i as usize], start), s.at(i).aged_live_bytes as f64))
+                .collect();
+            let slope = if end.aged_live_bytes > begin.aged_live_bytes { trend(&pts).slope } else { 0.0 };
+            StackFigures {
+                stack: s.stack,
+                live_end: end.live_bytes,
+                count_end: end.live_count,
+                alloc_bytes: end.alloc_bytes,
+                alloc_count: end.alloc_count,
+                growth: end.live_bytes as i64 - begin.live_bytes as i64,
+                slope,
+            }
+        })
+        .collect()
+}
+
+/// The whole analysis.
+pub fn analyze(rec: &Recording, opts: &Options) -> Model {
+    let (tl, post_gc) = timeline(rec);
+    let ev = Evidence::from_timeline(&tl, &post_gc, rec.meta.node);
+    let verdict = decide(&ev);
+    let growth = ev.growth();
+    let max_of = |name: &str| tl.series(name).map(|s| s.points.iter().map(|p| p.1).fold(0.0, f64::max) as u64);
+    let peak = Peak {
+        rss: max_of("rss").unwrap_or(0),
+        heap_used: max_of("heap_used").unwrap_or(0),
+        external: max_of("external").unwrap_or(0),
+        array_buffers: max_of("array_buffers").unwrap_or(0),
+        native_live: max_of("native_live"),
+    };
+    let mut notes = rec.notes.clone();
+    let (from, to) = opts.window.unwrap_or((tl.warmup_end, tl.duration));
+    let mut suspects = Vec::new();
+    let mut profile = Profile { window: (from, to), sample_interval: rec.meta.sample_interval, ..Default::default() };
+    if let Some(native) = rec.main_native_stream() {
+        profile.sample_interval = native.sample_interval;
+        profile.modules = native.modules.clone();
+        for n in &native.agent_notes {
+            notes.push(format!("native agent: {n}"));
+        }
+        let mut snaps = window_snapshots(native, rec.meta.start_ms, from, to);
+        if snaps.len() < 2 {
+            // Short run: use everything but the at-exit snapshot.
+            snaps = window_snapshots(native, rec.meta.start_ms, 0.0, f64::MAX);
+        }
+        let t_ref = snaps.last().map(|&i| native.snapshot_times_ms[i as usize]).unwrap_or(rec.meta.start_ms);
+        let mut symbols = Symbols::new(rec, native);
+        let figures = stack_figures(native, &snaps, rec.meta.start_ms);
+        let span = snaps
+            .first()
+            .zip(snaps.last())
+            .map(|(&a, &b)| (native.snapshot_times_ms[b as usize] - native.snapshot_times_ms[a as usize]) / 1000.0)
+            .unwrap_or(0.0)
+            .max(1e-9);
+        for f in &figures {
+            let Some(stack) = native.stacks.get(f.stack as usize) else { continue };
+            if f.alloc_bytes == 0 && f.live_end == 0 {
+                continue;
+            }
+            profile.stacks.push(ProfileStack {
+                frames: symbols.frames(&stack.frames, t_ref),
+                kind: stack.kind,
+                alloc_bytes: f.alloc_bytes,
+                alloc_count: f.alloc_count,
+                live_bytes: f.live_end,
+                live_count: f.count_end,
+                growth_bytes: f.growth,
+                growth_bytes_per_s: f.growth as f64 / span,
+            });
+        }
+        // Suspects: sustained growth of aged live bytes, at least 64 KiB over the window.
+        let mut ranked: Vec<&StackFigures> =
+            figures.iter().filter(|f| f.slope > 0.0 && f.slope * span >= 64.0 * 1024.0).collect();
+        ranked.sort_by(|a, b| b.slope.total_cmp(&a.slope));
+        for (i, f) in ranked.into_iter().take(opts.top).enumerate() {
+            let stack = &native.stacks[f.stack as usize];
+            let frames = crate::suspects::collapse_allocator(symbols.frames(&stack.frames, t_ref));
+            let (module, function) = crate::suspects::owner(&frames);
+            suspects.push(Suspect {
+                rank: i as u32 + 1,
+                bytes_per_s: f.slope,
+                live_bytes: f.live_end,
+                allocations: f.count_end,
+                hint: crate::suspects::hint(&frames),
+                module,
+                function,
+                kind: stack.kind,
+                frames,
+            });
+        }
+        notes.extend(symbols.notes());
+    } else if rec.meta.native {
+        notes.push("the native agent was preloaded but wrote nothing (static or non-glibc target?)".into());
+    }
+    Model {
+        meta: rec.meta.clone(),
+        end: rec.end.clone(),
+        timeline: tl,
+        verdict: Some(verdict),
+        growth,
+        peak,
+        suspects,
+        profile,
+        heap: None,
+        notes,
+    }
+}

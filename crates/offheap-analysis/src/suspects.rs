@@ -1,0 +1,123 @@
+//! Making a suspect stack readable: collapse allocator internals, find the
+//! frame that owns the memory, and give known culprits a hint.
+
+use offheap_symbols::{Frame, FrameKind};
+
+/// Functions that are the allocator or its thin wrappers.
+fn is_allocator(f: &Frame) -> bool {
+    let n = f.function.as_str();
+    const NAMES: &[&str] = &[
+        "malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc",
+        "reallocarray", "mmap", "mmap64", "mremap", "__libc_malloc", "__libc_calloc", "__libc_realloc",
+        "operator new", "operator new[]", "_Znwm", "_Znam", "_ZnwmRKSt9nothrow_t", "_ZnwmSt11align_val_t",
+        "CRYPTO_malloc", "CRYPTO_zalloc", "CRYPTO_realloc",
+    ];
+    NAMES.iter().any(|a| n == *a || n.starts_with(&format!("{a}(")))
+        || n.starts_with("operator new")
+        || n.contains("ArrayBufferAllocator::Allocate")
+        || n.contains("AllocForZlib")
+        || n.contains("AllocForBrotli")
+}
+
+/// Drops leading allocator frames (keeping at least one frame).
+pub fn collapse_allocator(frames: Vec<Frame>) -> Vec<Frame> {
+    let skip = frames.iter().take_while(|f| is_allocator(f)).count();
+    if skip >= frames.len() { frames } else { frames.into_iter().skip(skip).collect() }
+}
+
+fn is_system_module(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.starts_with("libc.so")
+        || base.starts_with("libc-")
+        || base.starts_with("libstdc++")
+        || base.starts_with("libgcc")
+        || base.starts_with("ld-linux")
+        || base.starts_with("libm.so")
+        || base.starts_with("libpthread")
+        || base.starts_with("liboffheap_agent")
+        || base == "[anon]"
+}
+
+fn is_runtime_binary(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base == "node" || base.starts_with("nodejs") || base.starts_with("libnode")
+}
+
+/// The module and function that own a stack: the first frame in an addon or
+/// user library, else the first JS frame, else the first non-system frame.
+pub fn owner(frames: &[Frame]) -> (String, String) {
+    let pick = |f: &Frame| (f.module.clone(), f.function.clone());
+    if let Some(f) = frames
+        .iter()
+        .find(|f| f.kind != FrameKind::Js && !is_system_module(&f.module) && !is_runtime_binary(&f.module) && f.kind != FrameKind::Builtin)
+        .filter(|f| f.module.ends_with(".node") || f.kind == FrameKind::Native || f.kind == FrameKind::Unknown)
+    {
+        return pick(f);
+    }
+    if let Some(f) = frames.iter().find(|f| f.kind == FrameKind::Js) {
+        return pick(f);
+    }
+    if let Some(f) = frames.iter().find(|f| !is_system_module(&f.module)) {
+        return pick(f);
+    }
+    frames.first().map(pick).unwrap_or_default()
+}
+
+/// Known culprits, recognised by the functions on the stack.
+pub fn hint(frames: &[Frame]) -> Option<String> {
+    let has = |pat: &str| frames.iter().any(|f| f.function.contains(pat));
+    let h = if has("deflateInit") || has("inflateInit") || has("ZlibContext") || has("zlib") && has("Init") {
+        "zlib stream state (~256 KB per deflate stream) that is never freed: close every zlib stream (stream.close() / .destroy(), or finish it with .end()) and do not keep finished streams referenced."
+    } else if has("BrotliEncoder") || has("BrotliDecoder") {
+        "Brotli stream state that is never freed: close or destroy every Brotli stream."
+    } else if has("SSL_CTX_new") || has("SecureContext") {
+        "TLS contexts (SSL_CTX): create one SecureContext and reuse it instead of one per connection; contexts live until a full GC."
+    } else if has("SSL_new") || has("TLSWrap") {
+        "TLS connection state: sockets that are never destroyed keep their OpenSSL state."
+    } else if has("ArrayBufferAllocator") || has("BackingStore") || has("node::Buffer") {
+        "Buffer/ArrayBuffer backing stores allocated through Node's ArrayBuffer allocator: something keeps Buffers alive; `offheap snapshot PID` shows what retains them."
+    } else if has("vips_") || has("sharp") {
+        "libvips/sharp: large image buffers; check sharp.cache() and sharp.concurrency(), and prefer jemalloc."
+    } else if has("sqlite3_prepare") || has("Statement") && has("sqlite") {
+        "sqlite3 prepared statements that are never finalized: call statement.finalize()."
+    } else if has("napi_create_reference") {
+        "N-API references that are never deleted (napi_delete_reference)."
+    } else if has("napi_") || frames.iter().any(|f| f.module.ends_with(".node")) {
+        "Allocated by a native addon (.node): look at the addon's function at the top of the stack; memory it allocates per call must be freed, or tied to a JS object's finalizer."
+    } else {
+        return None;
+    };
+    Some(h.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(function: &str, module: &str, kind: FrameKind) -> Frame {
+        Frame { function: function.into(), module: module.into(), file: None, line: None, kind, address: 0, inlined: false }
+    }
+
+    #[test]
+    fn addon_owns_its_leak() {
+        let frames = collapse_allocator(vec![
+            f("malloc", "/usr/lib/x86_64-linux-gnu/libc.so.6", FrameKind::Native),
+            f("leak_bytes", "/tmp/leak.node", FrameKind::Native),
+            f("v8impl::FunctionCallbackWrapper::Invoke", "/usr/bin/node", FrameKind::Native),
+            f("leakNative", "/tmp/app.js", FrameKind::Js),
+        ]);
+        assert_eq!(frames[0].function, "leak_bytes");
+        assert_eq!(owner(&frames), ("/tmp/leak.node".into(), "leak_bytes".into()));
+        assert!(hint(&frames).unwrap().contains("addon"));
+    }
+
+    #[test]
+    fn zlib_in_node_is_attributed_to_js() {
+        let frames = vec![
+            f("node::ZlibContext::Init", "/usr/bin/node", FrameKind::Native),
+            f("createDeflate", "node:zlib", FrameKind::Js),
+        ];
+        assert_eq!(owner(&frames).1, "createDeflate");
+        assert!(hint(&frames).unwrap().contains("zlib"));
+    }
+}

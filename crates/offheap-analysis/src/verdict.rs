@@ -1,0 +1,316 @@
+//! The verdict: which of the JS heap, external memory, native memory or the
+//! allocator is growing, with evidence, confidence and next steps.
+
+use crate::model::{Growth, Kind, Timeline, Verdict};
+use crate::stats::{Trend, bucket_minima, trend};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The trends the verdict rests on, all after warm-up.
+#[derive(Clone, Debug, Default)]
+pub struct Evidence {
+    pub span: f64,
+    pub rss: Option<Trend>,
+    /// heapUsed after GC (post-mark-compact values, or the floor of the sawtooth).
+    pub heap_after_gc: Option<Trend>,
+    pub heap_total: Option<Trend>,
+    pub external: Option<Trend>,
+    pub array_buffers: Option<Trend>,
+    /// Aged live malloc bytes from the native agent.
+    pub native_live: Option<Trend>,
+    /// Free bytes retained by the allocator.
+    pub allocator_free: Option<Trend>,
+    pub node: bool,
+}
+
+fn after(points: &[(f64, f64)], t0: f64) -> Vec<(f64, f64)> {
+    points.iter().copied().filter(|p| p.0 >= t0).collect()
+}
+
+/// Number of floor buckets for a sawtooth series: about one per 1.5 s, 4 to 24.
+fn buckets(span: f64) -> usize {
+    ((span / 1.5) as usize).clamp(4, 24)
+}
+
+impl Evidence {
+    pub fn from_timeline(tl: &Timeline, post_gc_heap: &[(f64, f64)], node: bool) -> Evidence {
+        let w = tl.warmup_end;
+        let span = (tl.duration - w).max(0.0);
+        let raw = |name: &str| tl.series(name).map(|s| after(&s.points, w)).filter(|p| p.len() >= 3);
+        let floor = |name: &str| raw(name).map(|p| bucket_minima(&p, buckets(span))).filter(|p| p.len() >= 3);
+        let post_gc = after(post_gc_heap, w);
+        let heap_after_gc = if post_gc.len() >= 4 { Some(post_gc) } else { floor("heap_used") };
+        Evidence {
+            span,
+            rss: raw("rss").map(|p| trend(&p)),
+            heap_after_gc: heap_after_gc.map(|p| trend(&p)),
+            heap_total: floor("heap_total").map(|p| trend(&p)),
+            external: floor("external").map(|p| trend(&p)),
+            array_buffers: floor("array_buffers").map(|p| trend(&p)),
+            native_live: floor("native_live").map(|p| trend(&p)),
+            allocator_free: raw("allocator_retained").map(|p| trend(&p)),
+            node,
+        }
+    }
+
+    pub fn growth(&self) -> Growth {
+        let s = |t: &Option<Trend>| t.map(|t| t.slope).unwrap_or(0.0);
+        Growth {
+            rss: s(&self.rss),
+            heap_used: s(&self.heap_after_gc),
+            external: s(&self.external),
+            array_buffers: s(&self.array_buffers),
+            native_live: self.native_live.map(|t| t.slope),
+            allocator_free: self.allocator_free.map(|t| t.slope),
+        }
+    }
+}
+
+/// Growth over the window if it is a sustained rise, else 0.
+fn sustained(t: &Option<Trend>, abs_min: f64, rel_min: f64, tau_min: f64) -> f64 {
+    match t {
+        Some(t) if t.n >= 3 && t.tau >= tau_min && t.growth() >= abs_min.max(rel_min * t.level.abs()) => t.growth(),
+        _ => 0.0,
+    }
+}
+
+fn mb(b: f64) -> String {
+    format!("{:.1} MB", b / 1e6)
+}
+
+fn rate(b: f64) -> String {
+    if b.abs() >= 1e6 { format!("{:.2} MB/s", b / 1e6) } else { format!("{:.1} kB/s", b / 1e3) }
+}
+
+/// Decides the verdict from the evidence.
+pub fn decide(ev: &Evidence) -> Verdict {
+    let mut notes: Vec<String> = Vec::new();
+    if ev.span < 3.0 || ev.rss.is_none() {
+        return Verdict {
+            kinds: vec![Kind::None],
+            primary: Kind::None,
+            confidence: 0.2,
+            explanation: format!(
+                "The recording is too short to judge growth ({:.1} s after warm-up). Run the target longer, e.g. with --duration 60s.",
+                ev.span
+            ),
+            next_steps: vec!["offheap run --duration 60s -- <your command>".into()],
+        };
+    }
+    let g_rss = sustained(&ev.rss, 4.0 * MIB, 0.05, 0.5);
+    let g_heap = sustained(&ev.heap_after_gc, 1.0 * MIB, 0.10, 0.5);
+    let g_ext = sustained(&ev.external, 2.0 * MIB, 0.10, 0.5).max(sustained(&ev.array_buffers, 2.0 * MIB, 0.10, 0.5));
+    let g_total = ev.heap_total.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
+    let ext_any = ev.external.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
+    let g_native_raw = sustained(&ev.native_live, 1.0 * MIB, 0.10, 0.5);
+    // Buffer backing stores are malloc'd too: native growth that external explains is not native.
+    let g_native = (g_native_raw - ext_any).max(0.0);
+    let g_free = sustained(&ev.allocator_free, 2.0 * MIB, 0.10, 0.4);
+    let rss_growth = ev.rss.map(|t| t.growth()).unwrap_or(0.0);
+
+    let mut kinds = Vec::new();
+    let mut rates: Vec<(Kind, f64)> = Vec::new();
+    let span = ev.span.max(1e-9);
+    if g_heap > 0.0 {
+        kinds.push(Kind::JsHeap);
+        rates.push((Kind::JsHeap, g_heap / span));
+        notes.push(format!(
+            "heapUsed after GC grew {} in {:.0} s ({}, rising in {:.0}% of comparisons)",
+            mb(g_heap),
+            ev.span,
+            rate(g_heap / span),
+            (ev.heap_after_gc.map(|t| t.tau).unwrap_or(0.0) + 1.0) * 50.0
+        ));
+    }
+    if g_ext > 0.0 {
+        kinds.push(Kind::External);
+        rates.push((Kind::External, g_ext / span));
+        notes.push(format!(
+            "external memory (Buffers/ArrayBuffers) grew {} ({})",
+            mb(g_ext),
+            rate(g_ext / span)
+        ));
+    }
+    let has_native_data = ev.native_live.is_some();
+    if has_native_data {
+        if g_native > 0.0 && g_native >= 0.25 * g_ext.max(0.0) {
+            kinds.push(Kind::Native);
+            rates.push((Kind::Native, g_native / span));
+            notes.push(format!(
+                "sampled live native allocations grew {} ({}) beyond what external memory explains",
+                mb(g_native),
+                rate(g_native / span)
+            ));
+        }
+        let explained = g_heap.max(0.0) + g_total.max(0.0) + ext_any + g_native;
+        if g_rss > 0.0 && g_free > 0.0 && g_native < 0.25 * g_rss && explained < 0.75 * g_rss {
+            kinds.push(Kind::Fragmentation);
+            rates.push((Kind::Fragmentation, g_free / span));
+            notes.push(format!(
+                "RSS grew {} while live native bytes stayed flat ({}) and the allocator's free, retained bytes grew {}",
+                mb(g_rss),
+                mb(ev.native_live.map(|t| t.growth()).unwrap_or(0.0)),
+                mb(g_free)
+            ));
+        }
+    } else if g_rss > 0.0 {
+        // No native agent: native is what the V8 heap and external do not explain.
+        let unexplained = g_rss - g_total - ext_any;
+        if unexplained >= (4.0 * MIB).max(0.5 * g_rss) {
+            kinds.push(Kind::Native);
+            rates.push((Kind::Native, unexplained / span));
+            notes.push(format!(
+                "RSS grew {} ({}) while the V8 heap (+{}) and external (+{}) explain little of it",
+                mb(g_rss),
+                rate(g_rss / span),
+                mb(g_total),
+                mb(ext_any)
+            ));
+        }
+    }
+
+    if kinds.is_empty() {
+        let flat = |t: &Option<Trend>| t.map(|t| mb(t.growth())).unwrap_or_else(|| "n/a".into());
+        let explanation = format!(
+            "No leak: memory plateaus after warm-up. Over {:.0} s: RSS {}{}{}.",
+            ev.span,
+            flat(&ev.rss),
+            if ev.node {
+                format!(", heapUsed after GC {}, external {}", flat(&ev.heap_after_gc), flat(&ev.external))
+            } else {
+                String::new()
+            },
+            if has_native_data { format!(", live native {}", flat(&ev.native_live)) } else { String::new() }
+        );
+        // Confidence: high when the run is long and the series are flat.
+        let conf = (0.6 + (ev.span / 60.0).min(1.0) * 0.3).min(0.9);
+        return Verdict {
+            kinds: vec![Kind::None],
+            primary: Kind::None,
+            confidence: round2(conf),
+            explanation,
+            next_steps: next_steps(Kind::None),
+        };
+    }
+    rates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let primary = rates[0].0;
+    let tau = match primary {
+        Kind::JsHeap => ev.heap_after_gc,
+        Kind::External => ev.external,
+        Kind::Native if has_native_data => ev.native_live,
+        Kind::Fragmentation => ev.allocator_free,
+        _ => ev.rss,
+    }
+    .map(|t| t.tau)
+    .unwrap_or(0.5);
+    let length_factor = (ev.span / 10.0).min(1.0);
+    let confidence = round2((0.4 + 0.5 * tau.clamp(0.0, 1.0)) * (0.7 + 0.3 * length_factor));
+    let lead = match primary {
+        Kind::JsHeap => "The JavaScript heap is leaking: objects survive garbage collection and accumulate.",
+        Kind::External => {
+            "External memory is leaking: Buffer/ArrayBuffer backing stores outside the V8 heap keep growing."
+        }
+        Kind::Native => "Native memory is leaking: memory allocated outside the V8 heap (malloc/new) keeps growing.",
+        Kind::Fragmentation => {
+            "Not a leak but allocator fragmentation: glibc keeps freed memory in its arenas instead of returning it."
+        }
+        Kind::None => "",
+    };
+    let _ = rss_growth;
+    let mut steps = next_steps(primary);
+    for k in &kinds {
+        if *k != primary {
+            steps.extend(next_steps(*k).into_iter().take(1));
+        }
+    }
+    Verdict {
+        kinds,
+        primary,
+        confidence,
+        explanation: format!("{lead} Evidence: {}.", notes.join("; ")),
+        next_steps: steps,
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The checklist for each category, pointing at the offheap command that does it.
+pub fn next_steps(kind: Kind) -> Vec<String> {
+    let v: &[&str] = match kind {
+        Kind::JsHeap => &[
+            "Compare two heap snapshots to see which constructors grow: `offheap run --snapshots -- <cmd>`, or `offheap snapshot PID` twice and `offheap snapshot --compare A.heapsnapshot B.heapsnapshot`.",
+            "Look for caches, Maps, arrays and listeners that only grow; bound them or evict (LRU, WeakRef).",
+        ],
+        Kind::External => &[
+            "Find what retains the ArrayBuffers: `offheap snapshot PID` lists hostage buffers (small slices keeping big parents alive) and the retainer paths.",
+            "Copy instead of slicing when you keep a small part of a big Buffer: `Buffer.from(buf.subarray(a, b))`; consume or cancel every fetch() body.",
+        ],
+        Kind::Native => &[
+            "Read the top suspects below: the allocating C++ stack with the JavaScript that called it, and the module (.node addon or library) that owns it; report.html has the flame graphs.",
+            "Check the usual culprits: zlib streams never closed (call .close()), native handles never released by addons, N-API references never deleted.",
+            "For exact stacks in CI or small programs: `offheap run --exact -- <cmd>`.",
+        ],
+        Kind::Fragmentation => &[
+            "Cap glibc's arenas: run with MALLOC_ARENA_MAX=2 (many threads allocating is what multiplies arenas).",
+            "Or use jemalloc: `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2` (Debian package libjemalloc2), which returns freed memory to the system.",
+            "Re-run under offheap to confirm that RSS then tracks the live bytes.",
+        ],
+        Kind::None => &[
+            "If RSS still grows in production, record longer under real load: `offheap run --duration 30m -- <cmd>`, or `offheap attach PID --duration 30m`.",
+        ],
+    };
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Series;
+
+    fn series(name: &str, f: impl Fn(f64) -> f64) -> Series {
+        Series { name: name.into(), points: (0..200).map(|i| i as f64 * 0.1).map(|t| (t, f(t))).collect() }
+    }
+
+    fn timeline(series: Vec<Series>) -> Timeline {
+        Timeline { series, gc: vec![], warmup_end: 4.0, duration: 20.0 }
+    }
+
+    #[test]
+    fn js_heap_leak() {
+        let tl = timeline(vec![
+            series("rss", |t| 60e6 + t * 3e6),
+            series("heap_used", |t| 10e6 + t * 2.5e6 + (t * 10.0 % 7.0) * 1e6),
+            series("heap_total", |t| 20e6 + t * 2.5e6),
+            series("external", |_| 1e6),
+        ]);
+        let v = decide(&Evidence::from_timeline(&tl, &[], true));
+        assert_eq!(v.primary, Kind::JsHeap, "{v:?}");
+        assert!(!v.kinds.contains(&Kind::Native), "{v:?}");
+    }
+
+    #[test]
+    fn churn_is_not_a_leak() {
+        let tl = timeline(vec![
+            series("rss", |t| 80e6 + (t * 3.0).sin() * 2e6),
+            series("heap_used", |t| 10e6 + (t * 13.0 % 10.0) * 3e6),
+            series("heap_total", |_| 45e6),
+            series("external", |t| 2e6 + (t * 7.0 % 5.0) * 1e6),
+        ]);
+        let v = decide(&Evidence::from_timeline(&tl, &[], true));
+        assert_eq!(v.kinds, vec![Kind::None], "{v:?}");
+    }
+
+    #[test]
+    fn fragmentation() {
+        let tl = timeline(vec![
+            series("rss", |t| 20e6 + t * 10e6),
+            series("native_live", |_| 5e6),
+            series("allocator_retained", |t| t * 9e6),
+        ]);
+        let v = decide(&Evidence::from_timeline(&tl, &[], false));
+        assert_eq!(v.primary, Kind::Fragmentation, "{v:?}");
+        assert!(!v.kinds.contains(&Kind::Native));
+    }
+}

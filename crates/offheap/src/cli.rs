@@ -1,0 +1,247 @@
+//! Command-line interface: the clap definitions and the dispatch to each
+//! subcommand.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "offheap",
+    version,
+    about = "Find the memory a Node.js heap snapshot cannot see, and explain every byte of a process's RSS.",
+    long_about = "offheap runs the whole memory-leak checklist in one command: it watches RSS, the V8 heap, \
+external and arrayBuffers, samples native allocations by call stack (C++ and JavaScript frames side by side), \
+tells a leak from allocator fragmentation, and names the culprit.",
+    after_help = "Examples:\n  offheap demo                          run the bundled leaky server and show the verdict\n  offheap run -- node server.js         record a Node service until it exits (Ctrl-C stops it)\n  offheap run --duration 60s -- node server.js\n  offheap run -- ./my-native-program    works on any dynamically linked glibc program\n  offheap attach 4242 --duration 30s    watch a running Node process\n  offheap report offheap-node-20261124-101500/\n  offheap diff before/ after/"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Launch a program and record its memory until it ends; then print the verdict.
+    #[command(after_help = "Examples:\n  offheap run -- node server.js\n  offheap run --duration 2m --out leak-1 -- node server.js --port 8080\n  offheap run --exact -- ./test-binary        every allocation, for CI and small programs\n  offheap run --quiet --interval 250ms -- node job.js")]
+    Run(RunArgs),
+    /// Watch a running Node process through its inspector (SIGUSR1), then detach.
+    #[command(after_help = "Examples:\n  offheap attach 4242\n  offheap attach 4242 --duration 5m --out prod-leak\n  offheap attach 4242 --snapshots    take heap snapshots at the start and the end")]
+    Attach(AttachArgs),
+    /// Take a heap snapshot of a Node process (or read a .heapsnapshot) and find what holds memory.
+    #[command(after_help = "Examples:\n  offheap snapshot 4242\n  offheap snapshot app.heapsnapshot\n  offheap snapshot --compare before.heapsnapshot after.heapsnapshot")]
+    Snapshot(SnapshotArgs),
+    /// Re-read a recording (also a partial one from a killed run) and regenerate the verdict and reports.
+    #[command(after_help = "Examples:\n  offheap report offheap-node-20261124-101500/\n  offheap report --json DIR    print summary.json to stdout")]
+    Report(ReportArgs),
+    /// Growth per stack between two recordings, or two time windows of one.
+    #[command(after_help = "Examples:\n  offheap diff before/ after/\n  offheap diff run/ --from 10s --to 60s")]
+    Diff(DiffArgs),
+    /// Run a bundled leaky Node server under offheap and show the verdict (under a minute).
+    #[command(after_help = "Examples:\n  offheap demo\n  offheap demo --out /tmp/demo-recording")]
+    Demo(DemoArgs),
+}
+
+/// Options shared by everything that records.
+#[derive(Args, Debug, Clone)]
+pub struct RecordOpts {
+    /// Output directory (created 0700; never an existing non-empty one).
+    /// Default: offheap-<program>-<YYYYmmdd-HHMMSS>/ in the current directory.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// Stop after this long (e.g. 30s, 5m): SIGINT, then SIGTERM, then SIGKILL.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Sampling period of the telemetry (e.g. 500ms, 1s).
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub interval: Duration,
+    /// No live status line.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Take heap snapshots at the start and the end when the verdict is js-heap or external.
+    #[arg(long)]
+    pub snapshots: bool,
+    /// Ignore allocations younger than this when ranking suspects (e.g. 5s).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub min_age: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub record: RecordOpts,
+    /// Mean bytes between native allocation samples (Poisson by bytes, as in jemalloc).
+    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    pub sample_interval: u64,
+    /// Track every allocation instead of sampling (CI, small programs).
+    #[arg(long)]
+    pub exact: bool,
+    /// Do not preload the native agent (only /proc and Node telemetry).
+    #[arg(long)]
+    pub no_native: bool,
+    /// Forked children get their own recording stream (default) or are skipped.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub follow_fork: bool,
+    /// Also profile programs the target execs (LD_PRELOAD and NODE_OPTIONS are otherwise removed from children).
+    #[arg(long)]
+    pub follow_exec: bool,
+    /// Maximum unwind depth.
+    #[arg(long, default_value_t = 64)]
+    pub max_depth: u32,
+    /// Time between SIGINT, SIGTERM and SIGKILL when --duration ends the target.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub grace: Duration,
+    /// The program to run and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Process id of a running Node process (same user).
+    pub pid: u32,
+    #[command(flatten)]
+    pub record: RecordOpts,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// A Node process id, or a .heapsnapshot file.
+    #[arg(required_unless_present = "compare")]
+    pub target: Option<String>,
+    /// Compare two snapshots: what grew from A to B.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "target")]
+    pub compare: Option<Vec<PathBuf>>,
+    /// Output directory for the snapshot and the findings.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How many entries per table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A recording directory written by `offheap run` or `offheap attach`.
+    pub dir: PathBuf,
+    /// Print summary.json to stdout instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+    /// Ignore allocations younger than this when ranking suspects.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub min_age: Duration,
+    /// How many suspects to list.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The baseline recording.
+    pub a: PathBuf,
+    /// The later recording (omit to compare two windows of A with --from/--to).
+    pub b: Option<PathBuf>,
+    /// Start of the comparison (seconds since start, e.g. 10s) when diffing windows of one recording.
+    #[arg(long, value_parser = parse_duration)]
+    pub from: Option<Duration>,
+    /// End of the comparison window.
+    #[arg(long, value_parser = parse_duration)]
+    pub to: Option<Duration>,
+    /// Output directory for the diff reports (folded stacks, pprof, flame graph).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// How many stacks to list.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Output directory for the demo's recording.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// How long the demo runs.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// No live status line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Parses `500ms`, `2s`, `1.5s`, `5m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s:?} (try 500ms, 30s, 5m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "sec" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `524288`, `512KiB`, `512k`, `1MiB`, `4M`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let i = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let n: f64 = t[..i].trim().parse().map_err(|_| format!("not a size: {s:?} (try 512KiB)"))?;
+    let mult = match t[i..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown size unit {u:?}")),
+    };
+    let v = (n * mult) as u64;
+    if v == 0 {
+        return Err("the sampling interval must be at least 1 byte".into());
+    }
+    Ok(v)
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run(args) => crate::run::run(args),
+        Command::Demo(args) => crate::demo::demo(args),
+        Command::Report(args) => crate::reporting::report(args),
+        Command::Diff(args) => crate::reporting::diff(args),
+        Command::Attach(args) => crate::run::attach(args),
+        Command::Snapshot(args) => crate::reporting::snapshot(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512KiB").unwrap(), 524288);
+        assert_eq!(parse_size("1").unwrap(), 1);
+        assert_eq!(parse_size("4M").unwrap(), 4 << 20);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! What the CLI collects beside the target while it runs: `/proc` samples,
+//! copies of V8's perf maps, and the latest JS agent figures for the status
+//! line. Everything is appended to the recording and flushed each interval.
+
+use offheap_format::{NodeMem, NodeRecord, ProcSample, layout};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+/// Opens a file of the recording for appending, 0600.
+pub fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+}
+
+/// Reads `/proc/PID/status` and `/proc/PID/smaps_rollup`. None once the process is gone.
+pub fn sample_proc(pid: u32) -> Option<ProcSample> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut s = ProcSample { t: now_ms(), pid, ..Default::default() };
+    for line in status.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        if matches!(k, "VmRSS" | "RssAnon" | "RssFile" | "RssShmem" | "VmSwap" | "VmData" | "VmHWM" | "VmSize" | "Threads")
+            && let Some(n) = parse_kb(v, k == "Threads")
+        {
+            s.status.insert(k.to_string(), n);
+        }
+    }
+    if s.status.is_empty() {
+        return None; // zombie: no memory left to describe
+    }
+    if let Ok(rollup) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+        for line in rollup.lines().skip(1) {
+            if let Some((k, v)) = line.split_once(':')
+                && let Some(n) = parse_kb(v, false)
+            {
+                s.smaps_rollup.insert(k.trim().to_string(), n);
+            }
+        }
+    }
+    Some(s)
+}
+
+fn parse_kb(v: &str, plain: bool) -> Option<u64> {
+    let mut it = v.split_whitespace();
+    let n: u64 = it.next()?.parse().ok()?;
+    Some(if plain || it.next() != Some("kB") { n } else { n * 1024 })
+}
+
+/// Copies `/tmp/perf-PID.map` into the recording incrementally while the
+/// target runs (the map may vanish), noting when each chunk was first seen
+/// in `perf-PID.map.times` (`BYTE_OFFSET UNIX_MS` lines).
+struct PerfMapCopy {
+    src: PathBuf,
+    dst: PathBuf,
+    times: PathBuf,
+    copied: u64,
+}
+
+impl PerfMapCopy {
+    fn poll(&mut self) {
+        let Ok(mut f) = File::open(&self.src) else { return };
+        let Ok(md) = f.metadata() else { return };
+        if md.len() <= self.copied || f.seek(SeekFrom::Start(self.copied)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if f.take(md.len() - self.copied).read_to_end(&mut buf).is_err() {
+            return;
+        }
+        // Only whole lines: V8 may be mid-write.
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return };
+        let chunk = &buf[..=end];
+        let (Ok(mut out), Ok(mut times)) = (open_append(&self.dst), open_append(&self.times)) else { return };
+        if out.write_all(chunk).is_ok() && writeln!(times, "{} {:.0}", self.copied, now_ms()).is_ok() {
+            self.copied += chunk.len() as u64;
+        }
+    }
+}
+
+/// Follows the main-thread JS stream of the target for the status line.
+struct NodeTail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl NodeTail {
+    fn poll(&mut self) -> Option<NodeMem> {
+        let mut f = File::open(&self.path).ok()?;
+        f.seek(SeekFrom::Start(self.offset)).ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).ok()?;
+        self.offset += buf.len() as u64;
+        self.partial.extend_from_slice(&buf);
+        let end = self.partial.iter().rposition(|&b| b == b'\n')?;
+        let mut last = None;
+        for line in self.partial[..end].split(|&b| b == b'\n') {
+            if let Ok(NodeRecord::Mem(m)) = serde_json::from_slice::<NodeRecord>(line) {
+                last = Some(m);
+            }
+        }
+        self.partial.drain(..=end);
+        last
+    }
+}
+
+/// Everything collected per interval.
+pub struct Collector {
+    dir: PathBuf,
+    target: u32,
+    proc_out: File,
+    perf_maps: BTreeMap<u32, PerfMapCopy>,
+    node_tail: Option<NodeTail>,
+    /// Latest figures, for the status line.
+    pub last_proc: Option<ProcSample>,
+    pub last_node: Option<NodeMem>,
+    gone: BTreeSet<u32>,
+}
+
+impl Collector {
+    pub fn new(dir: &Path, target: u32) -> std::io::Result<Collector> {
+        Ok(Collector {
+            dir: dir.to_path_buf(),
+            target,
+            proc_out: open_append(&dir.join(layout::PROC))?,
+            perf_maps: BTreeMap::new(),
+            node_tail: None,
+            last_proc: None,
+            last_node: None,
+            gone: BTreeSet::new(),
+        })
+    }
+
+    /// The processes to watch: the target, plus every process that wrote a
+    /// stream into the recording (forked or exec'd children that offheap follows).
+    fn pids(&self) -> BTreeSet<u32> {
+        let mut pids = BTreeSet::from([self.target]);
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                let pid = if let Some(rest) = name.strip_prefix(layout::NODE_PREFIX) {
+                    rest.split('-').next().and_then(|p| p.parse().ok())
+                } else if let Some(rest) = name.strip_prefix(layout::NATIVE_PREFIX) {
+                    rest.strip_suffix(layout::NATIVE_SUFFIX).and_then(|p| p.parse().ok())
+                } else {
+                    None
+                };
+                if let Some(pid) = pid {
+                    pids.insert(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// One interval: sample /proc, copy perf maps, read the latest JS figures.
+    pub fn tick(&mut self) {
+        let mut lines = String::new();
+        for pid in self.pids() {
+            if self.gone.contains(&pid) {
+                continue;
+            }
+            match sample_proc(pid) {
+                Some(s) => {
+                    if let Ok(l) = serde_json::to_string(&s) {
+                        lines.push_str(&l);
+                        lines.push('\n');
+                    }
+                    if pid == self.target {
+                        self.last_proc = Some(s);
+                    }
+                }
+                None if pid != self.target => {
+                    self.gone.insert(pid);
+                }
+                None => {}
+            }
+            let dir = &self.dir;
+            let copy = self.perf_maps.entry(pid).or_insert_with(|| PerfMapCopy {
+                src: PathBuf::from(format!("/tmp/perf-{pid}.map")),
+                dst: dir.join(format!("{}{pid}{}", layout::PERF_MAP_PREFIX, layout::PERF_MAP_SUFFIX)),
+                times: dir.join(format!("{}{pid}{}.times", layout::PERF_MAP_PREFIX, layout::PERF_MAP_SUFFIX)),
+                copied: 0,
+            });
+            copy.poll();
+        }
+        if !lines.is_empty() {
+            let _ = self.proc_out.write_all(lines.as_bytes());
+        }
+        if self.node_tail.is_none() {
+            let path = self.dir.join(format!("{}{}-0{}", layout::NODE_PREFIX, self.target, layout::NODE_SUFFIX));
+            if path.exists() {
+                self.node_tail = Some(NodeTail { path, offset: 0, partial: Vec::new() });
+            }
+        }
+        if let Some(t) = self.node_tail.as_mut()
+            && let Some(m) = t.poll()
+        {
+            self.last_node = Some(m);
+        }
+    }
+
+    /// Last copy of the perf maps once the target has ended.
+    pub fn finish(&mut self) {
+        for copy in self.perf_maps.values_mut() {
+            copy.poll();
+        }
+        let _ = self.proc_out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_self() {
+        let s = sample_proc(std::process::id()).unwrap();
+        assert!(s.rss().unwrap() > 0);
+        assert!(s.status.contains_key("RssAnon"));
+        assert!(sample_proc(u32::MAX - 1).is_none());
+    }
+}

@@ -1,0 +1,337 @@
+//! `offheap run`: launch the target with the agents, collect until it ends,
+//! then hand the recording to the analysis and the reporters.
+
+use crate::cli::{AttachArgs, RecordOpts, RunArgs};
+use crate::collect::{Collector, now_ms};
+use crate::elf::{self, Linkage};
+use crate::signals::Signals;
+use crate::status::StatusLine;
+use crate::{outdir, reporting, user_error};
+use anyhow::{Context, Result};
+use offheap_format::{End, FORMAT_VERSION, Meta, layout};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// The native agent, built from crates/offheap-agent by build.rs.
+static NATIVE_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/liboffheap_agent.so"));
+
+/// Node flags offheap adds through NODE_OPTIONS (all allowed there).
+pub const NODE_FLAGS: [&str; 2] = ["--perf-basic-prof", "--interpreted-frames-native-stack"];
+
+/// Finds CMD the way execvp would.
+fn resolve_command(cmd: &str) -> Option<PathBuf> {
+    let is_exec = |p: &Path| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| is_exec(p))
+}
+
+/// The interpreter named by a `#!` line, resolved (`/usr/bin/env node` -> node's path).
+fn shebang_interpreter(path: &Path) -> Option<PathBuf> {
+    let mut head = [0u8; 256];
+    let n = std::io::Read::read(&mut fs::File::open(path).ok()?, &mut head).ok()?;
+    let text = std::str::from_utf8(head.get(..n)?.strip_prefix(b"#!")?).ok()?;
+    let line = text.lines().next()?;
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    if first.ends_with("/env") {
+        let prog = words.find(|w| !w.starts_with('-'))?;
+        resolve_command(prog)
+    } else {
+        Some(PathBuf::from(first))
+    }
+}
+
+/// Node is recognised by its executable's name (node, nodejs, node20...).
+fn is_node_executable(path: &Path) -> bool {
+    let names = [Some(path.to_path_buf()), fs::canonicalize(path).ok()];
+    names.iter().flatten().any(|p| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            let rest = n.strip_prefix("nodejs").or_else(|| n.strip_prefix("node"));
+            rest.is_some_and(|r| r.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        })
+    })
+}
+
+/// What the target is, as far as offheap cares.
+struct Target {
+    exe: PathBuf,
+    /// The ELF that will actually run (the interpreter for scripts).
+    elf: PathBuf,
+    node: bool,
+}
+
+fn inspect_target(cmd: &str) -> Result<Target> {
+    let exe = resolve_command(cmd).ok_or_else(|| crate::UserError {
+        message: format!("command not found: {cmd}"),
+        code: 127,
+    })?;
+    let interp = shebang_interpreter(&exe);
+    let elf = interp.clone().unwrap_or_else(|| exe.clone());
+    let node = is_node_executable(&exe) || interp.as_deref().is_some_and(is_node_executable);
+    Ok(Target { exe, elf, node })
+}
+
+fn program_name(cmd: &[String]) -> String {
+    let base = |s: &str| Path::new(s).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prog = base(&cmd[0]);
+    // `node server.js` reads better as offheap-node-...; keep it short.
+    if prog.is_empty() { "target".into() } else { prog }
+}
+
+/// Writes the agents into the recording, where the target loads them from.
+fn install_agents(dir: &Path, node: bool, native: bool) -> Result<(PathBuf, Option<PathBuf>)> {
+    let js = dir.join(layout::JS_AGENT);
+    if node {
+        fs::write(&js, offheap_node::JS_AGENT).with_context(|| format!("cannot write {}", js.display()))?;
+    }
+    let so = if native {
+        let path = match std::env::var_os("OFFHEAP_AGENT") {
+            // Agent development: a freshly built agent instead of the embedded one.
+            Some(p) => PathBuf::from(p),
+            None => {
+                let p = dir.join(layout::NATIVE_AGENT);
+                fs::write(&p, NATIVE_AGENT).with_context(|| format!("cannot write {}", p.display()))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+                p
+            }
+        };
+        Some(path)
+    } else {
+        None
+    };
+    Ok((js, so))
+}
+
+fn quote_node_option(s: &str) -> String {
+    if s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<u8> {
+    if args.command.is_empty() {
+        return Err(user_error("no command given; usage: offheap run [OPTIONS] -- CMD [ARGS...]"));
+    }
+    let target = inspect_target(&args.command[0])?;
+    let mut notes = Vec::new();
+    let linkage = elf::linkage(&target.elf);
+    let native = !args.no_native
+        && match linkage {
+            Linkage::Glibc => true,
+            Linkage::Musl => {
+                notes.push(format!(
+                    "{} is linked against musl: native allocation profiling needs glibc; recording /proc{} only",
+                    target.elf.display(),
+                    if target.node { " and Node telemetry" } else { "" }
+                ));
+                false
+            }
+            Linkage::Static => {
+                notes.push(format!(
+                    "{} is statically linked: LD_PRELOAD cannot reach its allocator; recording /proc{} only",
+                    target.elf.display(),
+                    if target.node { " and Node telemetry" } else { "" }
+                ));
+                false
+            }
+            Linkage::NotElf => true,
+        };
+    let dir = outdir::create(args.record.out.as_deref(), &program_name(&args.command))?;
+    let (js_agent, native_agent) = install_agents(&dir, target.node, native)?;
+
+    let mut cmd = Command::new(&target.exe);
+    cmd.arg0(&args.command[0]).args(&args.command[1..]);
+    cmd.env("OFFHEAP_DIR", &dir).env("OFFHEAP_INTERVAL_MS", args.record.interval.as_millis().max(10).to_string());
+    if args.follow_exec {
+        cmd.env("OFFHEAP_FOLLOW_EXEC", "1");
+    }
+    let mut node_flags = Vec::new();
+    if target.node {
+        let orig = std::env::var("NODE_OPTIONS").ok();
+        cmd.env("OFFHEAP_HAD_NODE_OPTIONS", if orig.is_some() { "1" } else { "0" });
+        cmd.env("OFFHEAP_ORIG_NODE_OPTIONS", orig.clone().unwrap_or_default());
+        let mut opts = orig.unwrap_or_default();
+        let require = format!("--require {}", quote_node_option(&js_agent.to_string_lossy()));
+        for flag in std::iter::once(require.as_str()).chain(NODE_FLAGS) {
+            if !opts.is_empty() {
+                opts.push(' ');
+            }
+            opts.push_str(flag);
+        }
+        node_flags.extend(NODE_FLAGS.iter().map(|s| s.to_string()));
+        cmd.env("NODE_OPTIONS", opts);
+    }
+    if let Some(so) = &native_agent {
+        let mut preload = so.to_string_lossy().into_owned();
+        if let Ok(prev) = std::env::var("LD_PRELOAD")
+            && !prev.is_empty()
+        {
+            preload = format!("{preload}:{prev}");
+        }
+        cmd.env("LD_PRELOAD", preload)
+            .env("OFFHEAP_SAMPLE_INTERVAL", args.sample_interval.to_string())
+            .env("OFFHEAP_MAX_DEPTH", args.max_depth.to_string())
+            .env("OFFHEAP_MIN_AGE_MS", args.record.min_age.as_millis().to_string())
+            .env("OFFHEAP_FOLLOW_FORK", if args.follow_fork { "1" } else { "0" });
+        if args.exact {
+            cmd.env("OFFHEAP_EXACT", "1");
+        }
+    }
+
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    let start_ms = now_ms();
+    let child = cmd.spawn().map_err(|e| user_error(format!("cannot start {}: {e}", args.command[0])))?;
+    let pid = child.id();
+
+    let mut settings = BTreeMap::new();
+    settings.insert("follow_fork".into(), args.follow_fork.into());
+    settings.insert("follow_exec".into(), args.follow_exec.into());
+    settings.insert("max_depth".into(), args.max_depth.into());
+    settings.insert("min_age_ms".into(), (args.record.min_age.as_millis() as u64).into());
+    settings.insert("exact".into(), args.exact.into());
+    let meta = Meta {
+        format_version: FORMAT_VERSION,
+        offheap_version: env!("CARGO_PKG_VERSION").into(),
+        mode: "run".into(),
+        command: args.command.clone(),
+        pid,
+        start_ms,
+        interval_ms: args.record.interval.as_millis() as u64,
+        node: target.node,
+        node_flags,
+        native: native_agent.is_some(),
+        sample_interval: if args.exact { 1 } else { args.sample_interval },
+        settings,
+    };
+    write_json(&dir.join(layout::META), &meta)?;
+
+    let outcome = supervise(child, &dir, &args.record, args.grace, &signals)?;
+    if target.node {
+        // The map is V8's answer to our flag: take it away with us.
+        let map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        if dir.join(format!("{}{pid}{}", layout::PERF_MAP_PREFIX, layout::PERF_MAP_SUFFIX)).exists() {
+            let _ = fs::remove_file(map);
+        }
+    }
+    write_json(&dir.join(layout::END), &outcome)?;
+    let opts = reporting::AnalyzeOpts { min_age_s: args.record.min_age.as_secs_f64(), top: 10, extra_notes: notes };
+    reporting::finish(&dir, &opts, args.record.quiet)?;
+    Ok(outcome.exit_status.clamp(0, 255) as u8)
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value)?;
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn send(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Collects until the child ends, forwarding signals and enforcing --duration.
+fn supervise(mut child: Child, dir: &Path, rec: &RecordOpts, grace: Duration, signals: &Signals) -> Result<End> {
+    let pid = child.id();
+    let start = Instant::now();
+    let mut collector = Collector::new(dir, pid).context("cannot write the recording")?;
+    let mut status = StatusLine::new(rec.quiet);
+    let mut next_tick = start;
+    // (when the stop began, signals sent so far)
+    let mut stopping: Option<(Instant, u8)> = None;
+    let mut reason = "exited";
+    let exit = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        for s in signals.drain() {
+            if !s.from_terminal {
+                send(pid, s.signo);
+            }
+        }
+        let now = Instant::now();
+        if let Some(d) = rec.duration
+            && stopping.is_none()
+            && now.duration_since(start) >= d
+        {
+            reason = "duration";
+            send(pid, libc::SIGINT);
+            stopping = Some((now, 1));
+        }
+        if let Some((since, sent)) = stopping
+            && now.duration_since(since) >= grace
+        {
+            let sig = if sent == 1 { libc::SIGTERM } else { libc::SIGKILL };
+            send(pid, sig);
+            stopping = Some((now, sent + 1));
+        }
+        if now >= next_tick {
+            collector.tick();
+            let node = collector.last_node.as_ref();
+            status.update(
+                collector.last_proc.as_ref().and_then(|p| p.rss()),
+                node.map(|n| n.heap_used),
+                node.map(|n| n.external),
+                node.map(|n| n.array_buffers),
+            );
+            status.draw();
+            next_tick += rec.interval;
+            if next_tick < now {
+                next_tick = now + rec.interval;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    collector.finish();
+    status.clear();
+    let (exit_code, signal) = (exit.code(), exit.signal());
+    if signal.is_some() && reason == "exited" {
+        reason = "killed";
+    }
+    Ok(End {
+        end_ms: now_ms(),
+        exit_code,
+        signal,
+        exit_status: exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
+        reason: reason.into(),
+    })
+}
+
+pub fn attach(_args: AttachArgs) -> Result<u8> {
+    Err(user_error("attach is not available in this build"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        assert!(is_node_executable(Path::new("/usr/bin/node")));
+        assert!(is_node_executable(Path::new("/opt/node20")));
+        assert!(!is_node_executable(Path::new("/usr/bin/nodemon")));
+        assert!(!is_node_executable(Path::new("/bin/sh")));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_node_option("/a/b.js"), "/a/b.js");
+        assert_eq!(quote_node_option("/a b/c.js"), "\"/a b/c.js\"");
+    }
+}
