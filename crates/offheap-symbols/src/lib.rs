@@ -1,7 +1,72 @@
 //! Offline symbolization of the stacks a recording holds.
 //!
 //! OWNER: the symbolization work. Never runs inside the target.
+//!
+//! # API
+//!
+//! One [`ProcessSymbols`] per recorded process:
+//!
+//! ```no_run
+//! # use offheap_symbols::*;
+//! # let stream = offheap_format::native::NativeStream::default();
+//! # let perf_map: Option<&std::path::Path> = None;
+//! let mut syms = ProcessSymbols::new(&stream.modules, perf_map);
+//! // Best: all stacks of the process in one call (each unique address is
+//! // symbolized once, per module in one batch).
+//! let stacks: Vec<(&[u64], f64)> = stream.stacks.iter().map(|s| (&s.frames[..], stream.start_ms)).collect();
+//! let frames: Vec<Vec<Frame>> = syms.symbolize_stacks(&stacks);
+//! // Or one stack at a time (results are cached across calls).
+//! let one: Vec<Frame> = syms.symbolize(&[0x401234, 0x7f00_0000_1000], stream.start_ms);
+//! for note in syms.notes() { eprintln!("note: {note}"); }
+//! ```
+//!
+//! * Input addresses are raw return addresses, innermost first, as the agent
+//!   recorded them; each is looked up at `addr - 1` (inside the call
+//!   instruction), but [`Frame::address`] keeps the raw value.
+//! * `t_ms` is a Unix time in ms (e.g. when the stack was first seen); it
+//!   only matters for JIT code, to pick the perf-map entry live at that time.
+//! * Output frames are innermost first. An address inside inlined code
+//!   yields several frames: the inlined callees first (`inlined: true`),
+//!   then the function they were inlined into.
+//! * Nothing is dropped: an address that cannot be named becomes one
+//!   [`FrameKind::Unknown`] frame named `module+0xVADDR` (the ELF virtual
+//!   address, as `addr2line -e module` takes it) or `0xADDR` outside any
+//!   module.
+//!
+//! # Sources
+//!
+//! * **Native**: ELF `.symtab`/`.dynsym` plus DWARF (file:line, inlined
+//!   frames) through blazesym, with split debug info found by
+//!   `.gnu_debuglink` and `/usr/lib/debug/.build-id/xx/yyyy.debug`. Lookups
+//!   go through the recorded mapping's file offset, so a module mapped twice
+//!   (V8 remaps node's embedded builtins with a second file-backed mapping of
+//!   the node binary) resolves in both places. The on-disk file's build-id
+//!   is checked against the recorded one; on mismatch frames are still
+//!   symbolized and a note says so. C++ and Rust names are demangled (once
+//!   per unique symbol).
+//! * **JS**: the recording's copy of V8's perf map (`perf-PID.map`, plus
+//!   `perf-PID.map.times`, see [`perf_map`](self) docs in the source).
+//!   `JS:`/`LazyCompile:`/`Eval:`/`Script:` → [`FrameKind::Js`] with the
+//!   function, script file, line; `RegExp:` → Js; `Builtin:`,
+//!   `BytecodeHandler:` and other V8 stubs → [`FrameKind::Builtin`].
+//! * **Builtins remapped into anonymous memory** (V8 "short builtin
+//!   calls" when the copy is not file-backed, or when the agent did not
+//!   record the second mapping): addresses in no module and no perf-map
+//!   entry are clustered; for each cluster the copy's start is searched
+//!   among page-aligned positions such that every address maps into node's
+//!   embedded blob (`v8_Default_embedded_blob_code_`) right after a call
+//!   instruction, avoiding recorded JIT code. A unique fit resolves the
+//!   whole cluster to `Builtins_*` names; an ambiguous one stays Unknown.
 
+mod elf;
+mod perf_map;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use blazesym::symbolize::source::{Elf, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+use offheap_format::native::ModuleRecord;
 use serde::{Deserialize, Serialize};
 
 /// What kind of code a frame is.
@@ -32,4 +97,796 @@ pub struct Frame {
     /// True for a frame that is an inlined call inside the next frame's function.
     #[serde(default)]
     pub inlined: bool,
+}
+
+/// `Frame::module` of a frame outside every module and every perf-map entry.
+pub const UNKNOWN_MODULE: &str = "[unknown]";
+/// `Frame::module` of a JS frame whose script is not known.
+pub const JIT_MODULE: &str = "[jit]";
+
+/// State of a module's file on disk, checked on first use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileState {
+    Unchecked,
+    Ok,
+    /// Symbolized, but the file on disk has another build-id.
+    Mismatch,
+    /// Unreadable or not ELF: frames stay `module+0xoffset`.
+    Missing,
+}
+
+struct Module {
+    rec: ModuleRecord,
+    name: String,
+    state: FileState,
+}
+
+/// A remapped copy of node's embedded builtins found in anonymous memory.
+#[derive(Clone, Copy, Debug)]
+struct BlobCopy {
+    start: u64,
+    end: u64,
+    /// Index of the module whose blob it copies.
+    module: usize,
+}
+
+/// Symbolizes the stacks of one recorded process. Not `Send` (blazesym's
+/// caches are single-threaded); create one per thread if needed.
+pub struct ProcessSymbols {
+    modules: Vec<Module>,
+    /// (start, end, file_offset, module index), sorted by start.
+    ranges: Vec<(u64, u64, u64, usize)>,
+    /// Prefix maximum of the range ends (bounds the backward scan).
+    ranges_max_end: Vec<u64>,
+    perf: Option<perf_map::PerfMap>,
+    symbolizer: Symbolizer,
+    /// (module, raw address) -> frames.
+    native: HashMap<(usize, u64), Vec<Frame>>,
+    demangled: HashMap<String, String>,
+    notes: Vec<String>,
+    /// Lazily found: node's embedded blob (module index, blob).
+    blob: Option<Option<(usize, elf::EmbeddedBlob)>>,
+    blob_copies: Vec<BlobCopy>,
+    /// Addresses in no module and no perf-map entry, not yet explained.
+    unresolved: BTreeSet<u64>,
+    /// Size of `unresolved` when the remap search last ran.
+    unresolved_at_last_search: usize,
+}
+
+impl ProcessSymbols {
+    /// Prepares symbolization for one process: its recorded modules and,
+    /// for node targets, the recording's copy of its perf map (a missing or
+    /// unreadable map gives a note, not an error). Files are opened lazily.
+    pub fn new(modules: &[ModuleRecord], perf_map: Option<&Path>) -> Self {
+        let mut notes = Vec::new();
+        let modules: Vec<Module> = modules
+            .iter()
+            .map(|m| Module {
+                name: Path::new(&m.path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| m.path.clone()),
+                rec: m.clone(),
+                state: FileState::Unchecked,
+            })
+            .collect();
+        let mut ranges: Vec<(u64, u64, u64, usize)> = modules
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| m.rec.ranges.iter().filter(|r| r.1 > r.0).map(move |&(s, e, o)| (s, e, o, i)))
+            .collect();
+        ranges.sort_unstable();
+        let mut max = 0;
+        let ranges_max_end = ranges
+            .iter()
+            .map(|r| {
+                max = max.max(r.1);
+                max
+            })
+            .collect();
+        let perf = perf_map.and_then(|p| match perf_map::PerfMap::open(p) {
+            Ok((map, note)) => {
+                notes.extend(note);
+                if map.bad_lines > 0 {
+                    notes.push(format!("{}: {} unparsable line(s) skipped", p.display(), map.bad_lines));
+                }
+                if map.truncated_tail {
+                    notes.push(format!("{}: last line cut short; skipped", p.display()));
+                }
+                Some(map)
+            }
+            Err(e) => {
+                notes.push(format!("{}: unreadable ({e}); JS frames stay unnamed", p.display()));
+                None
+            }
+        });
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(false)
+            .enable_auto_reload(false)
+            .build();
+        ProcessSymbols {
+            modules,
+            ranges,
+            ranges_max_end,
+            perf,
+            symbolizer,
+            native: HashMap::new(),
+            demangled: HashMap::new(),
+            notes,
+            blob: None,
+            blob_copies: Vec::new(),
+            unresolved: BTreeSet::new(),
+            unresolved_at_last_search: 0,
+        }
+    }
+
+    /// Number of perf-map entries loaded (0 without a map).
+    pub fn perf_map_entries(&self) -> usize {
+        self.perf.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// Things the user should know: missing module files, build-id
+    /// mismatches, perf-map problems, remapped builtins found. Each note is
+    /// one self-contained sentence; no duplicates.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Symbolizes one stack (raw return addresses, innermost first) seen
+    /// at Unix time `t_ms`. Returns frames innermost first.
+    pub fn symbolize(&mut self, addrs: &[u64], t_ms: f64) -> Vec<Frame> {
+        self.symbolize_stacks(&[(addrs, t_ms)]).pop().unwrap_or_default()
+    }
+
+    /// Symbolizes many stacks at once: `(addresses innermost first, Unix ms)`.
+    /// Faster than one call per stack (one blazesym batch per module) and
+    /// better at finding remapped builtins (more addresses to fit).
+    pub fn symbolize_stacks(&mut self, stacks: &[(&[u64], f64)]) -> Vec<Vec<Frame>> {
+        // Pass 1: native addresses not yet cached, per module; and anonymous
+        // addresses that the perf map does not explain.
+        let mut pending: HashMap<usize, BTreeSet<u64>> = HashMap::new();
+        let mut new_unresolved = false;
+        for &(addrs, t) in stacks {
+            for &a in addrs {
+                if let Some(m) = self.module_for(a, t) {
+                    if !self.native.contains_key(&(m, a)) {
+                        pending.entry(m).or_default().insert(a);
+                    }
+                } else if self.copy_for(a).is_none()
+                    && self.perf.as_ref().is_none_or(|p| p.lookup(a.saturating_sub(1), t).is_none())
+                    && self.unresolved.insert(a)
+                {
+                    new_unresolved = true;
+                }
+            }
+        }
+        let mut pending: Vec<_> = pending.into_iter().collect();
+        pending.sort_unstable_by_key(|p| p.0);
+        for (m, addrs) in pending {
+            self.symbolize_module(m, &addrs.into_iter().collect::<Vec<_>>());
+        }
+        if new_unresolved
+            && (stacks.len() > 1 || self.unresolved.len() >= 2 * self.unresolved_at_last_search.max(1))
+        {
+            self.find_blob_copies();
+        }
+        // Pass 2: assemble.
+        stacks
+            .iter()
+            .map(|&(addrs, t)| {
+                let mut out = Vec::with_capacity(addrs.len() + 4);
+                for &a in addrs {
+                    self.frames_for(a, t, &mut out);
+                }
+                out
+            })
+            .collect()
+    }
+
+    fn frames_for(&mut self, a: u64, t: f64, out: &mut Vec<Frame>) {
+        if let Some(m) = self.module_for(a, t) {
+            if let Some(f) = self.native.get(&(m, a)) {
+                out.extend_from_slice(f);
+            } else {
+                out.push(self.unknown_in_module(m, a));
+            }
+            return;
+        }
+        if let Some(copy) = self.copy_for(a) {
+            out.extend(self.blob_copy_frames(copy, a));
+            return;
+        }
+        if let Some(e) = self.perf.as_ref().and_then(|p| p.lookup(a.saturating_sub(1), t)) {
+            let n = perf_map::parse_name(&e.name);
+            let module = if n.builtin {
+                // V8's builtins live in node's binary; name that module if known.
+                self.blob_module_path().unwrap_or_else(|| JIT_MODULE.to_string())
+            } else {
+                n.file.clone().unwrap_or_else(|| JIT_MODULE.to_string())
+            };
+            out.push(Frame {
+                function: n.function,
+                module,
+                file: n.file,
+                line: n.line,
+                kind: if n.builtin { FrameKind::Builtin } else { FrameKind::Js },
+                address: a,
+                inlined: false,
+            });
+            return;
+        }
+        out.push(Frame {
+            function: format!("{a:#x}"),
+            module: UNKNOWN_MODULE.to_string(),
+            file: None,
+            line: None,
+            kind: FrameKind::Unknown,
+            address: a,
+            inlined: false,
+        });
+    }
+
+    /// The module mapping `a`: among the modules whose ranges contain it,
+    /// the one loaded at `t` (else the latest generation).
+    fn module_for(&self, a: u64, t: f64) -> Option<usize> {
+        let mut i = self.ranges.partition_point(|r| r.0 <= a);
+        let mut best: Option<(bool, u32, usize)> = None;
+        while i > 0 {
+            i -= 1;
+            if self.ranges_max_end[i] <= a {
+                break;
+            }
+            let (s, e, _, m) = self.ranges[i];
+            if a >= s && a < e {
+                let rec = &self.modules[m].rec;
+                let live = rec.loaded_at_ms <= t && rec.unloaded_at_ms.is_none_or(|u| t < u);
+                let key = (live, rec.generation, m);
+                if best.is_none_or(|b| key > b) {
+                    best = Some(key);
+                }
+            }
+        }
+        best.map(|b| b.2)
+    }
+
+    fn file_offset(&self, m: usize, a: u64) -> u64 {
+        self.modules[m]
+            .rec
+            .ranges
+            .iter()
+            .find(|r| a >= r.0 && a < r.1)
+            .map_or_else(|| a.wrapping_sub(self.modules[m].rec.bias), |r| a - r.0 + r.2)
+    }
+
+    /// The module's ELF virtual address of `a` (what addr2line takes).
+    fn vaddr(&self, m: usize, a: u64) -> u64 {
+        a.wrapping_sub(self.modules[m].rec.bias)
+    }
+
+    fn unknown_in_module(&self, m: usize, a: u64) -> Frame {
+        let module = &self.modules[m];
+        Frame {
+            function: format!("{}+{:#x}", module.name, self.vaddr(m, a)),
+            module: module.rec.path.clone(),
+            file: None,
+            line: None,
+            kind: FrameKind::Unknown,
+            address: a,
+            inlined: false,
+        }
+    }
+
+    fn check_file(&mut self, m: usize) -> FileState {
+        if self.modules[m].state != FileState::Unchecked {
+            return self.modules[m].state;
+        }
+        let path = self.modules[m].rec.path.clone();
+        let state = if path.is_empty() || path.starts_with('[') {
+            FileState::Missing
+        } else {
+            match blazesym::helper::read_elf_build_id(Path::new(&path)) {
+                Err(e) => {
+                    self.notes.push(format!(
+                        "{path}: cannot read the module ({e}); its frames are shown as {}+offset",
+                        self.modules[m].name
+                    ));
+                    FileState::Missing
+                }
+                Ok(on_disk) => match (&self.modules[m].rec.build_id, on_disk) {
+                    (Some(rec), Some(disk)) if rec.as_slice() != &*disk => {
+                        self.notes.push(format!(
+                            "{path}: build-id on disk ({}) differs from the one that ran ({}); the file was replaced \
+                             after the recording, so its frames may be named wrongly",
+                            hex(&disk),
+                            hex(rec)
+                        ));
+                        FileState::Mismatch
+                    }
+                    _ => FileState::Ok,
+                },
+            }
+        };
+        self.modules[m].state = state;
+        state
+    }
+
+    /// Symbolizes `addrs` (raw, sorted, unique) of module `m` into the cache.
+    fn symbolize_module(&mut self, m: usize, addrs: &[u64]) {
+        if self.check_file(m) == FileState::Missing {
+            for &a in addrs {
+                let f = self.unknown_in_module(m, a);
+                self.native.insert((m, a), vec![f]);
+            }
+            return;
+        }
+        let offsets: Vec<u64> = addrs.iter().map(|&a| self.file_offset(m, a.saturating_sub(1))).collect();
+        let path = PathBuf::from(&self.modules[m].rec.path);
+        let src = Source::Elf(Elf::new(path.clone()));
+        let results = match self.symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
+            Ok(r) => r.into_iter().map(|s| owned(s)).collect::<Vec<_>>(),
+            Err(e) => {
+                self.notes.push(format!(
+                    "{}: symbolization failed ({e}); its frames are shown as {}+offset",
+                    path.display(),
+                    self.modules[m].name
+                ));
+                self.modules[m].state = FileState::Missing;
+                vec![None; addrs.len()]
+            }
+        };
+        let module_path = self.modules[m].rec.path.clone();
+        for (&a, sym) in addrs.iter().zip(results) {
+            let frames = match sym {
+                Some(sym) => self.sym_frames(&sym, a, &module_path),
+                None => vec![self.unknown_in_module(m, a)],
+            };
+            self.native.insert((m, a), frames);
+        }
+    }
+
+    fn demangle(&mut self, raw: &str) -> String {
+        if let Some(d) = self.demangled.get(raw) {
+            return d.clone();
+        }
+        let d = demangle(raw);
+        self.demangled.insert(raw.to_string(), d.clone());
+        d
+    }
+
+    /// Frames for one blazesym symbol: inlined callees (innermost first),
+    /// then the outer function.
+    fn sym_frames(&mut self, sym: &OwnedSym, a: u64, module: &str) -> Vec<Frame> {
+        let outer = self.demangle(&sym.name);
+        let kind = if sym.name.starts_with("Builtins_") { FrameKind::Builtin } else { FrameKind::Native };
+        let mut out = Vec::with_capacity(sym.inlined.len() + 1);
+        for (name, file, line) in sym.inlined.iter().rev() {
+            out.push(Frame {
+                function: self.demangle(name),
+                module: module.to_string(),
+                file: file.clone(),
+                line: *line,
+                kind,
+                address: a,
+                inlined: true,
+            });
+        }
+        out.push(Frame {
+            function: outer,
+            module: module.to_string(),
+            file: sym.file.clone(),
+            line: sym.line,
+            kind,
+            address: a,
+            inlined: false,
+        });
+        out
+    }
+
+    // ---- V8 builtins remapped into anonymous memory -------------------------
+
+    fn copy_for(&self, a: u64) -> Option<BlobCopy> {
+        self.blob_copies.iter().copied().find(|c| a >= c.start && a < c.end)
+    }
+
+    fn blob_module_path(&mut self) -> Option<String> {
+        self.load_blob();
+        self.blob.as_ref().and_then(|b| b.as_ref()).map(|(m, _)| self.modules[*m].rec.path.clone())
+    }
+
+    /// Finds node's embedded blob among the modules (once).
+    fn load_blob(&mut self) {
+        if self.blob.is_some() {
+            return;
+        }
+        // The main executable (first module) and anything named like node.
+        let mut candidates: Vec<usize> = (0..self.modules.len())
+            .filter(|&i| {
+                let n = &self.modules[i].name;
+                (n.starts_with("node") || n.starts_with("libnode")) && !n.ends_with(".node")
+            })
+            .collect();
+        if !self.modules.is_empty() && !candidates.contains(&0) {
+            candidates.insert(0, 0);
+        }
+        let mut seen = BTreeSet::new();
+        self.blob = Some(None);
+        for m in candidates {
+            if !seen.insert(self.modules[m].rec.path.clone()) {
+                continue;
+            }
+            if let Some(b) = elf::find_embedded_blob(Path::new(&self.modules[m].rec.path)) {
+                self.blob = Some(Some((m, b)));
+                return;
+            }
+        }
+    }
+
+    /// Searches the unresolved addresses for remapped copies of the blob.
+    fn find_blob_copies(&mut self) {
+        self.unresolved_at_last_search = self.unresolved.len();
+        self.load_blob();
+        let Some(Some((bm, blob))) = &self.blob else { return };
+        let bm = *bm;
+        const PAGE: u64 = 4096;
+        let size = blob.size;
+        let mut residues = vec![blob.vaddr % PAGE];
+        if blob.vaddr % PAGE != 0 {
+            residues.push(0);
+        }
+        let addrs: Vec<u64> = self.unresolved.iter().copied().take(1 << 16).collect();
+        let mut used = vec![false; addrs.len()];
+        let mut found = Vec::new();
+        let mut i = 0;
+        while i < addrs.len() {
+            if used[i] {
+                i += 1;
+                continue;
+            }
+            let first = addrs[i];
+            // Candidate copy starts: the copy must contain `first`.
+            let lo = first.saturating_sub(size - 1);
+            let mut best: Option<(usize, u64)> = None;
+            let mut best_count = 0usize;
+            let mut ties = 0usize;
+            for &res in &residues {
+                let mut start = (lo / PAGE) * PAGE + res;
+                if start < lo {
+                    start += PAGE;
+                }
+                while start <= first {
+                    let end = start + size;
+                    let j0 = i;
+                    let j1 = addrs.partition_point(|&x| x < end);
+                    let mut pass = 0usize;
+                    let mut fail = 0usize;
+                    for (j, &x) in addrs.iter().enumerate().take(j1).skip(j0) {
+                        if used[j] {
+                            continue;
+                        }
+                        if blob.call_precedes(x - start) {
+                            pass += 1;
+                        } else {
+                            fail += 1;
+                        }
+                    }
+                    // Every return address must follow a call; allow a few
+                    // strays (other anonymous code near the copy).
+                    let ok = pass >= 2 && fail * 10 <= pass;
+                    if ok
+                        && !self.overlaps_known_code(start, end)
+                        && blob.call_precedes(first - start)
+                    {
+                        if pass > best_count {
+                            best_count = pass;
+                            best = Some((pass, start));
+                            ties = 0;
+                        } else if pass == best_count {
+                            ties += 1;
+                        }
+                    }
+                    start += PAGE;
+                }
+            }
+            match best {
+                Some((_, start)) if ties == 0 => {
+                    let end = start + size;
+                    for (j, &x) in addrs.iter().enumerate() {
+                        if x >= start && x < end {
+                            used[j] = true;
+                        }
+                    }
+                    found.push(BlobCopy { start, end, module: bm });
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        for c in found {
+            let n = self.unresolved.range(c.start..c.end).count();
+            self.unresolved.retain(|&x| x < c.start || x >= c.end);
+            let path = self.modules[bm].rec.path.clone();
+            self.notes.push(format!(
+                "V8 builtins remapped to anonymous memory at {:#x}-{:#x} (short builtin calls) resolved against \
+                 {path}'s embedded blob ({n} addresses)",
+                c.start, c.end
+            ));
+            self.blob_copies.push(c);
+        }
+    }
+
+    /// True if `[start, end)` overlaps a module range or a perf-map entry
+    /// (a blob copy cannot sit on top of either).
+    fn overlaps_known_code(&self, start: u64, end: u64) -> bool {
+        let i = self.ranges.partition_point(|r| r.0 < end);
+        (i > 0 && self.ranges[..i].iter().any(|r| r.1 > start))
+            || self.perf.as_ref().is_some_and(|p| {
+                // Only JIT entries matter; builtins entries sit in the binary.
+                p.overlaps(start, end)
+            })
+    }
+
+    fn blob_copy_frames(&mut self, c: BlobCopy, a: u64) -> Vec<Frame> {
+        let key = (usize::MAX - c.module, a);
+        if let Some(f) = self.native.get(&key) {
+            return f.clone();
+        }
+        let Some(Some((_, blob))) = &self.blob else { return Vec::new() };
+        let vaddr = blob.vaddr + (a - c.start);
+        let module_path = self.modules[c.module].rec.path.clone();
+        let src = Source::Elf(Elf::new(PathBuf::from(&module_path)));
+        let frames = match self.symbolizer.symbolize_single(&src, Input::VirtOffset(vaddr.saturating_sub(1))) {
+            Ok(s) => match owned(s) {
+                Some(sym) => self.sym_frames(&sym, a, &module_path),
+                None => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        let frames = if frames.is_empty() {
+            vec![Frame {
+                function: format!("Builtins+{:#x}", a - c.start),
+                module: module_path,
+                file: None,
+                line: None,
+                kind: FrameKind::Builtin,
+                address: a,
+                inlined: false,
+            }]
+        } else {
+            frames
+        };
+        self.native.insert(key, frames.clone());
+        frames
+    }
+}
+
+/// A blazesym symbol reduced to what frames need, with owned strings.
+#[derive(Clone, Debug)]
+struct OwnedSym {
+    name: String,
+    file: Option<String>,
+    line: Option<u32>,
+    /// Outermost first, as blazesym reports them: (name, file, line).
+    inlined: Vec<(String, Option<String>, Option<u32>)>,
+}
+
+fn owned(s: Symbolized<'_>) -> Option<OwnedSym> {
+    let Symbolized::Sym(sym) = s else { return None };
+    let loc = |ci: Option<&blazesym::symbolize::CodeInfo<'_>>| -> (Option<String>, Option<u32>) {
+        match ci {
+            Some(ci) => (Some(ci.to_path().to_string_lossy().into_owned()), ci.line),
+            None => (None, None),
+        }
+    };
+    let (file, line) = loc(sym.code_info.as_deref());
+    let inlined = sym
+        .inlined
+        .iter()
+        .map(|f| {
+            let (file, line) = loc(f.code_info.as_ref());
+            (f.name.to_string(), file, line)
+        })
+        .collect();
+    Some(OwnedSym { name: sym.name.into_owned(), file, line, inlined })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Demangles a C++ (Itanium) or Rust (legacy or v0) symbol; anything else
+/// is returned as is. Rust's legacy mangling looks like C++'s, so Rust is
+/// tried first (it only accepts names with its hash suffix).
+pub fn demangle(raw: &str) -> String {
+    if let Ok(d) = rustc_demangle::try_demangle(raw) {
+        return format!("{d:#}");
+    }
+    if raw.starts_with("_Z")
+        && let Ok(sym) = cpp_demangle::Symbol::new(raw)
+    {
+        let opts = cpp_demangle::DemangleOptions::new();
+        if let Ok(d) = sym.demangle_with_options(&opts) {
+            return d;
+        }
+    }
+    raw.to_string()
+}
+
+/// True for frames that are allocator internals or thin allocation
+/// wrappers, which reports collapse so that a stack starts at the code that
+/// asked for memory: malloc and friends, glibc's internals, `operator
+/// new`/`delete`, std allocators, mmap, V8/node ArrayBuffer allocator glue,
+/// libuv/OpenSSL/zlib allocation wrappers, and offheap's own agent.
+pub fn is_allocator_frame(f: &Frame) -> bool {
+    if matches!(f.kind, FrameKind::Js) {
+        return false;
+    }
+    let module = f.module.rsplit('/').next().unwrap_or(&f.module);
+    if module.starts_with("liboffheap_agent") {
+        return true;
+    }
+    if f.kind == FrameKind::Unknown {
+        return false;
+    }
+    let name = f.function.as_str();
+    // Strip a parameter list for exact matching of C names.
+    let base = name.split('(').next().unwrap_or(name).trim();
+    const EXACT: &[&str] = &[
+        "malloc",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "free",
+        "cfree",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "malloc_usable_size",
+        "mmap",
+        "mmap64",
+        "munmap",
+        "mremap",
+        "__mmap",
+        "__munmap",
+        "__mremap",
+        "_int_malloc",
+        "_int_free",
+        "_int_realloc",
+        "_int_memalign",
+        "_mid_memalign",
+        "sysmalloc",
+        "sysmalloc_mmap",
+        "tcache_init",
+        "tcache_get",
+        "tcache_put",
+        "malloc_consolidate",
+        "alloc_perturb",
+        "arena_get2",
+        "_int_new_arena",
+        "new_heap",
+        "alloc_new_heap",
+        "grow_heap",
+        "malloc_hook_ini",
+        "realloc_hook_ini",
+        "memalign_hook_ini",
+        "zcalloc",
+        "zcfree",
+        "CRYPTO_malloc",
+        "CRYPTO_zalloc",
+        "CRYPTO_realloc",
+        "CRYPTO_clear_realloc",
+        "CRYPTO_free",
+        "uv__malloc",
+        "uv__calloc",
+        "uv__realloc",
+        "uv__reallocf",
+        "uv__free",
+        "uv__strdup",
+        "uv__strndup",
+        "napi_create_buffer",
+        "strdup",
+        "strndup",
+        "__strdup",
+        "__strndup",
+        "__libc_malloc",
+        "__libc_calloc",
+        "__libc_realloc",
+        "__libc_free",
+        "__libc_memalign",
+        "__libc_valloc",
+        "__libc_pvalloc",
+        "__posix_memalign",
+        "__malloc_arena_thread_freeres",
+    ];
+    if EXACT.contains(&base) {
+        return true;
+    }
+    const PREFIXES: &[&str] = &[
+        "operator new",
+        "operator delete",
+        "__gnu_cxx::new_allocator<",
+        "__gnu_cxx::__new_allocator<",
+        "std::__new_allocator<",
+        "std::allocator<",
+        "std::allocator_traits<",
+        "std::__allocate_guarded",
+        "node::NodeArrayBufferAllocator::",
+        "node::DebuggingArrayBufferAllocator::",
+        "node::ArrayBufferAllocator::",
+        "v8::ArrayBuffer::Allocator::",
+        "v8::internal::Malloced::",
+        "v8::internal::AlignedAllocWithRetry",
+        "v8::internal::AllocWithRetry",
+        "v8::base::Malloc",
+        "v8::base::Calloc",
+        "v8::base::Realloc",
+        "v8::base::AlignedAlloc",
+        "v8::base::OS::Allocate",
+        "alloc::alloc::",
+        "alloc::raw_vec::",
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rdl_alloc",
+        "__rdl_realloc",
+        "__rg_alloc",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles_cpp_and_rust() {
+        assert_eq!(demangle("_ZN4node6Buffer3NewEPN2v87IsolateEm"), "node::Buffer::New(v8::Isolate*, unsigned long)");
+        assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE"), "foo::bar");
+        assert_eq!(demangle("_RNvCs1234_7mycrate4func"), "mycrate::func");
+        assert_eq!(demangle("malloc"), "malloc");
+        assert_eq!(demangle("_Znwm"), "operator new(unsigned long)");
+    }
+
+    #[test]
+    fn allocator_frames() {
+        let f = |function: &str, module: &str| Frame {
+            function: function.into(),
+            module: module.into(),
+            file: None,
+            line: None,
+            kind: FrameKind::Native,
+            address: 0,
+            inlined: false,
+        };
+        assert!(is_allocator_frame(&f("malloc", "/lib/x86_64-linux-gnu/libc.so.6")));
+        assert!(is_allocator_frame(&f("operator new(unsigned long)", "/usr/lib/libstdc++.so.6")));
+        assert!(is_allocator_frame(&f("node::NodeArrayBufferAllocator::Allocate(unsigned long)", "/usr/bin/node")));
+        assert!(is_allocator_frame(&f("anything", "/tmp/rec/liboffheap_agent.so")));
+        assert!(!is_allocator_frame(&f("leak_bytes", "/tmp/leak.node")));
+        assert!(!is_allocator_frame(&f("deflateInit2_", "/usr/bin/node")));
+        let mut js = f("malloc", "/a.js");
+        js.kind = FrameKind::Js;
+        assert!(!is_allocator_frame(&js));
+    }
+
+    #[test]
+    fn unknown_frames_are_kept() {
+        let m = ModuleRecord {
+            path: "/nonexistent/libgone.so".into(),
+            bias: 0x7f00_0000_0000,
+            ranges: vec![(0x7f00_0000_1000, 0x7f00_0000_9000, 0x1000)],
+            ..Default::default()
+        };
+        let mut s = ProcessSymbols::new(&[m], None);
+        let fr = s.symbolize(&[0x7f00_0000_1234, 0x1234], 0.0);
+        assert_eq!(fr.len(), 2);
+        assert_eq!(fr[0].function, "libgone.so+0x1234");
+        assert_eq!(fr[0].module, "/nonexistent/libgone.so");
+        assert_eq!(fr[0].kind, FrameKind::Unknown);
+        assert_eq!(fr[1].function, "0x1234");
+        assert_eq!(fr[1].module, UNKNOWN_MODULE);
+        assert_eq!(s.notes().len(), 1, "{:?}", s.notes());
+    }
 }

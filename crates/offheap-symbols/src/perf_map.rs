@@ -1,0 +1,344 @@
+//! V8's perf map (`/tmp/perf-PID.map`, copied into the recording as
+//! `perf-PID.map`) and its companion `perf-PID.map.times`.
+//!
+//! The map is a text file with one `START SIZE name` line per code object
+//! (hex without `0x`). It is append-only; when V8 reuses code space, a later
+//! line covers the same range as an earlier one and wins from the time it was
+//! written. The `.times` file (lines `BYTE_OFFSET UNIX_MS`) says when the
+//! bytes of the map from `BYTE_OFFSET` on were first seen by the copier, so
+//! each entry gets a "live from" time.
+
+use std::path::Path;
+
+/// One perf-map line.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub start: u64,
+    pub end: u64,
+    /// Position of the line in the file (later lines win).
+    pub seq: u32,
+    /// Unix ms from which the entry was live (`-inf` when unknown).
+    pub live_from_ms: f64,
+    pub name: String,
+}
+
+/// The parsed map, sorted by start address for lookups.
+#[derive(Debug, Default)]
+pub(crate) struct PerfMap {
+    /// Sorted by `start`, then `seq`.
+    entries: Vec<Entry>,
+    /// `max_end[i]` = the largest `end` among `entries[..=i]`; bounds the
+    /// backward scan of a lookup.
+    max_end: Vec<u64>,
+    /// Lines that could not be parsed (reported to the user).
+    pub bad_lines: usize,
+    /// True if the last line was cut (no newline) and skipped.
+    pub truncated_tail: bool,
+}
+
+impl PerfMap {
+    /// Reads `path` and, if present, `path.times`. Errors only when the map
+    /// itself cannot be read.
+    pub fn open(path: &Path) -> std::io::Result<(PerfMap, Option<String>)> {
+        let text = std::fs::read(path)?;
+        let mut times_path = path.as_os_str().to_owned();
+        times_path.push(".times");
+        let (times, note) = match std::fs::read_to_string(&times_path) {
+            Ok(t) => (Some(parse_times(&t)), None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "{}: unreadable ({e}); every perf-map entry treated as live from the start",
+                    Path::new(&times_path).display()
+                )),
+            ),
+        };
+        Ok((PerfMap::parse(&text, times.as_deref()), note))
+    }
+
+    /// Parses map bytes; `times` is the sorted `(byte offset, unix ms)` list.
+    pub fn parse(text: &[u8], times: Option<&[(u64, f64)]>) -> PerfMap {
+        let mut map = PerfMap::default();
+        let mut offset = 0usize;
+        let mut seq = 0u32;
+        while offset < text.len() {
+            let rest = &text[offset..];
+            let (line, next, complete) = match rest.iter().position(|&b| b == b'\n') {
+                Some(n) => (&rest[..n], offset + n + 1, true),
+                None => (rest, text.len(), false),
+            };
+            let line_offset = offset as u64;
+            offset = next;
+            if !complete {
+                // A copy taken while V8 was writing: the last line may be cut.
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    map.truncated_tail = true;
+                }
+                break;
+            }
+            let line = String::from_utf8_lossy(line);
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Some((start, size, name)) = parse_line(line) else {
+                map.bad_lines += 1;
+                continue;
+            };
+            if size == 0 {
+                continue;
+            }
+            let live_from_ms = match times {
+                Some(t) => match t.partition_point(|&(o, _)| o <= line_offset) {
+                    0 => f64::NEG_INFINITY,
+                    n => t[n - 1].1,
+                },
+                None => f64::NEG_INFINITY,
+            };
+            map.entries.push(Entry {
+                start,
+                end: start.saturating_add(size),
+                seq,
+                live_from_ms,
+                name: name.to_string(),
+            });
+            seq += 1;
+        }
+        map.entries.sort_by_key(|e| (e.start, e.seq));
+        let mut m = 0u64;
+        map.max_end = map
+            .entries
+            .iter()
+            .map(|e| {
+                m = m.max(e.end);
+                m
+            })
+            .collect();
+        map
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The entry covering `addr` that was live at `t_ms`: the latest line
+    /// whose live-from time is ≤ `t_ms`. If none was live yet (the copier
+    /// saw the line only after the sample, as happens for code written just
+    /// before it), the covering line first seen soonest after `t_ms`.
+    pub fn lookup(&self, addr: u64, t_ms: f64) -> Option<&Entry> {
+        let mut i = self.entries.partition_point(|e| e.start <= addr);
+        let mut best_live: Option<&Entry> = None;
+        let mut best_next: Option<&Entry> = None;
+        while i > 0 {
+            i -= 1;
+            if self.max_end[i] <= addr {
+                break;
+            }
+            let e = &self.entries[i];
+            if addr < e.end {
+                if e.live_from_ms <= t_ms {
+                    if best_live.is_none_or(|b| e.seq > b.seq) {
+                        best_live = Some(e);
+                    }
+                } else if best_next.is_none_or(|b| (e.live_from_ms, e.seq) < (b.live_from_ms, b.seq)) {
+                    best_next = Some(e);
+                }
+            }
+        }
+        best_live.or(best_next)
+    }
+
+    /// True if any entry overlaps `[start, end)`.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        let i = self.entries.partition_point(|e| e.start < end);
+        i > 0 && self.max_end[i - 1] > start && self.entries[..i].iter().rev().any(|e| e.end > start)
+    }
+}
+
+fn parse_line(line: &str) -> Option<(u64, u64, &str)> {
+    let line = line.trim_start();
+    let (start, rest) = line.split_once(' ')?;
+    let rest = rest.trim_start();
+    let (size, name) = rest.split_once(' ').unwrap_or((rest, ""));
+    let start = u64::from_str_radix(start.trim_start_matches("0x"), 16).ok()?;
+    let size = u64::from_str_radix(size.trim_start_matches("0x"), 16).ok()?;
+    Some((start, size, name.trim()))
+}
+
+/// Parses `BYTE_OFFSET UNIX_MS` lines (sorted by offset on return).
+pub(crate) fn parse_times(text: &str) -> Vec<(u64, f64)> {
+    let mut out: Vec<(u64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let o = it.next()?.parse::<u64>().ok()?;
+            let t = it.next()?.parse::<f64>().ok()?;
+            t.is_finite().then_some((o, t))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    out
+}
+
+/// What a perf-map name says about a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct JsName {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    /// `~` interpreted, `^` Sparkplug, `+` Maglev, `*` TurboFan.
+    pub tier: Option<char>,
+    pub builtin: bool,
+}
+
+/// Splits a V8 perf-map name (`JS:*fn /path/x.js:3:10`, `Builtin:Foo`,
+/// `BytecodeHandler:Bar`, `RegExp:a+b`, `Eval:~ file:1:1`, ...).
+pub(crate) fn parse_name(name: &str) -> JsName {
+    let (prefix, rest) = match name.split_once(':') {
+        Some((p, r)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphabetic()) => (p, r),
+        _ => ("", name),
+    };
+    match prefix {
+        "Builtin" => JsName {
+            function: format!("Builtins_{rest}"),
+            file: None,
+            line: None,
+            column: None,
+            tier: None,
+            builtin: true,
+        },
+        "BytecodeHandler" | "Stub" | "Handler" | "BytecodeHandlerStub" | "KeyedLoadIC" | "KeyedStoreIC"
+        | "LoadIC" | "StoreIC" | "CallIC" | "Callback" | "WasmToJS" | "JSToWasm" => JsName {
+            function: name.to_string(),
+            file: None,
+            line: None,
+            column: None,
+            tier: None,
+            builtin: true,
+        },
+        "RegExp" => JsName {
+            function: format!("RegExp:{rest}"),
+            file: None,
+            line: None,
+            column: None,
+            tier: None,
+            builtin: false,
+        },
+        _ => {
+            // JS:, LazyCompile:, Function:, Eval:, Script:, or no prefix.
+            let mut rest = rest;
+            let mut tier = None;
+            if let Some(c) = rest.chars().next()
+                && matches!(c, '~' | '^' | '+' | '*')
+            {
+                tier = Some(c);
+                rest = &rest[1..];
+            }
+            let (func, file, line, column) = split_location(rest);
+            let func = func.trim();
+            let function = if !func.is_empty() {
+                func.to_string()
+            } else if matches!(prefix, "Eval" | "Script") {
+                "(script)".to_string()
+            } else {
+                "(anonymous)".to_string()
+            };
+            JsName { function, file, line, column, tier, builtin: false }
+        }
+    }
+}
+
+/// `fn name /path/file.js:12:5` -> (`fn name`, file, line, column). The
+/// location is the last space-separated token ending in `:LINE:COL` (or
+/// `:LINE`); a function name may itself contain spaces (`get foo`).
+fn split_location(s: &str) -> (&str, Option<String>, Option<u32>, Option<u32>) {
+    let s = s.trim_end();
+    // Peel `:COL` and `:LINE` off the end.
+    let mut nums = Vec::new();
+    let mut head = s;
+    for _ in 0..2 {
+        match head.rsplit_once(':') {
+            Some((h, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(v) = n.parse::<u32>() {
+                    nums.push(v);
+                    head = h;
+                } else {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    if nums.is_empty() {
+        // No location: the whole thing may be `fn file` or just `fn`.
+        return (s, None, None, None);
+    }
+    nums.reverse();
+    let (line, column) = (nums.first().copied(), nums.get(1).copied());
+    // `head` is now `fn name file`. The file starts at the last space, unless
+    // the path has spaces: prefer a ` /`, ` node:`, ` file:` boundary.
+    let file_start = [" /", " node:", " file:", " [", " http:", " https:"]
+        .iter()
+        .filter_map(|m| head.find(m).map(|i| i + 1))
+        .min()
+        .or_else(|| head.rfind(' ').map(|i| i + 1))
+        .unwrap_or(0);
+    let func = if file_start == 0 { "" } else { &head[..file_start - 1] };
+    let file = &head[file_start..];
+    (func, (!file.is_empty()).then(|| file.to_string()), line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let n = parse_name("JS:*namedLeaky /tmp/x y/hot.js:1:28");
+        assert_eq!(n.function, "namedLeaky");
+        assert_eq!(n.file.as_deref(), Some("/tmp/x y/hot.js"));
+        assert_eq!((n.line, n.column, n.tier), (Some(1), Some(28), Some('*')));
+        let n = parse_name("JS:~ node:internal/main/run_main_module:1:1");
+        assert_eq!(n.function, "(anonymous)");
+        assert_eq!(n.file.as_deref(), Some("node:internal/main/run_main_module"));
+        let n = parse_name("JS:^get foo /a.js:3:4");
+        assert_eq!(n.function, "get foo");
+        assert_eq!(n.tier, Some('^'));
+        let n = parse_name("Eval:~ /a.js:1:1");
+        assert_eq!(n.function, "(script)");
+        let n = parse_name("Builtin:ArrayPrototypePush");
+        assert!(n.builtin);
+        assert_eq!(n.function, "Builtins_ArrayPrototypePush");
+        let n = parse_name("BytecodeHandler:LdaZero");
+        assert!(n.builtin);
+        let n = parse_name("RegExp:a+b");
+        assert!(!n.builtin);
+        assert_eq!(n.function, "RegExp:a+b");
+        let n = parse_name("JS:+fn [eval]:1:10");
+        assert_eq!((n.function.as_str(), n.file.as_deref(), n.tier), ("fn", Some("[eval]"), Some('+')));
+    }
+
+    #[test]
+    fn later_entries_win_by_time() {
+        let text = b"1000 100 JS:~a /a.js:1:1\n2000 10 JS:~x /x.js:1:1\n1000 100 JS:*b /a.js:2:1\n1050 1";
+        // Second copy of 1000 seen at t=200.
+        let second = text.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(1).unwrap().0 as u64 + 1;
+        let times = [(0, 100.0), (second, 200.0)];
+        let m = PerfMap::parse(text, Some(&times));
+        assert!(m.truncated_tail);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.lookup(0x1010, 150.0).unwrap().name, "JS:~a /a.js:1:1");
+        assert_eq!(m.lookup(0x1010, 250.0).unwrap().name, "JS:*b /a.js:2:1");
+        // Before anything was live: the entry seen first after the sample.
+        assert_eq!(m.lookup(0x1010, 50.0).unwrap().name, "JS:~a /a.js:1:1");
+        assert!(m.lookup(0x1100, 250.0).is_none());
+        assert_eq!(m.lookup(0x2005, 0.0).unwrap().name, "JS:~x /x.js:1:1");
+        assert!(m.lookup(0x2010, 0.0).is_none());
+        let m = PerfMap::parse(text, None);
+        assert_eq!(m.lookup(0x1010, 0.0).unwrap().name, "JS:*b /a.js:2:1");
+        assert!(m.overlaps(0x1f00, 0x2001));
+        assert!(!m.overlaps(0x1100, 0x2000));
+    }
+}
