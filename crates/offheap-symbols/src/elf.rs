@@ -153,3 +153,28 @@ impl EmbeddedBlob {
             || ff(7, &|m| m >> 6 == 2 && modrm_call(m) && m & 7 == 4)
     }
 }
+
+/// PT_LOAD segments of an ELF file: (vaddr, file offset, file size).
+pub(crate) fn load_segments(path: &Path) -> Option<Vec<(u64, u64, u64)>> {
+    let f = File::open(path).ok()?;
+    let eh = read_at(&f, 0, 64)?;
+    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return None;
+    }
+    let phoff = u64_at(&eh, 0x20)?;
+    let phentsize = u16_at(&eh, 0x36)? as u64;
+    let phnum = u16_at(&eh, 0x38)? as u64;
+    if phentsize < 56 {
+        return None;
+    }
+    let ph = read_at(&f, phoff, phentsize * phnum)?;
+    Some(
+        (0..phnum as usize)
+            .filter_map(|i| {
+                let o = i * phentsize as usize;
+                (u32_at(&ph, o)? == 1).then_some(())?;
+                Some((u64_at(&ph, o + 16)?, u64_at(&ph, o + 8)?, u64_at(&ph, o + 32)?))
+            })
+            .collect(),
+    )
+}

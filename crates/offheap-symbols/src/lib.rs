@@ -661,6 +661,62 @@ impl ProcessSymbols {
     }
 }
 
+/// Builds module records from the text of a `/proc/PID/maps` file: every
+/// file-backed mapping of an ELF file becomes a range of that file's record
+/// (so a second mapping of the same file, like V8's remapped builtins,
+/// resolves through its file offset), with the load bias derived from the
+/// ELF program headers and the build-id read from disk. For attaching to a
+/// live process, and for tests; the native agent records the same fields.
+pub fn modules_from_proc_maps(maps: &str) -> Vec<ModuleRecord> {
+    let mut out: Vec<ModuleRecord> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut segs: HashMap<String, Option<Vec<(u64, u64, u64)>>> = HashMap::new();
+    for line in maps.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(off), Some(_dev), Some(_inode)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        let path = it.collect::<Vec<_>>().join(" ");
+        if !path.starts_with('/') {
+            continue;
+        }
+        let Some((s, e)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end), Ok(off)) =
+            (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16), u64::from_str_radix(off, 16))
+        else {
+            continue;
+        };
+        let Some(loads) = segs.entry(path.clone()).or_insert_with(|| elf::load_segments(Path::new(&path))) else {
+            continue;
+        };
+        let i = *index.entry(path.clone()).or_insert_with(|| {
+            out.push(ModuleRecord {
+                build_id: blazesym::helper::read_elf_build_id(Path::new(&path)).ok().flatten().map(|b| b.to_vec()),
+                path: path.clone(),
+                bias: u64::MAX,
+                ..Default::default()
+            });
+            out.len() - 1
+        });
+        let rec = &mut out[i];
+        if rec.bias == u64::MAX
+            && let Some(&(vaddr, offset, _)) =
+                loads.iter().find(|&&(_, offset, filesz)| off >= offset && off < offset + filesz.max(1))
+        {
+            rec.bias = start.wrapping_sub(vaddr + (off - offset));
+        }
+        rec.ranges.push((start, end, off));
+    }
+    for r in &mut out {
+        if r.bias == u64::MAX {
+            r.bias = r.ranges.first().map_or(0, |x| x.0 - x.2);
+        }
+    }
+    out
+}
+
 /// A blazesym symbol reduced to what frames need, with owned strings.
 #[derive(Clone, Debug)]
 struct OwnedSym {
