@@ -15,6 +15,8 @@ pub(crate) struct EmbeddedBlob {
     pub size: u64,
     /// The code bytes.
     pub code: Vec<u8>,
+    /// Blob offsets of the function symbols inside it (`Builtins_*`), sorted.
+    pub starts: Vec<u64>,
 }
 
 struct Segment {
@@ -64,14 +66,24 @@ pub(crate) fn find_embedded_blob(path: &Path) -> Option<EmbeddedBlob> {
         .filter_map(|i| {
             let o = i * phentsize as usize;
             (u32_at(&ph, o)? == 1).then_some(())?; // PT_LOAD
-            Some(Segment { offset: u64_at(&ph, o + 8)?, vaddr: u64_at(&ph, o + 16)?, filesz: u64_at(&ph, o + 32)? })
+            Some(Segment {
+                offset: u64_at(&ph, o + 8)?,
+                vaddr: u64_at(&ph, o + 16)?,
+                filesz: u64_at(&ph, o + 32)?,
+            })
         })
         .collect();
     let sh = read_at(&f, shoff, shentsize * shnum)?;
     let section = |i: usize| -> Option<(u32, u64, u64, u32, u64)> {
         let o = i * shentsize as usize;
         // (type, offset, size, link, entsize)
-        Some((u32_at(&sh, o + 4)?, u64_at(&sh, o + 24)?, u64_at(&sh, o + 32)?, u32_at(&sh, o + 40)?, u64_at(&sh, o + 56)?))
+        Some((
+            u32_at(&sh, o + 4)?,
+            u64_at(&sh, o + 24)?,
+            u64_at(&sh, o + 32)?,
+            u32_at(&sh, o + 40)?,
+            u64_at(&sh, o + 56)?,
+        ))
     };
     // .symtab (type 2) only: the blob symbols are local.
     let (_, symoff, symsize, strndx, entsize) =
@@ -85,6 +97,7 @@ pub(crate) fn find_embedded_blob(path: &Path) -> Option<EmbeddedBlob> {
         &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
     };
     let (mut code, mut size_sym) = (None, None);
+    let mut builtins = Vec::new();
     for i in 0..(symsize / entsize) as usize {
         let o = i * entsize as usize;
         let name = name_at(u32_at(&syms, o)?);
@@ -92,9 +105,8 @@ pub(crate) fn find_embedded_blob(path: &Path) -> Option<EmbeddedBlob> {
             code = Some(u64_at(&syms, o + 8)?);
         } else if name == b"v8_Default_embedded_blob_code_size_" {
             size_sym = Some(u64_at(&syms, o + 8)?);
-        }
-        if code.is_some() && size_sym.is_some() {
-            break;
+        } else if name.starts_with(b"Builtins_") {
+            builtins.push(u64_at(&syms, o + 8)?);
         }
     }
     let (vaddr, size_vaddr) = (code?, size_sym?);
@@ -109,7 +121,19 @@ pub(crate) fn find_embedded_blob(path: &Path) -> Option<EmbeddedBlob> {
         return None;
     }
     let code = read_at(&f, file_offset(vaddr)?, size)?;
-    Some(EmbeddedBlob { vaddr, size, code })
+    let mut starts: Vec<u64> = builtins
+        .into_iter()
+        .filter(|&a| a >= vaddr && a < vaddr + size)
+        .map(|a| a - vaddr)
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    Some(EmbeddedBlob {
+        vaddr,
+        size,
+        code,
+        starts,
+    })
 }
 
 impl EmbeddedBlob {
@@ -124,17 +148,27 @@ impl EmbeddedBlob {
         }
         let o = o as usize;
         let c = &self.code;
-        let at = |back: usize| -> Option<u8> { o.checked_sub(back).and_then(|i| c.get(i).copied()) };
+        let at =
+            |back: usize| -> Option<u8> { o.checked_sub(back).and_then(|i| c.get(i).copied()) };
         let modrm_call = |m: u8| (m >> 3) & 7 == 2;
         if o > c.len() {
             return false;
         }
-        // call rel32: E8 xx xx xx xx
-        if at(5) == Some(0xe8) {
-            return true;
+        // call rel32: E8 xx xx xx xx, whose target must be a builtin's
+        // entry (rel32 calls cannot leave a remapped copy).
+        if at(5) == Some(0xe8) && o >= 5 {
+            let rel = i32::from_le_bytes([c[o - 4], c[o - 3], c[o - 2], c[o - 1]]) as i64;
+            let target = o as i64 + rel;
+            if target >= 0
+                && (self.starts.is_empty() || self.starts.binary_search(&(target as u64)).is_ok())
+            {
+                return true;
+            }
         }
         // FF /2 forms, by total length ending at o.
-        let ff = |len: usize, check: &dyn Fn(u8) -> bool| at(len) == Some(0xff) && at(len - 1).is_some_and(check);
+        let ff = |len: usize, check: &dyn Fn(u8) -> bool| {
+            at(len) == Some(0xff) && at(len - 1).is_some_and(check)
+        };
         // call reg: FF D0+r (mod=11)
         ff(2, &|m| m >> 6 == 3 && modrm_call(m))
             // call [reg]: FF 10+r (mod=00, rm != 4 (SIB), rm != 5 (RIP))
@@ -154,8 +188,11 @@ impl EmbeddedBlob {
     }
 }
 
-/// PT_LOAD segments of an ELF file: (vaddr, file offset, file size).
-pub(crate) fn load_segments(path: &Path) -> Option<Vec<(u64, u64, u64)>> {
+/// A PT_LOAD segment: (vaddr, file offset, file size).
+pub(crate) type LoadSegment = (u64, u64, u64);
+
+/// PT_LOAD segments of an ELF file.
+pub(crate) fn load_segments(path: &Path) -> Option<Vec<LoadSegment>> {
     let f = File::open(path).ok()?;
     let eh = read_at(&f, 0, 64)?;
     if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
@@ -173,8 +210,44 @@ pub(crate) fn load_segments(path: &Path) -> Option<Vec<(u64, u64, u64)>> {
             .filter_map(|i| {
                 let o = i * phentsize as usize;
                 (u32_at(&ph, o)? == 1).then_some(())?;
-                Some((u64_at(&ph, o + 16)?, u64_at(&ph, o + 8)?, u64_at(&ph, o + 32)?))
+                Some((
+                    u64_at(&ph, o + 16)?,
+                    u64_at(&ph, o + 8)?,
+                    u64_at(&ph, o + 32)?,
+                ))
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How selective the return-address test is on the real node binary.
+    #[test]
+    fn call_check_on_real_node() {
+        let Some(b) = find_embedded_blob(Path::new("/usr/bin/node")) else {
+            return;
+        };
+        assert!(b.size > 1 << 20);
+        assert!(b.starts.len() > 1000);
+        let pass = (0..b.size).filter(|&o| b.call_precedes(o)).count();
+        eprintln!(
+            "blob {:#x}+{:#x}: {} of {} offsets follow a call ({:.3}%)",
+            b.vaddr,
+            b.size,
+            pass,
+            b.size,
+            pass as f64 * 100.0 / b.size as f64
+        );
+        // Same page offset as a real return address (CallApiCallback+0x86).
+        let o = 0x18d1546 - b.vaddr;
+        assert!(b.call_precedes(o));
+        let same_page: Vec<u64> = (0..b.size / 4096 + 1)
+            .map(|k| k * 4096 + (o % 4096))
+            .filter(|&x| x < b.size && b.call_precedes(x))
+            .collect();
+        eprintln!("same page offset passing: {same_page:x?}");
+    }
 }

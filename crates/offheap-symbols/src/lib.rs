@@ -173,7 +173,13 @@ impl ProcessSymbols {
         let mut ranges: Vec<(u64, u64, u64, usize)> = modules
             .iter()
             .enumerate()
-            .flat_map(|(i, m)| m.rec.ranges.iter().filter(|r| r.1 > r.0).map(move |&(s, e, o)| (s, e, o, i)))
+            .flat_map(|(i, m)| {
+                m.rec
+                    .ranges
+                    .iter()
+                    .filter(|r| r.1 > r.0)
+                    .map(move |&(s, e, o)| (s, e, o, i))
+            })
             .collect();
         ranges.sort_unstable();
         let mut max = 0;
@@ -188,7 +194,11 @@ impl ProcessSymbols {
             Ok((map, note)) => {
                 notes.extend(note);
                 if map.bad_lines > 0 {
-                    notes.push(format!("{}: {} unparsable line(s) skipped", p.display(), map.bad_lines));
+                    notes.push(format!(
+                        "{}: {} unparsable line(s) skipped",
+                        p.display(),
+                        map.bad_lines
+                    ));
                 }
                 if map.truncated_tail {
                     notes.push(format!("{}: last line cut short; skipped", p.display()));
@@ -196,7 +206,10 @@ impl ProcessSymbols {
                 Some(map)
             }
             Err(e) => {
-                notes.push(format!("{}: unreadable ({e}); JS frames stay unnamed", p.display()));
+                notes.push(format!(
+                    "{}: unreadable ({e}); JS frames stay unnamed",
+                    p.display()
+                ));
                 None
             }
         });
@@ -237,7 +250,9 @@ impl ProcessSymbols {
     /// Symbolizes one stack (raw return addresses, innermost first) seen
     /// at Unix time `t_ms`. Returns frames innermost first.
     pub fn symbolize(&mut self, addrs: &[u64], t_ms: f64) -> Vec<Frame> {
-        self.symbolize_stacks(&[(addrs, t_ms)]).pop().unwrap_or_default()
+        self.symbolize_stacks(&[(addrs, t_ms)])
+            .pop()
+            .unwrap_or_default()
     }
 
     /// Symbolizes many stacks at once: `(addresses innermost first, Unix ms)`.
@@ -255,7 +270,10 @@ impl ProcessSymbols {
                         pending.entry(m).or_default().insert(a);
                     }
                 } else if self.copy_for(a).is_none()
-                    && self.perf.as_ref().is_none_or(|p| p.lookup(a.saturating_sub(1), t).is_none())
+                    && self
+                        .perf
+                        .as_ref()
+                        .is_none_or(|p| p.lookup(a.saturating_sub(1), t).is_none())
                     && self.unresolved.insert(a)
                 {
                     new_unresolved = true;
@@ -268,7 +286,8 @@ impl ProcessSymbols {
             self.symbolize_module(m, &addrs.into_iter().collect::<Vec<_>>());
         }
         if new_unresolved
-            && (stacks.len() > 1 || self.unresolved.len() >= 2 * self.unresolved_at_last_search.max(1))
+            && (stacks.len() > 1
+                || self.unresolved.len() >= 2 * self.unresolved_at_last_search.max(1))
         {
             self.find_blob_copies();
         }
@@ -298,11 +317,16 @@ impl ProcessSymbols {
             out.extend(self.blob_copy_frames(copy, a));
             return;
         }
-        if let Some(e) = self.perf.as_ref().and_then(|p| p.lookup(a.saturating_sub(1), t)) {
+        if let Some(e) = self
+            .perf
+            .as_ref()
+            .and_then(|p| p.lookup(a.saturating_sub(1), t))
+        {
             let n = perf_map::parse_name(&e.name);
             let module = if n.builtin {
                 // V8's builtins live in node's binary; name that module if known.
-                self.blob_module_path().unwrap_or_else(|| JIT_MODULE.to_string())
+                self.blob_module_path()
+                    .unwrap_or_else(|| JIT_MODULE.to_string())
             } else {
                 n.file.clone().unwrap_or_else(|| JIT_MODULE.to_string())
             };
@@ -311,7 +335,11 @@ impl ProcessSymbols {
                 module,
                 file: n.file,
                 line: n.line,
-                kind: if n.builtin { FrameKind::Builtin } else { FrameKind::Js },
+                kind: if n.builtin {
+                    FrameKind::Builtin
+                } else {
+                    FrameKind::Js
+                },
                 address: a,
                 inlined: false,
             });
@@ -357,7 +385,10 @@ impl ProcessSymbols {
             .ranges
             .iter()
             .find(|r| a >= r.0 && a < r.1)
-            .map_or_else(|| a.wrapping_sub(self.modules[m].rec.bias), |r| a - r.0 + r.2)
+            .map_or_else(
+                || a.wrapping_sub(self.modules[m].rec.bias),
+                |r| a - r.0 + r.2,
+            )
     }
 
     /// The module's ELF virtual address of `a` (what addr2line takes).
@@ -421,7 +452,10 @@ impl ProcessSymbols {
             }
             return;
         }
-        let offsets: Vec<u64> = addrs.iter().map(|&a| self.file_offset(m, a.saturating_sub(1))).collect();
+        let offsets: Vec<u64> = addrs
+            .iter()
+            .map(|&a| self.file_offset(m, a.saturating_sub(1)))
+            .collect();
         let path = PathBuf::from(&self.modules[m].rec.path);
         let src = Source::Elf(Elf::new(path.clone()));
         let results = match self.symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
@@ -459,7 +493,11 @@ impl ProcessSymbols {
     /// then the outer function.
     fn sym_frames(&mut self, sym: &OwnedSym, a: u64, module: &str) -> Vec<Frame> {
         let outer = self.demangle(&sym.name);
-        let kind = if sym.name.starts_with("Builtins_") { FrameKind::Builtin } else { FrameKind::Native };
+        let kind = if sym.name.starts_with("Builtins_") {
+            FrameKind::Builtin
+        } else {
+            FrameKind::Native
+        };
         let mut out = Vec::with_capacity(sym.inlined.len() + 1);
         for (name, file, line) in sym.inlined.iter().rev() {
             out.push(Frame {
@@ -487,12 +525,18 @@ impl ProcessSymbols {
     // ---- V8 builtins remapped into anonymous memory -------------------------
 
     fn copy_for(&self, a: u64) -> Option<BlobCopy> {
-        self.blob_copies.iter().copied().find(|c| a >= c.start && a < c.end)
+        self.blob_copies
+            .iter()
+            .copied()
+            .find(|c| a >= c.start && a < c.end)
     }
 
     fn blob_module_path(&mut self) -> Option<String> {
         self.load_blob();
-        self.blob.as_ref().and_then(|b| b.as_ref()).map(|(m, _)| self.modules[*m].rec.path.clone())
+        self.blob
+            .as_ref()
+            .and_then(|b| b.as_ref())
+            .map(|(m, _)| self.modules[*m].rec.path.clone())
     }
 
     /// Finds node's embedded blob among the modules (once).
@@ -527,7 +571,9 @@ impl ProcessSymbols {
     fn find_blob_copies(&mut self) {
         self.unresolved_at_last_search = self.unresolved.len();
         self.load_blob();
-        let Some(Some((bm, blob))) = &self.blob else { return };
+        let Some(Some((bm, blob))) = &self.blob else {
+            return;
+        };
         let bm = *bm;
         const PAGE: u64 = 4096;
         let size = blob.size;
@@ -597,7 +643,11 @@ impl ProcessSymbols {
                             used[j] = true;
                         }
                     }
-                    found.push(BlobCopy { start, end, module: bm });
+                    found.push(BlobCopy {
+                        start,
+                        end,
+                        module: bm,
+                    });
                 }
                 _ => {}
             }
@@ -632,11 +682,16 @@ impl ProcessSymbols {
         if let Some(f) = self.native.get(&key) {
             return f.clone();
         }
-        let Some(Some((_, blob))) = &self.blob else { return Vec::new() };
+        let Some(Some((_, blob))) = &self.blob else {
+            return Vec::new();
+        };
         let vaddr = blob.vaddr + (a - c.start);
         let module_path = self.modules[c.module].rec.path.clone();
         let src = Source::Elf(Elf::new(PathBuf::from(&module_path)));
-        let frames = match self.symbolizer.symbolize_single(&src, Input::VirtOffset(vaddr.saturating_sub(1))) {
+        let frames = match self
+            .symbolizer
+            .symbolize_single(&src, Input::VirtOffset(vaddr.saturating_sub(1)))
+        {
             Ok(s) => match owned(s) {
                 Some(sym) => self.sym_frames(&sym, a, &module_path),
                 None => Vec::new(),
@@ -670,7 +725,7 @@ impl ProcessSymbols {
 pub fn modules_from_proc_maps(maps: &str) -> Vec<ModuleRecord> {
     let mut out: Vec<ModuleRecord> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut segs: HashMap<String, Option<Vec<(u64, u64, u64)>>> = HashMap::new();
+    let mut segs: HashMap<String, Option<Vec<elf::LoadSegment>>> = HashMap::new();
     for line in maps.lines() {
         let mut it = line.split_whitespace();
         let (Some(range), Some(_perms), Some(off), Some(_dev), Some(_inode)) =
@@ -682,18 +737,28 @@ pub fn modules_from_proc_maps(maps: &str) -> Vec<ModuleRecord> {
         if !path.starts_with('/') {
             continue;
         }
-        let Some((s, e)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end), Ok(off)) =
-            (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16), u64::from_str_radix(off, 16))
-        else {
+        let Some((s, e)) = range.split_once('-') else {
             continue;
         };
-        let Some(loads) = segs.entry(path.clone()).or_insert_with(|| elf::load_segments(Path::new(&path))) else {
+        let (Ok(start), Ok(end), Ok(off)) = (
+            u64::from_str_radix(s, 16),
+            u64::from_str_radix(e, 16),
+            u64::from_str_radix(off, 16),
+        ) else {
+            continue;
+        };
+        let Some(loads) = segs
+            .entry(path.clone())
+            .or_insert_with(|| elf::load_segments(Path::new(&path)))
+        else {
             continue;
         };
         let i = *index.entry(path.clone()).or_insert_with(|| {
             out.push(ModuleRecord {
-                build_id: blazesym::helper::read_elf_build_id(Path::new(&path)).ok().flatten().map(|b| b.to_vec()),
+                build_id: blazesym::helper::read_elf_build_id(Path::new(&path))
+                    .ok()
+                    .flatten()
+                    .map(|b| b.to_vec()),
                 path: path.clone(),
                 bias: u64::MAX,
                 ..Default::default()
@@ -702,8 +767,9 @@ pub fn modules_from_proc_maps(maps: &str) -> Vec<ModuleRecord> {
         });
         let rec = &mut out[i];
         if rec.bias == u64::MAX
-            && let Some(&(vaddr, offset, _)) =
-                loads.iter().find(|&&(_, offset, filesz)| off >= offset && off < offset + filesz.max(1))
+            && let Some(&(vaddr, offset, _)) = loads
+                .iter()
+                .find(|&&(_, offset, filesz)| off >= offset && off < offset + filesz.max(1))
         {
             rec.bias = start.wrapping_sub(vaddr + (off - offset));
         }
@@ -744,7 +810,12 @@ fn owned(s: Symbolized<'_>) -> Option<OwnedSym> {
             (f.name.to_string(), file, line)
         })
         .collect();
-    Some(OwnedSym { name: sym.name.into_owned(), file, line, inlined })
+    Some(OwnedSym {
+        name: sym.name.into_owned(),
+        file,
+        line,
+        inlined,
+    })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -898,7 +969,10 @@ mod tests {
 
     #[test]
     fn demangles_cpp_and_rust() {
-        assert_eq!(demangle("_ZN4node6Buffer3NewEPN2v87IsolateEm"), "node::Buffer::New(v8::Isolate*, unsigned long)");
+        assert_eq!(
+            demangle("_ZN4node6Buffer3NewEPN2v87IsolateEm"),
+            "node::Buffer::New(v8::Isolate*, unsigned long)"
+        );
         assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE"), "foo::bar");
         assert_eq!(demangle("_RNvCs1234_7mycrate4func"), "mycrate::func");
         assert_eq!(demangle("malloc"), "malloc");
@@ -916,10 +990,22 @@ mod tests {
             address: 0,
             inlined: false,
         };
-        assert!(is_allocator_frame(&f("malloc", "/lib/x86_64-linux-gnu/libc.so.6")));
-        assert!(is_allocator_frame(&f("operator new(unsigned long)", "/usr/lib/libstdc++.so.6")));
-        assert!(is_allocator_frame(&f("node::NodeArrayBufferAllocator::Allocate(unsigned long)", "/usr/bin/node")));
-        assert!(is_allocator_frame(&f("anything", "/tmp/rec/liboffheap_agent.so")));
+        assert!(is_allocator_frame(&f(
+            "malloc",
+            "/lib/x86_64-linux-gnu/libc.so.6"
+        )));
+        assert!(is_allocator_frame(&f(
+            "operator new(unsigned long)",
+            "/usr/lib/libstdc++.so.6"
+        )));
+        assert!(is_allocator_frame(&f(
+            "node::NodeArrayBufferAllocator::Allocate(unsigned long)",
+            "/usr/bin/node"
+        )));
+        assert!(is_allocator_frame(&f(
+            "anything",
+            "/tmp/rec/liboffheap_agent.so"
+        )));
         assert!(!is_allocator_frame(&f("leak_bytes", "/tmp/leak.node")));
         assert!(!is_allocator_frame(&f("deflateInit2_", "/usr/bin/node")));
         let mut js = f("malloc", "/a.js");

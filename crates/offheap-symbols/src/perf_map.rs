@@ -141,7 +141,9 @@ impl PerfMap {
                     if best_live.is_none_or(|b| e.seq > b.seq) {
                         best_live = Some(e);
                     }
-                } else if best_next.is_none_or(|b| (e.live_from_ms, e.seq) < (b.live_from_ms, b.seq)) {
+                } else if best_next
+                    .is_none_or(|b| (e.live_from_ms, e.seq) < (b.live_from_ms, b.seq))
+                {
                     best_next = Some(e);
                 }
             }
@@ -152,7 +154,9 @@ impl PerfMap {
     /// True if any entry overlaps `[start, end)`.
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
         let i = self.entries.partition_point(|e| e.start < end);
-        i > 0 && self.max_end[i - 1] > start && self.entries[..i].iter().rev().any(|e| e.end > start)
+        i > 0
+            && self.max_end[i - 1] > start
+            && self.entries[..i].iter().rev().any(|e| e.end > start)
     }
 }
 
@@ -209,8 +213,18 @@ pub(crate) fn parse_name(name: &str) -> JsName {
             tier: None,
             builtin: true,
         },
-        "BytecodeHandler" | "Stub" | "Handler" | "BytecodeHandlerStub" | "KeyedLoadIC" | "KeyedStoreIC"
-        | "LoadIC" | "StoreIC" | "CallIC" | "Callback" | "WasmToJS" | "JSToWasm" => JsName {
+        "BytecodeHandler"
+        | "Stub"
+        | "Handler"
+        | "BytecodeHandlerStub"
+        | "KeyedLoadIC"
+        | "KeyedStoreIC"
+        | "LoadIC"
+        | "StoreIC"
+        | "CallIC"
+        | "Callback"
+        | "WasmToJS"
+        | "JSToWasm" => JsName {
             function: name.to_string(),
             file: None,
             line: None,
@@ -245,7 +259,14 @@ pub(crate) fn parse_name(name: &str) -> JsName {
             } else {
                 "(anonymous)".to_string()
             };
-            JsName { function, file, line, column, tier, builtin: false }
+            JsName {
+                function,
+                file,
+                line,
+                column,
+                tier,
+                builtin: false,
+            }
         }
     }
 }
@@ -285,9 +306,18 @@ fn split_location(s: &str) -> (&str, Option<String>, Option<u32>, Option<u32>) {
         .min()
         .or_else(|| head.rfind(' ').map(|i| i + 1))
         .unwrap_or(0);
-    let func = if file_start == 0 { "" } else { &head[..file_start - 1] };
+    let func = if file_start == 0 {
+        ""
+    } else {
+        &head[..file_start - 1]
+    };
     let file = &head[file_start..];
-    (func, (!file.is_empty()).then(|| file.to_string()), line, column)
+    (
+        func,
+        (!file.is_empty()).then(|| file.to_string()),
+        line,
+        column,
+    )
 }
 
 #[cfg(test)]
@@ -302,7 +332,10 @@ mod tests {
         assert_eq!((n.line, n.column, n.tier), (Some(1), Some(28), Some('*')));
         let n = parse_name("JS:~ node:internal/main/run_main_module:1:1");
         assert_eq!(n.function, "(anonymous)");
-        assert_eq!(n.file.as_deref(), Some("node:internal/main/run_main_module"));
+        assert_eq!(
+            n.file.as_deref(),
+            Some("node:internal/main/run_main_module")
+        );
         let n = parse_name("JS:^get foo /a.js:3:4");
         assert_eq!(n.function, "get foo");
         assert_eq!(n.tier, Some('^'));
@@ -317,14 +350,25 @@ mod tests {
         assert!(!n.builtin);
         assert_eq!(n.function, "RegExp:a+b");
         let n = parse_name("JS:+fn [eval]:1:10");
-        assert_eq!((n.function.as_str(), n.file.as_deref(), n.tier), ("fn", Some("[eval]"), Some('+')));
+        assert_eq!(
+            (n.function.as_str(), n.file.as_deref(), n.tier),
+            ("fn", Some("[eval]"), Some('+'))
+        );
     }
 
     #[test]
     fn later_entries_win_by_time() {
-        let text = b"1000 100 JS:~a /a.js:1:1\n2000 10 JS:~x /x.js:1:1\n1000 100 JS:*b /a.js:2:1\n1050 1";
+        let text =
+            b"1000 100 JS:~a /a.js:1:1\n2000 10 JS:~x /x.js:1:1\n1000 100 JS:*b /a.js:2:1\n1050 1";
         // Second copy of 1000 seen at t=200.
-        let second = text.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(1).unwrap().0 as u64 + 1;
+        let second = text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(1)
+            .unwrap()
+            .0 as u64
+            + 1;
         let times = [(0, 100.0), (second, 200.0)];
         let m = PerfMap::parse(text, Some(&times));
         assert!(m.truncated_tail);

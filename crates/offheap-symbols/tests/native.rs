@@ -9,7 +9,11 @@ use offheap_symbols::{Frame, FrameKind, ProcessSymbols, modules_from_proc_maps};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -88,7 +92,12 @@ fn c_program_with_shared_library_and_inlining() {
     )
     .unwrap();
     let flags = ["-g", "-O1", "-fno-omit-frame-pointer"];
-    run(Command::new("gcc").args(flags).args(["-shared", "-fPIC", "-o"]).arg(d.join("libmid.so")).arg(d.join("lib.c")).arg(d.join("walk.c")));
+    run(Command::new("gcc")
+        .args(flags)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(d.join("libmid.so"))
+        .arg(d.join("lib.c"))
+        .arg(d.join("walk.c")));
     run(Command::new("gcc")
         .args(flags)
         .arg("-o")
@@ -102,11 +111,18 @@ fn c_program_with_shared_library_and_inlining() {
     let (rets, maps) = parse(&out);
     assert_eq!(rets.len(), 3, "{out}");
     let modules = modules_from_proc_maps(&maps);
-    assert!(modules.iter().any(|m| m.path.ends_with("/prog")), "{modules:?}");
+    assert!(
+        modules.iter().any(|m| m.path.ends_with("/prog")),
+        "{modules:?}"
+    );
     let mut syms = ProcessSymbols::new(&modules, None);
     let frames = syms.symbolize(&rets, 0.0);
     eprintln!("{frames:#?}");
-    assert_eq!(names(&frames), ["lib_middle", "inlined_helper", "exe_outer", "main"], "{frames:#?}");
+    assert_eq!(
+        names(&frames),
+        ["lib_middle", "inlined_helper", "exe_outer", "main"],
+        "{frames:#?}"
+    );
     let lib = &frames[0];
     assert!(lib.module.ends_with("/libmid.so"));
     assert!(lib.file.as_deref().unwrap().ends_with("lib.c"));
@@ -135,16 +151,30 @@ fn c_program_with_shared_library_and_inlining() {
     let mut syms = ProcessSymbols::new(&changed, None);
     let frames = syms.symbolize(&rets, 0.0);
     assert_eq!(frames[0].function, "lib_middle");
-    assert!(syms.notes().iter().any(|n| n.contains("libmid.so") && n.contains("build-id")), "{:?}", syms.notes());
+    assert!(
+        syms.notes()
+            .iter()
+            .any(|n| n.contains("libmid.so") && n.contains("build-id")),
+        "{:?}",
+        syms.notes()
+    );
 
     // The library is gone: frames stay, as module+offset.
     std::fs::remove_file(d.join("libmid.so")).unwrap();
     let mut syms = ProcessSymbols::new(&modules, None);
     let frames = syms.symbolize(&rets, 0.0);
     assert_eq!(frames[0].kind, FrameKind::Unknown);
-    assert!(frames[0].function.starts_with("libmid.so+0x"), "{}", frames[0].function);
+    assert!(
+        frames[0].function.starts_with("libmid.so+0x"),
+        "{}",
+        frames[0].function
+    );
     assert_eq!(frames[2].function, "exe_outer");
-    assert!(syms.notes().iter().any(|n| n.contains("libmid.so")), "{:?}", syms.notes());
+    assert!(
+        syms.notes().iter().any(|n| n.contains("libmid.so")),
+        "{:?}",
+        syms.notes()
+    );
 }
 
 #[test]
@@ -158,7 +188,11 @@ fn libc_frame_with_split_debug_info() {
          int main(void) { walk_stack(2); dump_maps(); return 0; }\n",
     )
     .unwrap();
-    run(Command::new("gcc").args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"]).arg(d.join("prog")).arg(d.join("main.c")).arg(d.join("walk.c")));
+    run(Command::new("gcc")
+        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"])
+        .arg(d.join("prog"))
+        .arg(d.join("main.c"))
+        .arg(d.join("walk.c")));
     let (rets, maps) = parse(&run(&mut Command::new(d.join("prog"))));
     let modules = modules_from_proc_maps(&maps);
     let mut syms = ProcessSymbols::new(&modules, None);
@@ -166,13 +200,28 @@ fn libc_frame_with_split_debug_info() {
     eprintln!("{frames:#?}");
     assert_eq!(frames[0].function, "main");
     let libc_mod = modules.iter().find(|m| m.path.contains("libc.so")).unwrap();
-    let id: String = libc_mod.build_id.as_ref().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let id: String = libc_mod
+        .build_id
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let debug_file = format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
-    let libc = frames.iter().find(|f| f.module.contains("libc.so")).expect("a libc frame");
+    let libc = frames
+        .iter()
+        .find(|f| f.module.contains("libc.so"))
+        .expect("a libc frame");
     assert!(libc.function.contains("libc_start"), "{libc:?}");
     // Debian's libc6-dbg puts libc's DWARF under /usr/lib/debug/.build-id.
     if Path::new(&debug_file).exists() {
-        assert!(libc.file.as_deref().unwrap().contains("libc_start_call_main"), "{libc:?}");
+        assert!(
+            libc.file
+                .as_deref()
+                .unwrap()
+                .contains("libc_start_call_main"),
+            "{libc:?}"
+        );
         assert!(libc.line.is_some());
     } else {
         eprintln!("note: {debug_file} absent; libc file:line not checked");
@@ -207,13 +256,23 @@ int main(int argc, char **) {
 "#,
     )
     .unwrap();
-    run(Command::new("gcc").args(["-g", "-O1", "-fno-omit-frame-pointer", "-c", "-o"]).arg(d.join("walk.o")).arg(d.join("walk.c")));
-    run(Command::new("g++").args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"]).arg(d.join("prog")).arg(d.join("main.cpp")).arg(d.join("walk.o")));
+    run(Command::new("gcc")
+        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-c", "-o"])
+        .arg(d.join("walk.o"))
+        .arg(d.join("walk.c")));
+    run(Command::new("g++")
+        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"])
+        .arg(d.join("prog"))
+        .arg(d.join("main.cpp"))
+        .arg(d.join("walk.o")));
     let (rets, maps) = parse(&run(&mut Command::new(d.join("prog"))));
     let mut syms = ProcessSymbols::new(&modules_from_proc_maps(&maps), None);
     let frames = syms.symbolize(&rets, 0.0);
     eprintln!("{frames:#?}");
-    assert_eq!(frames[0].function, "shop::Basket<long>::add(long const&, int)");
+    assert_eq!(
+        frames[0].function,
+        "shop::Basket<long>::add(long const&, int)"
+    );
     assert!(frames[0].file.as_deref().unwrap().ends_with("main.cpp"));
     assert_eq!(frames[0].line, Some(8));
     assert_eq!(frames.last().unwrap().function, "main");
