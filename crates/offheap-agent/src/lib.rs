@@ -1,1 +1,637 @@
-//! The native agent. OWNER: the native-agent work.
+//! The native agent: an `LD_PRELOAD` cdylib that samples allocations by
+//! bytes (Poisson, unbiased weights), unwinds in-process with framehop and
+//! appends durable snapshots to `$OFFHEAP_DIR/native-PID.bin`.
+//!
+//! Architecture invariants:
+//! - Never allocates through the hooked path: the agent's own allocations go
+//!   through a private `#[global_allocator]` that calls glibc's `__libc_*`.
+//! - The hot path is one TLS subtract-and-branch (malloc) or one relaxed load
+//!   of a counting prefilter (free). Everything else is behind a sample.
+//! - No agent lock is held while calling into the dynamic loader.
+//! - Never symbolizes, never panics across FFI (panic = abort, no unwraps
+//!   on hook paths), keeps working as a pass-through after exit.
+//!
+//! Environment (set by `offheap run`): see `docs/FORMAT-native.md`.
+
+#![allow(clippy::missing_safety_doc)]
+
+mod live;
+mod modules;
+mod stacks;
+mod sys;
+mod tls;
+mod unwind;
+mod writer;
+
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use libc::{c_char, c_int, c_void, off_t, size_t};
+use offheap_format::native::AllocKind;
+use sys::{__libc_calloc, __libc_free, __libc_malloc, __libc_memalign, __libc_pvalloc, __libc_realloc, __libc_valloc};
+use tls::{TLS, Tls};
+
+// ---------------------------------------------------------------------------
+// The agent's own allocator
+// ---------------------------------------------------------------------------
+
+struct LibcAlloc;
+
+const MIN_ALIGN: usize = 16;
+
+// SAFETY: forwards to glibc's allocator, which satisfies GlobalAlloc's
+// contract for the alignments we pass it.
+unsafe impl core::alloc::GlobalAlloc for LibcAlloc {
+    unsafe fn alloc(&self, l: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: plain calls into glibc's allocator.
+        unsafe {
+            if l.align() <= MIN_ALIGN {
+                __libc_malloc(l.size()) as *mut u8
+            } else {
+                __libc_memalign(l.align(), l.size()) as *mut u8
+            }
+        }
+    }
+    unsafe fn alloc_zeroed(&self, l: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: as above; memalign'd memory is zeroed by hand.
+        unsafe {
+            if l.align() <= MIN_ALIGN {
+                __libc_calloc(1, l.size()) as *mut u8
+            } else {
+                let p = __libc_memalign(l.align(), l.size()) as *mut u8;
+                if !p.is_null() {
+                    core::ptr::write_bytes(p, 0, l.size());
+                }
+                p
+            }
+        }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, _l: core::alloc::Layout) {
+        // SAFETY: p came from this allocator.
+        unsafe { __libc_free(p as *mut c_void) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: core::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: p came from this allocator with layout l.
+        unsafe {
+            if l.align() <= MIN_ALIGN {
+                __libc_realloc(p as *mut c_void, new) as *mut u8
+            } else {
+                let q = __libc_memalign(l.align(), new) as *mut u8;
+                if !q.is_null() {
+                    core::ptr::copy_nonoverlapping(p, q, l.size().min(new));
+                    __libc_free(p as *mut c_void);
+                }
+                q
+            }
+        }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: LibcAlloc = LibcAlloc;
+
+// ---------------------------------------------------------------------------
+// Configuration and state
+// ---------------------------------------------------------------------------
+
+pub(crate) const UNINIT: u8 = 0;
+pub(crate) const INITIALIZING: u8 = 1;
+pub(crate) const ENABLED: u8 = 2;
+pub(crate) const DISABLED: u8 = 3;
+
+pub(crate) static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+pub(crate) static PID: AtomicU32 = AtomicU32::new(0);
+pub(crate) static PPID: AtomicU32 = AtomicU32::new(0);
+pub(crate) static START_MONO: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) struct Config {
+    pub dir: [u8; 4096],
+    pub dir_len: usize,
+    pub sample_interval: u64,
+    pub exact: bool,
+    pub interval_ms: u64,
+    pub snapshot_bytes: u64,
+    pub max_depth: usize,
+    pub min_age_ms: u64,
+    pub follow_fork: bool,
+    pub follow_exec: bool,
+}
+
+pub(crate) static CONFIG: sys::InitCell<Config> = sys::InitCell::new(Config {
+    dir: [0; 4096],
+    dir_len: 0,
+    sample_interval: 524_288,
+    exact: false,
+    interval_ms: 1000,
+    snapshot_bytes: 64 << 20,
+    max_depth: 64,
+    min_age_ms: 5000,
+    follow_fork: true,
+    follow_exec: false,
+});
+
+pub(crate) type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
+type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+static REAL_DLOPEN: AtomicU64 = AtomicU64::new(0);
+static REAL_DLCLOSE: AtomicU64 = AtomicU64::new(0);
+
+// ---------------------------------------------------------------------------
+// Sampling
+// ---------------------------------------------------------------------------
+
+/// The hot path after a successful allocation of `size` bytes at `p`.
+#[inline(always)]
+fn on_alloc(p: *mut c_void, size: usize, kind: AllocKind) {
+    TLS.with(|t| {
+        let c = t.countdown.get().wrapping_sub(size as i64);
+        t.countdown.set(c);
+        if c < 0 {
+            slow_alloc(t, p as usize, size, kind);
+        }
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn slow_alloc(t: &Tls, p: usize, size: usize, kind: AllocKind) {
+    if t.busy.get() {
+        return;
+    }
+    match STATE.load(Ordering::Acquire) {
+        ENABLED => {}
+        DISABLED => {
+            t.countdown.set(i64::MAX);
+            return;
+        }
+        _ => {
+            t.countdown.set(0);
+            return;
+        }
+    }
+    let cfg = CONFIG.get();
+    t.busy.set(true);
+    let saved = sys::errno();
+    let (bytes, count) = if cfg.exact {
+        t.countdown.set(0);
+        (size as u64, 1u64)
+    } else if t.rng.get() == 0 {
+        // First event on this thread: start its countdown, then apply this allocation.
+        let c = t.draw(cfg.sample_interval).wrapping_sub(size as i64);
+        t.countdown.set(c);
+        if c >= 0 {
+            t.busy.set(false);
+            return;
+        }
+        t.countdown.set(t.draw(cfg.sample_interval));
+        weights(size, cfg.sample_interval)
+    } else {
+        t.countdown.set(t.draw(cfg.sample_interval));
+        weights(size, cfg.sample_interval)
+    };
+    if size > 0 {
+        writer::maybe_spawn();
+        record(t, p, size, kind, bytes, count, cfg.max_depth);
+    }
+    sys::set_errno(saved);
+    t.busy.set(false);
+}
+
+/// Unbiased weights of a sampled allocation of `size` bytes with mean
+/// sampling interval `period`: the sample stands for 1/P(sampled) events.
+fn weights(size: usize, period: u64) -> (u64, u64) {
+    let s = size as f64;
+    let p = 1.0 - (-s / period as f64).exp();
+    if p <= 0.0 {
+        return (size as u64, 1);
+    }
+    let count = 1.0 / p;
+    ((s * count).round() as u64, (count.round() as u64).max(1))
+}
+
+#[inline(never)]
+fn record(t: &Tls, p: usize, size: usize, kind: AllocKind, bytes: u64, count: u64, max_depth: usize) {
+    let mut frames = [0u64; unwind::MAX_FRAMES];
+    let (n, truncated) = unwind::capture(t, &mut frames, max_depth);
+    let Some(id) = stacks::intern(kind, truncated, &frames[..n]) else {
+        writer::DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    stacks::add(id, bytes, count);
+    let born_ms = sys::mono_ms().saturating_sub(START_MONO.load(Ordering::Relaxed)) as u32;
+    match kind {
+        AllocKind::Malloc => live::insert(p, live::Live { stack: id, born_ms, bytes, count }),
+        AllocKind::Mmap => live::add_region(live::Region {
+            start: p,
+            end: p + size,
+            stack: id,
+            born_ms,
+            ratio: bytes as f64 / size as f64,
+            count,
+        }),
+    }
+    writer::SAMPLES.fetch_add(1, Ordering::Relaxed);
+    writer::ALLOCATED.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// The free side: drop the record of a sampled pointer before the memory
+/// goes back to the allocator (so the address cannot be reused meanwhile).
+#[inline(always)]
+fn on_free(p: *mut c_void) {
+    if live::maybe_tracked(p as usize) {
+        slow_free(p as usize);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn slow_free(p: usize) {
+    if let Some(l) = live::remove(p) {
+        stacks::sub(l.stack, l.bytes, l.count);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// malloc family
+// ---------------------------------------------------------------------------
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
+    // SAFETY: forwarding to glibc.
+    let p = unsafe { __libc_malloc(size) };
+    if !p.is_null() {
+        on_alloc(p, size, AllocKind::Malloc);
+    }
+    p
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
+    on_free(p);
+    // SAFETY: forwarding the caller's pointer to glibc.
+    unsafe { __libc_free(p) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
+    // SAFETY: forwarding to glibc (which checks the overflow).
+    let p = unsafe { __libc_calloc(n, size) };
+    if !p.is_null() {
+        on_alloc(p, n.saturating_mul(size), AllocKind::Malloc);
+    }
+    p
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
+    if p.is_null() {
+        // SAFETY: realloc(NULL, n) is malloc(n).
+        return unsafe { malloc(size) };
+    }
+    let old = if live::maybe_tracked(p as usize) { live::remove(p as usize) } else { None };
+    // SAFETY: forwarding the caller's pointer to glibc.
+    let q = unsafe { __libc_realloc(p, size) };
+    if q.is_null() {
+        if size != 0 {
+            // Failed: the old block is still live, put its record back.
+            if let Some(l) = old {
+                live::insert(p as usize, l);
+            }
+            return q;
+        }
+        if let Some(l) = old {
+            stacks::sub(l.stack, l.bytes, l.count);
+        }
+        return q;
+    }
+    if let Some(l) = old {
+        stacks::sub(l.stack, l.bytes, l.count);
+    }
+    on_alloc(q, size, AllocKind::Malloc);
+    q
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: size_t, size: size_t) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: same contract as realloc.
+        Some(total) => unsafe { realloc(p, total) },
+        None => {
+            sys::set_errno(libc::ENOMEM);
+            core::ptr::null_mut()
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memalign(align: size_t, size: size_t) -> *mut c_void {
+    // SAFETY: forwarding to glibc.
+    let p = unsafe { __libc_memalign(align, size) };
+    if !p.is_null() {
+        on_alloc(p, size, AllocKind::Malloc);
+    }
+    p
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aligned_alloc(align: size_t, size: size_t) -> *mut c_void {
+    // glibc's aligned_alloc is memalign (2.36); keep the same behaviour.
+    // SAFETY: same contract as memalign.
+    unsafe { memalign(align, size) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: size_t, size: size_t) -> c_int {
+    let w = core::mem::size_of::<*mut c_void>();
+    if align % w != 0 || !(align / w).is_power_of_two() || align == 0 {
+        return libc::EINVAL;
+    }
+    let saved = sys::errno();
+    // SAFETY: forwarding to glibc.
+    let p = unsafe { __libc_memalign(align, size) };
+    sys::set_errno(saved);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    on_alloc(p, size, AllocKind::Malloc);
+    // SAFETY: the caller passes a valid out pointer.
+    unsafe { *out = p };
+    0
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
+    // SAFETY: forwarding to glibc.
+    let p = unsafe { __libc_valloc(size) };
+    if !p.is_null() {
+        on_alloc(p, size, AllocKind::Malloc);
+    }
+    p
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pvalloc(size: size_t) -> *mut c_void {
+    // SAFETY: forwarding to glibc.
+    let p = unsafe { __libc_pvalloc(size) };
+    if !p.is_null() {
+        on_alloc(p, size, AllocKind::Malloc);
+    }
+    p
+}
+
+// ---------------------------------------------------------------------------
+// mmap family (anonymous, accessible mappings are sampled as AllocKind::Mmap)
+// ---------------------------------------------------------------------------
+
+const PAGE: usize = 4096;
+
+fn page_round(n: usize) -> usize {
+    n.saturating_add(PAGE - 1) & !(PAGE - 1)
+}
+
+fn forget_range(start: usize, len: usize) {
+    live::unmap_range(start, start.saturating_add(page_round(len)), |stack, bytes, count| {
+        stacks::sub(stack, bytes, count)
+    });
+}
+
+fn enabled() -> bool {
+    STATE.load(Ordering::Relaxed) == ENABLED
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+    // SAFETY: the raw syscall has mmap's own contract, which the caller upholds.
+    let r = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
+    if r == -1 {
+        return libc::MAP_FAILED;
+    }
+    let p = r as *mut c_void;
+    if enabled() {
+        if flags & libc::MAP_FIXED != 0 {
+            forget_range(p as usize, len);
+        }
+        if flags & libc::MAP_ANONYMOUS != 0 && prot != libc::PROT_NONE {
+            on_alloc(p, page_round(len), AllocKind::Mmap);
+        }
+    }
+    p
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+    // SAFETY: same contract as mmap.
+    unsafe { mmap(addr, len, prot, flags, fd, off) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    // SAFETY: the raw syscall has munmap's contract, which the caller upholds.
+    let r = unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
+    if r == 0 && enabled() {
+        forget_range(addr as usize, len);
+    }
+    r as c_int
+}
+
+/// `mremap(old, old_size, new_size, flags, ...)`: the optional fifth
+/// argument (new address, with MREMAP_FIXED) is read as a plain argument,
+/// which the x86-64 calling convention allows.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mremap(old: *mut c_void, old_size: size_t, new_size: size_t, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
+    // SAFETY: the raw syscall has mremap's contract, which the caller upholds.
+    let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_size, new_size, flags, new_addr) };
+    if r == -1 {
+        return libc::MAP_FAILED;
+    }
+    let q = r as *mut c_void;
+    if enabled() {
+        let (os, ns) = (page_round(old_size), page_round(new_size));
+        match live::take_region_at(old as usize) {
+            Some(reg) => {
+                // Keep the original stack; the growth (or shrink) is counted on it.
+                let had = reg.bytes();
+                let moved = live::Region { start: q as usize, end: q as usize + ns, ..reg };
+                let now = moved.bytes();
+                forget_range(old as usize, os);
+                if now >= had {
+                    stacks::grow(reg.stack, now - had);
+                } else {
+                    stacks::sub(reg.stack, had - now, 0);
+                }
+                live::add_region(moved);
+            }
+            None => {
+                forget_range(old as usize, old_size);
+                if ns > os {
+                    on_alloc((q as usize + os) as *mut c_void, ns - os, AllocKind::Mmap);
+                }
+            }
+        }
+    }
+    q
+}
+
+// ---------------------------------------------------------------------------
+// Loader and process lifecycle
+// ---------------------------------------------------------------------------
+
+const RTLD_DEEPBIND: c_int = 0x8;
+
+fn real_dlopen() -> Option<DlopenFn> {
+    let p = REAL_DLOPEN.load(Ordering::Relaxed);
+    // SAFETY: the value was produced by dlsym for "dlopen".
+    (p != 0).then(|| unsafe { core::mem::transmute::<usize, DlopenFn>(p as usize) })
+}
+
+fn with_busy(f: impl FnOnce()) {
+    TLS.with(|t| {
+        if t.busy.get() {
+            return;
+        }
+        t.busy.set(true);
+        let saved = sys::errno();
+        f();
+        sys::set_errno(saved);
+        t.busy.set(false);
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dlopen(file: *const c_char, mode: c_int) -> *mut c_void {
+    let Some(real) = real_dlopen() else { return core::ptr::null_mut() };
+    writer::DLOPEN_DEPTH.fetch_add(1, Ordering::Relaxed);
+    // RTLD_DEEPBIND would let the library bypass our hooks (its frees would
+    // miss sampled records), so it is dropped, as heaptrack does.
+    // SAFETY: forwarding to the loader.
+    let h = unsafe { real(file, mode & !RTLD_DEEPBIND) };
+    writer::DLOPEN_DEPTH.fetch_sub(1, Ordering::Relaxed);
+    if !h.is_null() && enabled() {
+        with_busy(|| modules::refresh(true));
+    }
+    h
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dlclose(h: *mut c_void) -> c_int {
+    let p = REAL_DLCLOSE.load(Ordering::Relaxed);
+    if p == 0 {
+        return -1;
+    }
+    // SAFETY: the value was produced by dlsym for "dlclose".
+    let real = unsafe { core::mem::transmute::<usize, DlcloseFn>(p as usize) };
+    writer::DLOPEN_DEPTH.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: forwarding to the loader.
+    let r = unsafe { real(h) };
+    writer::DLOPEN_DEPTH.fetch_sub(1, Ordering::Relaxed);
+    if enabled() {
+        with_busy(|| modules::refresh(true));
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _exit(status: c_int) -> ! {
+    writer::final_snapshot();
+    // SAFETY: exit_group never returns.
+    unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
+    // SAFETY: same as _exit.
+    unsafe { _exit(status) }
+}
+
+/// Removes this agent from `LD_PRELOAD` in `environ` (other preloads stay).
+/// Runs in the constructor, before the program can read its environment.
+fn strip_ld_preload() {
+    // SAFETY: single-threaded constructor; environ entries are NUL-terminated
+    // strings we may shorten in place; the array is NULL-terminated.
+    unsafe {
+        let env = sys::environ;
+        if env.is_null() {
+            return;
+        }
+        let mut i = 0;
+        while !(*env.add(i)).is_null() {
+            let e = *env.add(i) as *mut u8;
+            let bytes = core::ffi::CStr::from_ptr(e as *const c_char).to_bytes();
+            if let Some(val) = bytes.strip_prefix(b"LD_PRELOAD=") {
+                let base = 11usize;
+                let mut out = Vec::with_capacity(val.len());
+                for tok in val.split(|&c| c == b':' || c == b' ') {
+                    if tok.is_empty() || tok.ends_with(b"liboffheap_agent.so") {
+                        continue;
+                    }
+                    if !out.is_empty() {
+                        out.push(b':');
+                    }
+                    out.extend_from_slice(tok);
+                }
+                if out.is_empty() {
+                    let mut j = i;
+                    while !(*env.add(j)).is_null() {
+                        *env.add(j) = *env.add(j + 1);
+                        j += 1;
+                    }
+                    continue;
+                }
+                core::ptr::copy_nonoverlapping(out.as_ptr(), e.add(base), out.len());
+                *e.add(base + out.len()) = 0;
+            }
+            i += 1;
+        }
+    }
+}
+
+extern "C" fn init() {
+    if STATE.compare_exchange(UNINIT, INITIALIZING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return;
+    }
+    TLS.with(|t| t.busy.set(true));
+    let saved = sys::errno();
+    let dir = sys::getenv(c"OFFHEAP_DIR").unwrap_or(b"");
+    if dir.is_empty() || dir.len() >= 4000 {
+        STATE.store(DISABLED, Ordering::Release);
+        TLS.with(|t| t.busy.set(false));
+        return;
+    }
+    // SAFETY: constructor, before STATE publishes the config.
+    let cfg = unsafe { CONFIG.get_mut() };
+    cfg.dir[..dir.len()].copy_from_slice(dir);
+    cfg.dir_len = dir.len();
+    cfg.sample_interval = sys::env_u64(c"OFFHEAP_SAMPLE_INTERVAL", 524_288).max(1);
+    cfg.exact = sys::env_bool(c"OFFHEAP_EXACT", false) || cfg.sample_interval == 1;
+    cfg.interval_ms = sys::env_u64(c"OFFHEAP_INTERVAL_MS", 1000).max(10);
+    cfg.snapshot_bytes = sys::env_u64(c"OFFHEAP_SNAPSHOT_BYTES", 64 << 20).max(1);
+    cfg.max_depth = (sys::env_u64(c"OFFHEAP_MAX_DEPTH", 64) as usize).clamp(1, unwind::MAX_FRAMES);
+    cfg.min_age_ms = sys::env_u64(c"OFFHEAP_MIN_AGE_MS", 5000);
+    cfg.follow_fork = sys::env_bool(c"OFFHEAP_FOLLOW_FORK", true);
+    cfg.follow_exec = sys::env_bool(c"OFFHEAP_FOLLOW_EXEC", false);
+    PID.store(sys::getpid(), Ordering::Relaxed);
+    // SAFETY: getppid has no preconditions.
+    PPID.store(unsafe { libc::getppid() } as u32, Ordering::Relaxed);
+    START_MONO.store(sys::mono_ms(), Ordering::Relaxed);
+    writer::START_MS_BITS.store(sys::now_ms().to_bits(), Ordering::Relaxed);
+    if !cfg.follow_exec {
+        strip_ld_preload();
+    }
+    // SAFETY: dlsym with RTLD_NEXT from this library; names are NUL-terminated.
+    unsafe {
+        REAL_DLOPEN.store(libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) as u64, Ordering::Relaxed);
+        REAL_DLCLOSE.store(libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) as u64, Ordering::Relaxed);
+        libc::pthread_atfork(Some(writer::fork_prepare), Some(writer::fork_parent), Some(writer::fork_child));
+        libc::atexit(writer::on_exit);
+    }
+    modules::init(real_dlopen());
+    STATE.store(ENABLED, Ordering::Release);
+    sys::set_errno(saved);
+    TLS.with(|t| t.busy.set(false));
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT: extern "C" fn() = init;

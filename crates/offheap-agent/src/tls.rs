@@ -1,0 +1,65 @@
+//! Per-thread state: const-initialised, no destructor, so it never
+//! allocates and stays valid while the thread's TLS destructors run.
+
+use core::cell::Cell;
+
+pub struct Tls {
+    /// Bytes left until the next sample; the hot path subtracts and tests.
+    pub countdown: Cell<i64>,
+    /// Set while the agent itself runs on this thread (reentrancy guard).
+    pub busy: Cell<bool>,
+    /// xorshift state; 0 means "thread not initialised yet".
+    pub rng: Cell<u64>,
+    pub stack_lo: Cell<u64>,
+    pub stack_hi: Cell<u64>,
+    tid: Cell<u32>,
+}
+
+thread_local! {
+    pub static TLS: Tls = const {
+        Tls {
+            countdown: Cell::new(0),
+            busy: Cell::new(false),
+            rng: Cell::new(0),
+            stack_lo: Cell::new(0),
+            stack_hi: Cell::new(0),
+            tid: Cell::new(0),
+        }
+    };
+}
+
+impl Tls {
+    pub fn tid(&self) -> u32 {
+        if self.tid.get() == 0 {
+            self.tid.set(crate::sys::gettid());
+        }
+        self.tid.get()
+    }
+
+    /// Forget cached identity (the fork child's surviving thread).
+    pub fn reset_after_fork(&self) {
+        self.tid.set(0);
+    }
+
+    pub fn next_u64(&self) -> u64 {
+        let mut x = self.rng.get();
+        if x == 0 {
+            x = (crate::sys::mono_ns() ^ ((self.tid() as u64) << 32) ^ (self as *const _ as u64))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                | 1;
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// An exponential draw with the given mean (bytes until the next sample).
+    pub fn draw(&self, mean: u64) -> i64 {
+        // u in (0, 1]
+        let u = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let v = -u.ln() * mean as f64;
+        if v >= i64::MAX as f64 { i64::MAX } else { v as i64 }
+    }
+}

@@ -1,0 +1,159 @@
+//! In-process unwinding with framehop: DWARF CFI from in-memory
+//! `.eh_frame_hdr`/`.eh_frame`, frame pointers where there is none (V8 JIT
+//! code and builtins). Every stack read is checked against the bounds of the
+//! stack we are running on.
+
+use crate::modules::{self, AGENT_HI, AGENT_LO};
+use crate::sys::SpinLock;
+use crate::tls::Tls;
+use core::sync::atomic::{AtomicU64, Ordering};
+use framehop::{CacheNative, FrameAddress, MayAllocateDuringUnwind, Unwinder, UnwindRegsNative};
+
+/// Hard cap on recorded frames, whatever OFFHEAP_MAX_DEPTH says.
+pub const MAX_FRAMES: usize = 256;
+
+type Cache = CacheNative<MayAllocateDuringUnwind>;
+
+const POOL: usize = 16;
+#[allow(clippy::declare_interior_mutable_const)]
+const SLOT: SpinLock<Option<Box<Cache>>> = SpinLock::new(None);
+/// Unwind caches, shared by all threads (no per-thread allocation to leak).
+pub static CACHES: [SpinLock<Option<Box<Cache>>>; POOL] = [SLOT; POOL];
+
+pub static UNWIND_ERRORS: AtomicU64 = AtomicU64::new(0);
+pub static OFF_STACK: AtomicU64 = AtomicU64::new(0);
+
+/// The bounds of the stack `sp` is on: the thread's stack, the alternate
+/// signal stack, or (unknown stack) just the current page.
+fn bounds(t: &Tls, sp: u64) -> (u64, u64) {
+    if t.stack_hi.get() == 0 {
+        let (lo, hi) = thread_stack();
+        t.stack_lo.set(lo);
+        t.stack_hi.set(hi.max(1));
+    }
+    let (lo, hi) = (t.stack_lo.get(), t.stack_hi.get());
+    if sp >= lo && sp < hi {
+        return (sp, hi);
+    }
+    let mut ss: libc::stack_t = libc::stack_t { ss_sp: core::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
+    // SAFETY: querying only (null new stack).
+    if unsafe { libc::sigaltstack(core::ptr::null(), &mut ss) } == 0 && ss.ss_flags & libc::SS_ONSTACK != 0 {
+        let s = ss.ss_sp as u64;
+        if sp >= s && sp < s + ss.ss_size as u64 {
+            return (sp, s + ss.ss_size as u64);
+        }
+    }
+    OFF_STACK.fetch_add(1, Ordering::Relaxed);
+    (sp, (sp | 4095) + 1)
+}
+
+fn thread_stack() -> (u64, u64) {
+    // SAFETY: attr is initialised by pthread_getattr_np before use and destroyed after.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return (0, 0);
+        }
+        let mut addr: *mut libc::c_void = core::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let r = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if r != 0 {
+            return (0, 0);
+        }
+        (addr as u64, addr as u64 + size as u64)
+    }
+}
+
+#[inline(always)]
+fn regs() -> (u64, u64, u64) {
+    let (ip, sp, bp): (u64, u64, u64);
+    // SAFETY: reads rip/rsp/rbp only; no memory access, no flags.
+    unsafe {
+        core::arch::asm!(
+            "lea {ip}, [rip]",
+            "mov {sp}, rsp",
+            "mov {bp}, rbp",
+            ip = out(reg) ip,
+            sp = out(reg) sp,
+            bp = out(reg) bp,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    (ip, sp, bp)
+}
+
+/// Unwinds the current thread. Fills `out` with return addresses, innermost
+/// first, starting at the caller of the allocation function. Returns
+/// (frames, truncated).
+#[inline(never)]
+pub fn capture(t: &Tls, out: &mut [u64; MAX_FRAMES], max_depth: usize) -> (usize, bool) {
+    let Some(unw) = modules::unwinder() else { return (0, false) };
+    let (ip, sp, bp) = regs();
+    let (lo, hi) = bounds(t, sp);
+    let mut read = |addr: u64| -> Result<u64, ()> {
+        if addr < lo || addr.checked_add(8).is_none_or(|e| e > hi) || addr & 7 != 0 {
+            return Err(());
+        }
+        // SAFETY: addr is 8-aligned and inside the stack we are running on,
+        // which is mapped and readable.
+        Ok(unsafe { (addr as *const u64).read_volatile() })
+    };
+    let slot = (t.tid() as usize) % POOL;
+    let mut i = slot;
+    let guard = loop {
+        if CACHES[i].try_raw_lock() {
+            break &CACHES[i];
+        }
+        i = (i + 1) % POOL;
+        if i == slot {
+            CACHES[slot].raw_lock();
+            break &CACHES[slot];
+        }
+    };
+    // SAFETY: we hold this slot's lock.
+    let cache = unsafe { guard.get_unchecked() };
+    let cache = cache.get_or_insert_with(|| Box::new(Cache::new()));
+    let agent = (AGENT_LO.load(Ordering::Relaxed), AGENT_HI.load(Ordering::Relaxed));
+    let max_depth = max_depth.min(MAX_FRAMES);
+    let mut n = 0usize;
+    let mut truncated = false;
+    let mut skipping = true;
+    let mut steps = 0usize;
+    let mut it = unw.iter_frames(ip, UnwindRegsNative::new(ip, sp, bp), cache, &mut read);
+    loop {
+        steps += 1;
+        if steps > MAX_FRAMES + 64 {
+            break;
+        }
+        let f = match it.next() {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(_) => {
+                UNWIND_ERRORS.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        };
+        let a = match f {
+            FrameAddress::InstructionPointer(_) => continue,
+            FrameAddress::ReturnAddress(r) => r.get(),
+        };
+        if skipping {
+            if a >= agent.0 && a < agent.1 {
+                continue;
+            }
+            if modules::is_wrapper(a) {
+                continue;
+            }
+            skipping = false;
+        }
+        if n == max_depth {
+            truncated = true;
+            break;
+        }
+        out[n] = a;
+        n += 1;
+    }
+    guard.raw_unlock();
+    (n, truncated)
+}

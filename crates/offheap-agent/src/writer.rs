@@ -1,0 +1,428 @@
+//! Snapshots: the writer thread, the exit paths and the fork handlers.
+//!
+//! A snapshot is encoded into one buffer and appended with `write(2)`, so a
+//! process killed at any point leaves every earlier snapshot intact.
+
+use crate::sys::{self, Fmt, SpinLock};
+use crate::{CONFIG, PID, PPID, START_MONO, STATE, live, modules, stacks, unwind};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use libc::{c_int, c_void};
+use offheap_format::native::{self as fmt, AllocatorStats, Sink, StackCounters};
+
+pub struct WState {
+    fd: c_int,
+    index: u32,
+    stacks_written: u32,
+    last: Vec<StackCounters>,
+    buf: Vec<u8>,
+    aged: Vec<u64>,
+    entries: Vec<(u32, StackCounters)>,
+    write_failed: bool,
+}
+
+pub static W: SpinLock<WState> = SpinLock::new(WState {
+    fd: -1,
+    index: 0,
+    stacks_written: 0,
+    last: Vec::new(),
+    buf: Vec::new(),
+    aged: Vec::new(),
+    entries: Vec::new(),
+    write_failed: false,
+});
+
+pub static WRITER_STARTED: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
+static FINAL_DONE: AtomicBool = AtomicBool::new(false);
+static LAST_SNAP_MONO: AtomicU64 = AtomicU64::new(0);
+/// Estimated bytes allocated (sum of sample weights), and its value at the last snapshot.
+pub static ALLOCATED: AtomicU64 = AtomicU64::new(0);
+static ALLOC_AT_LAST: AtomicU64 = AtomicU64::new(0);
+pub static SAMPLES: AtomicU64 = AtomicU64::new(0);
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Unix ms of the start of this process's stream (fork time in a child), as f64 bits.
+pub static START_MS_BITS: AtomicU64 = AtomicU64::new(0);
+/// Hooked dlopen/dlclose calls in progress (no thread spawn meanwhile).
+pub static DLOPEN_DEPTH: AtomicU64 = AtomicU64::new(0);
+
+struct VecSink<'a>(&'a mut Vec<u8>);
+impl Sink for VecSink<'_> {
+    fn put(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+}
+
+fn open_stream(w: &mut WState) -> bool {
+    let cfg = CONFIG.get();
+    let pid = PID.load(Ordering::Relaxed);
+    for attempt in 0..16u64 {
+        let mut path = Fmt::<4200>::new();
+        path.s(&cfg.dir[..cfg.dir_len]).s(b"/native-").u(pid as u64);
+        if attempt > 0 {
+            // Same pid again (exec without fork): a new file per image.
+            path.s(b"-").u(attempt);
+        }
+        path.s(b".bin\0");
+        // SAFETY: path is NUL-terminated.
+        let fd = unsafe {
+            libc::open(
+                path.buf.as_ptr() as *const libc::c_char,
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            w.fd = fd;
+            let mut exe = [0u8; 4096];
+            // SAFETY: exe is writable for its length.
+            let n = unsafe {
+                libc::readlink(c"/proc/self/exe".as_ptr(), exe.as_mut_ptr() as *mut libc::c_char, exe.len())
+            };
+            let exe = if n > 0 { &exe[..n as usize] } else { &exe[..0] };
+            let mut s = VecSink(&mut w.buf);
+            fmt::write_magic(&mut s);
+            fmt::write_header(
+                &mut s,
+                &fmt::Header {
+                    pid,
+                    ppid: PPID.load(Ordering::Relaxed),
+                    start_ms: f64::from_bits(START_MS_BITS.load(Ordering::Relaxed)),
+                    sample_interval: if cfg.exact { 1 } else { cfg.sample_interval },
+                    exact: cfg.exact,
+                    min_age_ms: cfg.min_age_ms,
+                    max_depth: cfg.max_depth as u32,
+                    exe,
+                },
+            );
+            return true;
+        }
+        if sys::errno() != libc::EEXIST {
+            return false;
+        }
+    }
+    false
+}
+
+fn allocator_stats() -> Option<AllocatorStats> {
+    // SAFETY: mallinfo2 has no preconditions.
+    let m = unsafe { libc::mallinfo2() };
+    let mut arenas = 0u32;
+    let mut ptr: *mut libc::c_char = core::ptr::null_mut();
+    let mut size: libc::size_t = 0;
+    // SAFETY: valid out pointers; the stream is closed before ptr is read and freed.
+    unsafe {
+        let f = libc::open_memstream(&mut ptr, &mut size);
+        if !f.is_null() {
+            libc::malloc_info(0, f);
+            libc::fclose(f);
+            if !ptr.is_null() {
+                let s = core::slice::from_raw_parts(ptr as *const u8, size);
+                arenas = s.windows(9).filter(|w| *w == b"<heap nr=").count() as u32;
+                libc::free(ptr as *mut c_void);
+            }
+        }
+    }
+    Some(AllocatorStats {
+        arena_bytes: m.arena as u64,
+        in_use_bytes: m.uordblks as u64,
+        free_bytes: m.fordblks as u64,
+        mmapped_bytes: m.hblkhd as u64,
+        free_chunks: m.ordblks as u64,
+        releasable_bytes: m.keepcost as u64,
+        arenas,
+    })
+}
+
+fn clamp(v: u64) -> u64 {
+    if (v as i64) < 0 { 0 } else { v }
+}
+
+/// Writes one snapshot. Call with no agent lock held.
+pub fn snapshot(final_: bool) {
+    if sys::getpid() != PID.load(Ordering::Relaxed) {
+        return; // a vfork/clone child sharing our memory
+    }
+    modules::refresh(false);
+    let stats = allocator_stats();
+    let mut guard = W.lock();
+    let w = &mut *guard;
+    if w.write_failed {
+        return;
+    }
+    w.buf.clear();
+    if w.fd < 0 && !open_stream(w) {
+        w.write_failed = true;
+        return;
+    }
+    let cfg = CONFIG.get();
+    let idx = w.index;
+    let mut s = VecSink(&mut w.buf);
+    fmt::write_snapshot_begin(&mut s, idx, sys::now_ms());
+    {
+        let mut t = modules::TABLE.lock();
+        for (id, r) in t.recs.iter_mut().enumerate() {
+            if !r.written {
+                fmt::write_module(
+                    &mut s,
+                    &fmt::ModuleInfo {
+                        id: id as u32,
+                        generation: r.generation,
+                        bias: r.bias,
+                        loaded_at_ms: r.loaded_ms,
+                        path: &r.path,
+                        build_id: &r.build_id,
+                        ranges: &r.ranges,
+                    },
+                );
+                r.written = true;
+            }
+            if let (Some(at), false) = (r.unloaded_ms, r.unload_written) {
+                fmt::write_module_unloaded(&mut s, id as u32, r.unload_generation, at);
+                r.unload_written = true;
+            }
+        }
+    }
+    {
+        let t = stacks::TABLE.lock();
+        for id in w.stacks_written as usize..t.entries.len() {
+            let e = &t.entries[id];
+            fmt::write_stack(&mut s, id as u32, e.kind, e.truncated, t.frames_of(e));
+        }
+        w.stacks_written = t.entries.len() as u32;
+    }
+    let n = (stacks::COUNT.load(Ordering::Acquire) as usize).min(w.stacks_written as usize);
+    w.aged.clear();
+    w.aged.resize(n, 0);
+    let age_now = sys::mono_ms().saturating_sub(START_MONO.load(Ordering::Relaxed));
+    let cutoff = age_now.saturating_sub(cfg.min_age_ms);
+    {
+        let aged = &mut w.aged;
+        live::for_each(|l| {
+            if (l.born_ms as u64) <= cutoff && (l.stack as usize) < aged.len() {
+                aged[l.stack as usize] += l.bytes;
+            }
+        });
+    }
+    w.entries.clear();
+    for id in 0..n {
+        let c = stacks::counters(id as u32);
+        let sc = StackCounters {
+            alloc_bytes: c.alloc_bytes.load(Ordering::Relaxed),
+            alloc_count: c.alloc_count.load(Ordering::Relaxed),
+            live_bytes: clamp(c.live_bytes.load(Ordering::Relaxed)),
+            live_count: clamp(c.live_count.load(Ordering::Relaxed)),
+            aged_live_bytes: w.aged[id],
+        };
+        if id >= w.last.len() {
+            w.last.push(StackCounters::default());
+        }
+        if w.last[id] != sc {
+            w.last[id] = sc;
+            w.entries.push((id as u32, sc));
+        }
+    }
+    for chunk in w.entries.chunks(8192) {
+        fmt::write_counters(&mut s, chunk);
+    }
+    if let Some(a) = stats {
+        fmt::write_allocator(&mut s, &a);
+    }
+    if idx == 0 {
+        let mut f = Fmt::<256>::new();
+        f.s(b"config: sample_interval=")
+            .u(cfg.sample_interval)
+            .s(b" exact=")
+            .u(cfg.exact as u64)
+            .s(b" interval_ms=")
+            .u(cfg.interval_ms)
+            .s(b" snapshot_bytes=")
+            .u(cfg.snapshot_bytes)
+            .s(b" max_depth=")
+            .u(cfg.max_depth as u64)
+            .s(b" min_age_ms=")
+            .u(cfg.min_age_ms);
+        fmt::write_note(&mut s, f.bytes());
+    }
+    if final_ {
+        let mut f = Fmt::<256>::new();
+        f.s(b"final: samples=")
+            .u(SAMPLES.load(Ordering::Relaxed))
+            .s(b" dropped_samples=")
+            .u(DROPPED.load(Ordering::Relaxed))
+            .s(b" stacks=")
+            .u(n as u64)
+            .s(b" live_entries=")
+            .u(live::live_entries() as u64)
+            .s(b" unwind_errors=")
+            .u(unwind::UNWIND_ERRORS.load(Ordering::Relaxed))
+            .s(b" off_stack_unwinds=")
+            .u(unwind::OFF_STACK.load(Ordering::Relaxed));
+        fmt::write_note(&mut s, f.bytes());
+    }
+    fmt::write_snapshot_end(&mut s, idx);
+    if !sys::write_all(w.fd, &w.buf) {
+        w.write_failed = true;
+    }
+    w.index += 1;
+    if w.buf.capacity() > 1 << 20 {
+        w.buf = Vec::new();
+    }
+    LAST_SNAP_MONO.store(sys::mono_ms(), Ordering::Relaxed);
+    ALLOC_AT_LAST.store(ALLOCATED.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+extern "C" fn writer_main(_: *mut c_void) -> *mut c_void {
+    crate::tls::TLS.with(|t| t.busy.set(true));
+    // SAFETY: PR_SET_NAME with a NUL-terminated name of <= 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"offheap-writer".as_ptr()) };
+    let cfg = CONFIG.get();
+    let tick = cfg.interval_ms.clamp(10, 100);
+    LAST_SNAP_MONO.store(sys::mono_ms(), Ordering::Relaxed);
+    loop {
+        sys::sleep_ms(tick);
+        if STOP.load(Ordering::Relaxed) || STATE.load(Ordering::Acquire) != crate::ENABLED {
+            break;
+        }
+        let elapsed = sys::mono_ms().saturating_sub(LAST_SNAP_MONO.load(Ordering::Relaxed));
+        let grown = ALLOCATED.load(Ordering::Relaxed).wrapping_sub(ALLOC_AT_LAST.load(Ordering::Relaxed));
+        if elapsed >= cfg.interval_ms || grown >= cfg.snapshot_bytes {
+            snapshot(false);
+        }
+    }
+    core::ptr::null_mut()
+}
+
+/// Starts the writer thread once per process (from the first sampled event).
+pub fn maybe_spawn() {
+    if WRITER_STARTED.load(Ordering::Relaxed) || DLOPEN_DEPTH.load(Ordering::Relaxed) > 0 {
+        return;
+    }
+    if WRITER_STARTED.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return;
+    }
+    // SAFETY: plain pthread calls with valid, initialised arguments; the new
+    // thread starts with every signal blocked so the target's handlers never
+    // run on it; the caller's mask is restored right after.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, 256 * 1024);
+        let mut th: libc::pthread_t = 0;
+        libc::pthread_create(&mut th, &attr, writer_main, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+    }
+}
+
+/// The last snapshot of the process (exit, `_exit`, atexit).
+pub fn final_snapshot() {
+    if STATE.load(Ordering::Acquire) != crate::ENABLED || sys::getpid() != PID.load(Ordering::Relaxed) {
+        return;
+    }
+    if FINAL_DONE.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    crate::tls::TLS.with(|t| {
+        let was = t.busy.replace(true);
+        STOP.store(true, Ordering::Relaxed);
+        snapshot(true);
+        STATE.store(crate::DISABLED, Ordering::Release);
+        t.busy.set(was);
+    });
+}
+
+pub extern "C" fn on_exit() {
+    final_snapshot();
+}
+
+// ---------------------------------------------------------------------------
+// fork
+// ---------------------------------------------------------------------------
+
+static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
+
+fn lock_all() {
+    W.raw_lock();
+    modules::TABLE.raw_lock();
+    modules::UNWINDER.raw_lock();
+    stacks::TABLE.raw_lock();
+    live::REGIONS.raw_lock();
+    for s in live::SHARD_LOCKS.iter() {
+        s.raw_lock();
+    }
+    for c in unwind::CACHES.iter() {
+        c.raw_lock();
+    }
+}
+
+fn unlock_all() {
+    for c in unwind::CACHES.iter() {
+        c.raw_unlock();
+    }
+    for s in live::SHARD_LOCKS.iter() {
+        s.raw_unlock();
+    }
+    live::REGIONS.raw_unlock();
+    stacks::TABLE.raw_unlock();
+    modules::UNWINDER.raw_unlock();
+    modules::TABLE.raw_unlock();
+    W.raw_unlock();
+}
+
+pub extern "C" fn fork_prepare() {
+    if STATE.load(Ordering::Acquire) == crate::ENABLED {
+        crate::tls::TLS.with(|t| {
+            let was = t.busy.replace(true);
+            lock_all();
+            t.busy.set(was);
+        });
+        FORK_LOCKED.store(true, Ordering::Relaxed);
+    }
+}
+
+pub extern "C" fn fork_parent() {
+    if FORK_LOCKED.swap(false, Ordering::Relaxed) {
+        unlock_all();
+    }
+}
+
+pub extern "C" fn fork_child() {
+    if !FORK_LOCKED.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    crate::tls::TLS.with(|t| t.reset_after_fork());
+    let parent = PID.load(Ordering::Relaxed);
+    PID.store(sys::getpid(), Ordering::Relaxed);
+    PPID.store(parent, Ordering::Relaxed);
+    // SAFETY: prepare took every lock and this is the only thread in the child.
+    unsafe {
+        let w = W.get_unchecked();
+        if w.fd >= 0 {
+            libc::close(w.fd);
+        }
+        w.fd = -1;
+        w.index = 0;
+        w.stacks_written = 0;
+        w.last.clear();
+        w.write_failed = false;
+        for r in modules::TABLE.get_unchecked().recs.iter_mut() {
+            r.written = false;
+            r.unload_written = false;
+        }
+    }
+    if CONFIG.get().follow_fork {
+        WRITER_STARTED.store(false, Ordering::Relaxed);
+        STOP.store(false, Ordering::Relaxed);
+        FINAL_DONE.store(false, Ordering::Relaxed);
+        START_MS_BITS.store(sys::now_ms().to_bits(), Ordering::Relaxed);
+        LAST_SNAP_MONO.store(sys::mono_ms(), Ordering::Relaxed);
+    } else {
+        STATE.store(crate::DISABLED, Ordering::Release);
+    }
+    unlock_all();
+}
