@@ -36,7 +36,8 @@ fn rel(t_ms: f64, start_ms: f64) -> f64 {
 }
 
 /// Builds the timeline from every stream of the target process.
-pub fn timeline(rec: &Recording) -> (Timeline, Vec<(f64, f64)>) {
+/// Also returns heapUsed after natural major GCs, and after the agent's exit GC.
+pub fn timeline(rec: &Recording) -> (Timeline, Vec<(f64, f64)>, Option<(f64, f64)>) {
     let start = rec.meta.start_ms;
     let pid = rec.meta.pid;
     let mut tl = Timeline::default();
@@ -50,6 +51,7 @@ pub fn timeline(rec: &Recording) -> (Timeline, Vec<(f64, f64)>) {
         rec.proc.iter().filter(|s| s.pid == pid).filter_map(|s| Some((rel(s.t, start), s.rss()? as f64))).collect(),
     );
     let mut post_gc = Vec::new();
+    let mut exit_gc = None;
     if let Some(node) = rec.main_node_stream() {
         let m = &node.mem;
         push("heap_used", m.iter().map(|x| (rel(x.t, start), x.heap_used as f64)).collect());
@@ -61,7 +63,13 @@ pub fn timeline(rec: &Recording) -> (Timeline, Vec<(f64, f64)>) {
             .iter()
             .map(|g| GcMark { t: rel(g.t, start), kind: g.kind_name().into(), duration_ms: g.duration_ms })
             .collect();
-        post_gc = node.gc.iter().filter_map(|g| Some((rel(g.t, start), g.heap_used_after? as f64))).collect();
+        post_gc = node
+            .gc
+            .iter()
+            .filter(|g| !g.forced())
+            .filter_map(|g| Some((rel(g.t, start), g.heap_used_after? as f64)))
+            .collect();
+        exit_gc = node.gc.iter().rfind(|g| g.forced()).and_then(|g| Some((rel(g.t, start), g.heap_used_after? as f64)));
     }
     if let Some(native) = rec.main_native_stream() {
         let (live, retained) = native_totals(native, start);
@@ -71,7 +79,7 @@ pub fn timeline(rec: &Recording) -> (Timeline, Vec<(f64, f64)>) {
     let last_sample = tl.series.iter().filter_map(|s| s.points.last().map(|p| p.0)).fold(0.0, f64::max);
     tl.duration = rec.end.as_ref().map(|e| rel(e.end_ms, start)).unwrap_or(last_sample).max(last_sample);
     tl.warmup_end = warmup(tl.duration);
-    (tl, post_gc)
+    (tl, post_gc, exit_gc)
 }
 
 /// Sum of live malloc bytes per snapshot (aged when the agent recorded ages),
@@ -91,7 +99,10 @@ fn native_totals(native: &NativeStream, start: f64) -> (Vec<(f64, f64)>, Vec<(f6
             }
         }
     }
-    let times: Vec<f64> = native.snapshot_times_ms.iter().map(|&t| rel(t, start)).collect();
+    // The at-exit snapshot describes teardown, not the run: leave it out.
+    let usable = if n > 3 { n - 1 } else { n };
+    live.truncate(usable);
+    let times: Vec<f64> = native.snapshot_times_ms.iter().take(usable).map(|&t| rel(t, start)).collect();
     let live_pts = times.iter().copied().zip(live).collect();
     let retained = times
         .iter()
@@ -157,8 +168,8 @@ fn stack_figures(native: &NativeStream, snaps: &[u32], start: f64) -> Vec<StackF
 
 /// The whole analysis.
 pub fn analyze(rec: &Recording, opts: &Options) -> Model {
-    let (tl, post_gc) = timeline(rec);
-    let ev = Evidence::from_timeline(&tl, &post_gc, rec.meta.node);
+    let (tl, post_gc, exit_gc) = timeline(rec);
+    let ev = Evidence::from_timeline(&tl, &post_gc, exit_gc, rec.meta.node);
     let verdict = decide(&ev);
     let growth = ev.growth();
     let max_of = |name: &str| tl.series(name).map(|s| s.points.iter().map(|p| p.1).fold(0.0, f64::max) as u64);

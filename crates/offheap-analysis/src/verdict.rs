@@ -13,6 +13,10 @@ pub struct Evidence {
     pub rss: Option<Trend>,
     /// heapUsed after GC (post-mark-compact values, or the floor of the sawtooth).
     pub heap_after_gc: Option<Trend>,
+    /// False when heap growth rests only on the sawtooth's floor (no full GC
+    /// seen): garbage promoted to old space looks like growth until a
+    /// mark-compact, so stricter thresholds apply.
+    pub heap_confirmed: bool,
     pub heap_total: Option<Trend>,
     pub external: Option<Trend>,
     pub array_buffers: Option<Trend>,
@@ -33,17 +37,47 @@ fn buckets(span: f64) -> usize {
 }
 
 impl Evidence {
-    pub fn from_timeline(tl: &Timeline, post_gc_heap: &[(f64, f64)], node: bool) -> Evidence {
+    /// `post_gc_heap`: heapUsed right after natural major GCs; `exit_gc`:
+    /// heapUsed after the full GC the JS agent runs at exit, if any.
+    pub fn from_timeline(tl: &Timeline, post_gc_heap: &[(f64, f64)], exit_gc: Option<(f64, f64)>, node: bool) -> Evidence {
         let w = tl.warmup_end;
         let span = (tl.duration - w).max(0.0);
         let raw = |name: &str| tl.series(name).map(|s| after(&s.points, w)).filter(|p| p.len() >= 3);
         let floor = |name: &str| raw(name).map(|p| bucket_minima(&p, buckets(span))).filter(|p| p.len() >= 3);
-        let post_gc = after(post_gc_heap, w);
-        let heap_after_gc = if post_gc.len() >= 4 { Some(post_gc) } else { floor("heap_used") };
+        let mut post_gc = after(post_gc_heap, w);
+        let (heap_after_gc, heap_confirmed) = if post_gc.len() >= 3 {
+            post_gc.extend(exit_gc);
+            (Some(trend(&post_gc)), true)
+        } else if let (Some((te, ve)), Some(samples)) = (exit_gc, raw("heap_used")) {
+            // Few natural major GCs: a sound lower bound on growth is the
+            // retained heap at exit minus the smallest heapUsed seen early in
+            // the window (heapUsed at any moment >= what was retained then).
+            let early_end = w + 0.4 * span;
+            let (t_min, v_min) = samples
+                .iter()
+                .copied()
+                .filter(|p| p.0 <= early_end)
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or(samples[0]);
+            let floor_trend = floor("heap_used").map(|p| trend(&p)).unwrap_or_default();
+            let dt = (te - t_min).max(1e-3);
+            let lower_bound = ve - v_min;
+            let t = Trend {
+                slope: lower_bound / dt,
+                tau: if lower_bound > 0.0 { floor_trend.tau.max(0.5) } else { floor_trend.tau.min(0.0) },
+                level: ve,
+                span: dt,
+                n: floor_trend.n.max(3),
+            };
+            (Some(t), true)
+        } else {
+            (floor("heap_used").map(|p| trend(&p)), false)
+        };
         Evidence {
             span,
             rss: raw("rss").map(|p| trend(&p)),
-            heap_after_gc: heap_after_gc.map(|p| trend(&p)),
+            heap_after_gc,
+            heap_confirmed,
             heap_total: floor("heap_total").map(|p| trend(&p)),
             external: floor("external").map(|p| trend(&p)),
             array_buffers: floor("array_buffers").map(|p| trend(&p)),
@@ -98,7 +132,11 @@ pub fn decide(ev: &Evidence) -> Verdict {
         };
     }
     let g_rss = sustained(&ev.rss, 4.0 * MIB, 0.05, 0.5);
-    let g_heap = sustained(&ev.heap_after_gc, 1.0 * MIB, 0.10, 0.5);
+    let g_heap = if ev.heap_confirmed {
+        sustained(&ev.heap_after_gc, 1.0 * MIB, 0.10, 0.5)
+    } else {
+        sustained(&ev.heap_after_gc, 8.0 * MIB, 0.50, 0.8)
+    };
     let g_ext = sustained(&ev.external, 2.0 * MIB, 0.10, 0.5).max(sustained(&ev.array_buffers, 2.0 * MIB, 0.10, 0.5));
     let g_total = ev.heap_total.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
     let ext_any = ev.external.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
@@ -285,7 +323,7 @@ mod tests {
             series("heap_total", |t| 20e6 + t * 2.5e6),
             series("external", |_| 1e6),
         ]);
-        let v = decide(&Evidence::from_timeline(&tl, &[], true));
+        let v = decide(&Evidence::from_timeline(&tl, &[], None, true));
         assert_eq!(v.primary, Kind::JsHeap, "{v:?}");
         assert!(!v.kinds.contains(&Kind::Native), "{v:?}");
     }
@@ -298,7 +336,7 @@ mod tests {
             series("heap_total", |_| 45e6),
             series("external", |t| 2e6 + (t * 7.0 % 5.0) * 1e6),
         ]);
-        let v = decide(&Evidence::from_timeline(&tl, &[], true));
+        let v = decide(&Evidence::from_timeline(&tl, &[], None, true));
         assert_eq!(v.kinds, vec![Kind::None], "{v:?}");
     }
 
@@ -309,7 +347,7 @@ mod tests {
             series("native_live", |_| 5e6),
             series("allocator_retained", |t| t * 9e6),
         ]);
-        let v = decide(&Evidence::from_timeline(&tl, &[], false));
+        let v = decide(&Evidence::from_timeline(&tl, &[], None, false));
         assert_eq!(v.primary, Kind::Fragmentation, "{v:?}");
         assert!(!v.kinds.contains(&Kind::Native));
     }

@@ -120,22 +120,29 @@ pub struct NodeMem {
 pub struct NodeGc {
     /// Unix time in ms when the GC started.
     pub t: f64,
-    /// `detail.kind`: 1 minor, 2 major (mark-compact), 4 incremental, 8 weak callbacks.
+    /// `detail.kind` (perf_hooks constants): 1 minor (scavenge), 4 major
+    /// (mark-sweep-compact), 8 incremental marking, 16 weak callbacks.
     pub kind: u32,
     pub flags: u32,
     pub duration_ms: f64,
-    /// heapUsed measured right after a mark-compact (kind 2), if recorded.
+    /// heapUsed measured right after a major GC (kind 4), if recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heap_used_after: Option<u64>,
 }
 
 impl NodeGc {
+    /// True for the full GC the JS agent runs when the target exits.
+    pub fn forced(&self) -> bool {
+        self.flags & 4 != 0
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             1 => "minor",
-            2 => "major",
-            4 => "incremental",
-            8 => "weakcb",
+            2 => "minor-mc",
+            4 => "major",
+            8 => "incremental",
+            16 => "weakcb",
             _ => "other",
         }
     }

@@ -102,7 +102,7 @@
               kind: kind | 0, flags: (d.flags !== undefined ? d.flags : e.flags) | 0,
               duration_ms: e.duration,
             };
-            if (kind === 2 /* mark-compact */) {
+            if (kind === 4 /* NODE_PERFORMANCE_GC_MAJOR: mark-sweep-compact */) {
               if (after === undefined) after = memoryUsage().heapUsed;
               rec.heap_used_after = after;
             }
@@ -130,9 +130,29 @@
       state.fd = -1;
       try { delete globalThis[KEY]; } catch (_) { /* ignore */ }
     };
-    // A last sample when the isolate exits normally. Not a listener that can
-    // change anything: it only writes a line.
-    try { process.on('exit', () => { try { tick(); } catch (_) { /* ignore */ } }); } catch (_) { /* ignore */ }
+    // When the main isolate exits normally: one full GC, so that the end of
+    // the recording has a true "retained after GC" figure (a short run may
+    // never see a natural mark-compact), then a last sample. The process is
+    // already exiting: nothing observable to the program changes.
+    function exitSample() {
+      try {
+        if (isMain && cfg.mode !== 'attach') {
+          const v8mod = v8;
+          v8mod.setFlagsFromString('--expose-gc');
+          const gc = require('vm').runInNewContext('gc');
+          const t0 = perfHooks.performance.now();
+          const at = nowMs();
+          gc();
+          const after = memoryUsage().heapUsed;
+          state.pending.push(stringify({
+            type: 'gc', t: at, kind: 4, flags: 4 /* forced */,
+            duration_ms: perfHooks.performance.now() - t0, heap_used_after: after,
+          }) + '\n');
+        }
+      } catch (_) { /* ignore */ }
+      try { tick(); } catch (_) { /* ignore */ }
+    }
+    try { process.on('exit', exitSample); } catch (_) { /* ignore */ }
     return state;
   }
 

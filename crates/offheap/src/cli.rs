@@ -136,6 +136,9 @@ pub struct ReportArgs {
     /// How many suspects to list.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Print the timeline series (t, bytes) used by the verdict.
+    #[arg(long, hide = true)]
+    pub debug_timeline: bool,
 }
 
 #[derive(Args, Debug)]

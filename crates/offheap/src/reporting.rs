@@ -100,6 +100,14 @@ pub fn render_text(model: &Model) -> String {
 pub fn report(args: ReportArgs) -> Result<u8> {
     let opts = AnalyzeOpts { min_age_s: args.min_age.as_secs_f64(), top: args.top, extra_notes: Vec::new() };
     let model = build(&args.dir, &opts)?;
+    if args.debug_timeline {
+        for series in &model.timeline.series {
+            let pts: Vec<String> =
+                series.points.iter().map(|(t, v)| format!("{t:.1}:{:.1}", v / 1e6)).collect();
+            println!("{} (MB) {}", series.name, pts.join(" "));
+        }
+        println!("warmup_end {:.1} duration {:.1}", model.timeline.warmup_end, model.timeline.duration);
+    }
     if args.json {
         println!("{}", model.summary_json());
     } else {

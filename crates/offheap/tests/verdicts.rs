@@ -1,0 +1,129 @@
+//! `offheap run` on real targets: every verdict must be right, with no false
+//! leak on a steady workload (issue 2).
+
+mod common;
+use common::*;
+
+const JS_LEAK: &str = r#"
+// Retains ~1.5 MB of small objects per second for ~8 s, in a global cache
+// that stays reachable (as a real leak does).
+const kept = (globalThis.sessionCache = []);
+let ticks = 0;
+const t = setInterval(() => {
+  for (let k = 0; k < 1500; k++) kept.push({ k, s: 'leak-' + ticks + '-' + k });
+  if (++ticks >= 80) clearInterval(t);
+}, 100);
+"#;
+
+const BUFFER_LEAK: &str = r#"
+// Retains 64 KiB Buffers (external memory), ~3 MB/s, heap objects tiny.
+const kept = (globalThis.bufferCache = []);
+let ticks = 0;
+const t = setInterval(() => {
+  for (let k = 0; k < 5; k++) kept.push(Buffer.alloc(64 * 1024, ticks & 255));
+  if (++ticks >= 80) clearInterval(t);
+}, 100);
+"#;
+
+const CHURN: &str = r#"
+// Heavy allocation churn, nothing retained beyond a bounded working set.
+let sink = 0;
+const cache = new Map();
+const end = Date.now() + 8000;
+function work() {
+  const objs = [];
+  for (let k = 0; k < 4000; k++) objs.push({ k, s: 'row-' + k, a: [k, k + 1, k + 2] });
+  const bufs = [];
+  for (let k = 0; k < 8; k++) bufs.push(Buffer.alloc(16 * 1024, k));
+  sink += JSON.stringify(objs).length + bufs.length;
+  cache.set(sink % 50, objs.slice(0, 10)); // bounded cache
+  if (Date.now() < end) setTimeout(work, 5);
+}
+work();
+"#;
+
+const ZLIB_LEAK: &str = r#"
+// zlib streams that are never closed: ~256 KB of native state each.
+const zlib = require('zlib');
+const keep = (globalThis.streams = []);
+let i = 0;
+const t = setInterval(() => {
+  const z = zlib.createDeflate();
+  z.write('some data to compress ' + i);
+  keep.push(z);
+  if (++i >= 160) clearInterval(t);
+}, 50);
+"#;
+
+const C_LEAK: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static void *volatile sink;
+void *leak_some(size_t n) { void *p = malloc(n); memset(p, 1, n); return p; }
+int main(void) {
+  for (int i = 0; i < 80; i++) {
+    sink = leak_some(256 * 1024);               /* leaked: 2.5 MB/s */
+    for (int k = 0; k < 100; k++) { void *q = malloc(4096); memset(q, 2, 4096); free(q); }
+    usleep(100000);
+  }
+  return 0;
+}
+"#;
+
+fn assert_verdict(sb: &Sandbox, rec: &str, out: &std::process::Output, primary: &str, forbidden: &[&str]) {
+    let s = summary(&sb.path(rec));
+    let ks = kinds(&s);
+    assert_eq!(s["verdict"]["primary"], primary, "{}", describe(out, &s));
+    for f in forbidden {
+        assert!(!ks.iter().any(|k| k == f), "unexpected {f}: {}", describe(out, &s));
+    }
+}
+
+#[test]
+fn js_heap_leak_is_js_heap() {
+    let sb = Sandbox::new();
+    sb.write("leak.js", JS_LEAK);
+    let out = sb.run("rec", &[], &["node", "leak.js"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_verdict(&sb, "rec", &out, "js-heap", &["none", "fragmentation"]);
+}
+
+#[test]
+fn buffer_leak_is_external() {
+    let sb = Sandbox::new();
+    sb.write("leak.js", BUFFER_LEAK);
+    let out = sb.run("rec", &[], &["node", "leak.js"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_verdict(&sb, "rec", &out, "external", &["none", "js-heap", "fragmentation"]);
+}
+
+#[test]
+fn steady_churn_is_no_leak() {
+    let sb = Sandbox::new();
+    sb.write("churn.js", CHURN);
+    let out = sb.run("rec", &[], &["node", "churn.js"]);
+    assert!(out.status.success(), "{out:?}");
+    let s = summary(&sb.path("rec"));
+    assert_eq!(kinds(&s), vec!["none"], "{}", describe(&out, &s));
+}
+
+#[test]
+fn zlib_streams_never_closed_is_native() {
+    let sb = Sandbox::new();
+    sb.write("z.js", ZLIB_LEAK);
+    let out = sb.run("rec", &[], &["node", "z.js"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_verdict(&sb, "rec", &out, "native", &["none", "fragmentation"]);
+}
+
+#[test]
+fn leaking_c_program_is_native() {
+    let sb = Sandbox::new();
+    sb.gcc("leak.c", C_LEAK, "leak", &[]);
+    let out = sb.run("rec", &[], &["./leak"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_verdict(&sb, "rec", &out, "native", &["none", "js-heap", "external"]);
+    let s = summary(&sb.path("rec"));
+    assert!(s["growth_bytes_per_s"]["rss"].as_f64().unwrap() > 1e6, "{s}");
+}
