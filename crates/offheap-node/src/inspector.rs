@@ -237,6 +237,62 @@ fn pid_listening(pid: u32) -> Vec<Listen> {
     listening_sockets().into_iter().filter(|l| inodes.contains(&l.inode)).collect()
 }
 
+/// TCP ports process `pid` listens on (from /proc/PID/net/tcp{,6} and its fds).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let mut v: Vec<u16> = pid_listening(pid).into_iter().map(|l| l.port).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The port the target's inspector will use: `--inspect-port`/`--inspect`/`--debug-port`
+/// on its command line or in NODE_OPTIONS, else 9229 (0 = a random port).
+pub fn expected_port(pid: u32) -> u16 {
+    let split = |b: Vec<u8>| -> Vec<String> {
+        b.split(|&c| c == 0).filter(|x| !x.is_empty()).map(|x| String::from_utf8_lossy(x).into_owned()).collect()
+    };
+    let cmdline = split(std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+    let mut node_options = Vec::new();
+    for e in split(std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default()) {
+        if let Some(v) = e.strip_prefix("NODE_OPTIONS=") {
+            node_options.extend(v.split_whitespace().map(str::to_string));
+        }
+    }
+    let mut port = DEFAULT_PORT;
+    // NODE_OPTIONS first: the command line overrides it.
+    for (args, skip_argv0) in [(&node_options, false), (&cmdline, true)] {
+        let mut i = usize::from(skip_argv0);
+        while i < args.len() {
+            let a = &args[i];
+            if !a.starts_with('-') || a == "--" {
+                break; // the script and its arguments
+            }
+            for flag in ["--inspect-port", "--debug-port", "--inspect-brk", "--inspect-wait", "--inspect"] {
+                let takes_value = flag == "--inspect-port" || flag == "--debug-port";
+                let val = if let Some(v) = a.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) {
+                    Some(v.to_string())
+                } else if a == flag && takes_value {
+                    i += 1;
+                    args.get(i).cloned()
+                } else {
+                    None
+                };
+                if let Some(v) = val {
+                    if let Ok(p) = v.rsplit(':').next().unwrap_or("").parse::<u16>() {
+                        port = p;
+                    }
+                    break;
+                }
+            }
+            if a == "-e" || a == "--eval" || a == "-p" || a == "--print" || a == "-r" || a == "--require" {
+                i += 1; // skip the option's value
+            }
+            i += 1;
+        }
+    }
+    port
+}
+
 /// One `/json/list` target.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -411,9 +467,10 @@ impl Inspector {
                 return Err(InspectorError::NotRunning(pid));
             }
             let now: Vec<Listen> = pid_listening(pid).into_iter().filter(|l| !before_set.contains(l)).collect();
-            // Default port first.
+            // The expected port first.
+            let want = expected_port(pid);
             let mut now = now;
-            now.sort_by_key(|l| (l.port != DEFAULT_PORT, l.port));
+            now.sort_by_key(|l| (l.port != want, l.port));
             for l in &now {
                 if !reachable_on_loopback(l) {
                     non_loopback = Some(format!("listening on port {} of a non-loopback address", l.port));
@@ -431,13 +488,15 @@ impl Inspector {
         if let Some(detail) = non_loopback {
             return Err(InspectorError::NotLoopback { pid, detail });
         }
-        // Is the default port held by someone else?
+        // Is the port the target wants held by someone else?
+        let want = expected_port(pid);
         let ours = socket_inodes(pid);
-        let taken = listening_sockets()
-            .into_iter()
-            .any(|l| l.port == DEFAULT_PORT && !ours.contains(&l.inode));
+        let taken = want != 0
+            && listening_sockets()
+                .into_iter()
+                .any(|l| l.port == want && !ours.contains(&l.inode));
         if taken {
-            return Err(InspectorError::PortTaken { pid, port: DEFAULT_PORT });
+            return Err(InspectorError::PortTaken { pid, port: want });
         }
         Err(InspectorError::InspectorDisabled { pid, waited: start.elapsed() })
     }

@@ -1,0 +1,137 @@
+//! Attaching to real node processes over the inspector.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use offheap_node::inspector::{self, Inspector, InspectorError};
+use offheap_node::{AnalyzeOptions, snapshot_pid};
+
+struct Target {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP server on 127.0.0.1 (port 0) holding 10-byte views of 1 MiB buffers.
+/// `--inspect-port=0`: the inspector, once opened by SIGUSR1, takes a free port,
+/// so parallel tests (and other users of 9229) do not collide.
+fn server(extra_node_args: &[&str]) -> Target {
+    let js = r#"
+        global.headers = [];
+        function keepHeader(i) { const packet = Buffer.alloc(1 << 20, i); headers.push(packet.subarray(0, 10)); }
+        for (let i = 0; i < 8; i++) keepHeader(i);
+        const srv = require('http').createServer((req, res) => res.end('ok ' + headers.length));
+        srv.listen(0, '127.0.0.1', () => console.log('PORT ' + srv.address().port));
+    "#;
+    let mut child = Command::new("node")
+        .args(extra_node_args)
+        .arg("-e")
+        .arg(js)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().strip_prefix("PORT ").expect("server port").parse().unwrap();
+    Target { child, port }
+}
+
+fn http_ok(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn attach_snapshot_detach_leaves_server_serving() {
+    let t = server(&["--inspect-port=0"]);
+    let pid = t.child.id();
+    assert_eq!(inspector::listening_ports(pid), vec![t.port]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("live.heapsnapshot");
+    let live = snapshot_pid(pid, &out, &AnalyzeOptions::default()).unwrap();
+    assert!(live.bytes > 100_000 && std::fs::metadata(&out).unwrap().len() == live.bytes);
+    let text = live.report.to_text();
+    // Hostages confirmed live with exact geometry: 1 MiB parents, 10-byte views.
+    let g = live
+        .report
+        .hostage_buffers
+        .iter()
+        .find(|g| g.held_by.starts_with("headers["))
+        .unwrap_or_else(|| panic!("no hostage held by headers[]:\n{text}"));
+    assert!(g.confirmed, "{text}");
+    assert_eq!(g.count, 8, "{text}");
+    assert_eq!(g.parent_bytes, 8 << 20);
+    assert_eq!(g.view_bytes, Some(80));
+    assert_eq!(g.wasted_bytes, (8 << 20) - 80);
+    let ex = &g.examples[0];
+    assert_eq!(ex.parent_bytes, 1 << 20);
+    assert_eq!(ex.views[0].byte_offset, Some(0));
+    assert_eq!(ex.views[0].byte_length, Some(10));
+    assert!(text.contains("CONFIRMED"), "{text}");
+    // Still serving, and the inspector port offheap opened is closed again.
+    assert!(http_ok(t.port).contains("ok 8"));
+    assert_eq!(inspector::listening_ports(pid), vec![t.port], "inspector port left open");
+    // A second attach works too (the target is as it was).
+    let mut insp = Inspector::open(pid, Duration::from_secs(10)).unwrap();
+    assert!(insp.opened_by_us());
+    let iport = insp.port();
+    assert_ne!(iport, t.port);
+    assert_eq!(insp.evaluate("require('v8').getHeapStatistics().total_heap_size > 0").unwrap(), true);
+    assert_eq!(insp.evaluate("1 + 2").unwrap(), 3);
+    assert!(matches!(insp.evaluate("throw new Error('boom')"), Err(InspectorError::JsException(m)) if m.contains("boom")));
+    insp.close().unwrap();
+    assert!(!inspector::port_open(iport));
+    assert!(http_ok(t.port).contains("ok 8"));
+}
+
+#[test]
+fn already_open_inspector_is_left_open() {
+    let t = server(&["--inspect=127.0.0.1:0"]);
+    let pid = t.child.id();
+    let ports = inspector::listening_ports(pid);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let insp = Inspector::open(pid, Duration::from_secs(10)).unwrap();
+    assert!(!insp.opened_by_us());
+    let iport = insp.port();
+    insp.close().unwrap();
+    assert!(inspector::port_open(iport), "an inspector offheap did not open stays open");
+    assert!(http_ok(t.port).contains("ok"));
+}
+
+#[test]
+fn port_taken_is_a_clear_error() {
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = blocker.local_addr().unwrap().port();
+    let t = server(&[&format!("--inspect-port={taken}")]);
+    let e = Inspector::open(t.child.id(), Duration::from_secs(3)).unwrap_err();
+    assert!(matches!(e, InspectorError::PortTaken { port, .. } if port == taken), "{e}");
+    assert!(e.to_string().contains("taken"), "{e}");
+    assert!(http_ok(t.port).contains("ok"));
+}
+
+#[test]
+fn not_node_and_not_running_are_clear_errors() {
+    let mut sleep = Command::new("sleep").arg("30").spawn().unwrap();
+    let e = Inspector::open(sleep.id(), Duration::from_secs(1)).unwrap_err();
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    assert!(matches!(e, InspectorError::NotNode { .. }), "{e}");
+    assert!(e.to_string().contains("not Node.js"), "{e}");
+    let e = snapshot_pid(sleep.id(), std::path::Path::new("/nonexistent/x"), &AnalyzeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("not running"), "{e}");
+    // pid 1 belongs to root or is not node: either way a clear refusal, no signal sent.
+    let e = Inspector::open(1, Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(e, InspectorError::OtherUser { .. } | InspectorError::NotNode { .. }), "{e}");
+}

@@ -1,0 +1,150 @@
+//! Offline heap-snapshot analysis against snapshots written by real node.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use offheap_node::{AnalyzeOptions, Error, SnapshotError, analyze_file, compare_files};
+
+/// Run `script` with node; it writes snapshots with `snap(name)` into `dir`.
+fn node(dir: &Path, script: &str) {
+    let prelude = format!(
+        "const snap = (n) => require('v8').writeHeapSnapshot(require('path').join({:?}, n));\n",
+        dir.display().to_string()
+    );
+    let out = Command::new("node").arg("-e").arg(format!("{prelude}{script}")).output().expect("node runs");
+    assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One snapshot shared by the error tests (written once per test binary run).
+fn small_snapshot(dir: &Path) -> PathBuf {
+    node(dir, "global.x = [1,2,3]; snap('small.heapsnapshot');");
+    dir.join("small.heapsnapshot")
+}
+
+#[test]
+fn buffer_slices_are_hostages() {
+    let dir = tempfile::tempdir().unwrap();
+    node(
+        dir.path(),
+        "global.kept = [];
+         function keepHeader(i) { const big = Buffer.alloc(1 << 20, i); kept.push(big.subarray(0, 10)); }
+         for (let i = 0; i < 20; i++) keepHeader(i);
+         // a full-length Buffer referenced directly is not a hostage
+         global.whole = new ArrayBuffer(1 << 20);
+         setImmediate(() => snap('h.heapsnapshot'));",
+    );
+    let r = analyze_file(&dir.path().join("h.heapsnapshot"), &AnalyzeOptions::default()).unwrap();
+    let text = r.to_text();
+    let g = r
+        .hostage_buffers
+        .iter()
+        .find(|g| g.held_by.starts_with("kept["))
+        .unwrap_or_else(|| panic!("no hostage group held by kept[]:\n{text}"));
+    assert_eq!(g.count, 20, "{text}");
+    assert_eq!(g.parent_bytes, 20 << 20);
+    assert!(!g.confirmed, "offline is an estimate");
+    assert!(g.fix.contains("Buffer.from(buf.subarray"));
+    let ex = &g.examples[0];
+    assert_eq!(ex.parent_bytes, 1 << 20);
+    assert_eq!(ex.view_count, 1);
+    assert_eq!(ex.views[0].class, "Buffer");
+    assert_eq!(ex.views[0].byte_length, None, "the snapshot has no view lengths");
+    assert!(ex.path_text.contains(".kept"), "{}", ex.path_text);
+    // The directly referenced ArrayBuffer is not reported as a hostage.
+    assert_eq!(r.hostage_buffers.iter().map(|g| g.count).sum::<u64>(), 20, "{text}");
+    assert!(r.array_buffer_bytes >= 21 << 20);
+    // The external memory group names the holder.
+    assert!(r.external.iter().any(|e| e.holder.contains(".kept") && e.bytes >= 20 << 20), "{text}");
+    // JSON shape used in summary.json.
+    let v = serde_json::to_value(&r).unwrap();
+    assert!(v["hostage_buffers"].is_array() && v["top_retainers"].is_array());
+    assert!(r.global_handles.is_some());
+}
+
+#[test]
+fn compare_finds_growing_constructor() {
+    let dir = tempfile::tempdir().unwrap();
+    node(
+        dir.path(),
+        "class LeakyThing { constructor(i) { this.i = i; this.tags = ['t' + i]; } }
+         global.registry = { leaks: [] };
+         function onRequest(i) { registry.leaks.push(new LeakyThing(i)); }
+         for (let i = 0; i < 1000; i++) onRequest(i);
+         setImmediate(() => {
+           snap('a.heapsnapshot');
+           for (let i = 0; i < 20000; i++) onRequest(i);
+           snap('b.heapsnapshot');
+         });",
+    );
+    let r = compare_files(
+        &dir.path().join("a.heapsnapshot"),
+        &dir.path().join("b.heapsnapshot"),
+        &AnalyzeOptions::default(),
+    )
+    .unwrap();
+    let text = r.to_text();
+    let c = r
+        .growing
+        .iter()
+        .find(|g| g.kind == "constructor" && g.name == "LeakyThing")
+        .unwrap_or_else(|| panic!("LeakyThing not growing:\n{text}"));
+    assert_eq!(c.count_before, 1000, "{text}");
+    assert_eq!(c.count_after, 21000, "{text}");
+    assert_eq!(c.new_objects, 20000, "{text}");
+    assert!(c.held_by.contains("leaks"), "{text}");
+    let ret = r
+        .growing
+        .iter()
+        .find(|g| g.kind == "retainer")
+        .unwrap_or_else(|| panic!("no growing retainer:\n{text}"));
+    assert_eq!(ret.held_by, "registry.leaks", "{text}");
+    assert!(ret.bytes_after > ret.bytes_before + 20000 * 16, "{text}");
+}
+
+#[test]
+fn truncated_snapshot_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = small_snapshot(dir.path());
+    let data = std::fs::read(&p).unwrap();
+    let cut = dir.path().join("cut.heapsnapshot");
+    std::fs::write(&cut, &data[..data.len() / 3]).unwrap();
+    let e = analyze_file(&cut, &AnalyzeOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Snapshot { source: SnapshotError::Truncated { .. }, .. }), "{msg}");
+    assert!(msg.contains("truncated") && msg.contains("cut.heapsnapshot"), "{msg}");
+    // Cut inside the strings (the last section): analysed, with a warning.
+    let pos = data.windows(10).position(|w| w == b"\"strings\":").unwrap();
+    std::fs::write(&cut, &data[..pos + 2000]).unwrap();
+    let r = analyze_file(&cut, &AnalyzeOptions::default()).unwrap();
+    assert!(r.warnings.iter().any(|w| w.contains("truncated") && w.contains("strings")), "{:?}", r.warnings);
+    // Empty file.
+    std::fs::write(&cut, b"").unwrap();
+    let e = analyze_file(&cut, &AnalyzeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+}
+
+#[test]
+fn corrupt_snapshot_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = small_snapshot(dir.path());
+    let mut data = std::fs::read(&p).unwrap();
+    // Garbage in the middle of the nodes array.
+    let nodes = data.windows(8).position(|w| w == b"\"nodes\":").unwrap();
+    data[nodes + 5000] = b'x';
+    let bad = dir.path().join("bad.heapsnapshot");
+    std::fs::write(&bad, &data).unwrap();
+    let e = analyze_file(&bad, &AnalyzeOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Snapshot { source: SnapshotError::Corrupt { .. }, .. }), "{msg}");
+    assert!(msg.contains("corrupt") && msg.contains("nodes"), "{msg}");
+    // Not JSON at all.
+    std::fs::write(&bad, b"hello world").unwrap();
+    let e = analyze_file(&bad, &AnalyzeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("not a heap snapshot"), "{e}");
+    // Valid JSON, wrong shape.
+    std::fs::write(&bad, br#"{"nodes":[1,2,3],"edges":[]}"#).unwrap();
+    let e = analyze_file(&bad, &AnalyzeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    // Missing file.
+    let e = analyze_file(&dir.path().join("nope"), &AnalyzeOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::File { .. }), "{e}");
+}
