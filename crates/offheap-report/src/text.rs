@@ -1,0 +1,280 @@
+//! Text for the terminal: the verdict with its suspects and their stacks
+//! ([`render_text`]), and a top list like `jeprof --text` ([`top_text`]).
+//! Output is deterministic (no clock, no hash order) for snapshot tests.
+
+use crate::Weight;
+use crate::format::{self, basename, file_line, frame_label, kind_str};
+use offheap_analysis::{Kind, Model, Suspect};
+use offheap_format::native::AllocKind;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// A headline for a verdict kind.
+pub fn kind_headline(k: Kind) -> &'static str {
+    match k {
+        Kind::JsHeap => "JS heap leak: the V8 heap retained after GC grows",
+        Kind::External => "External memory leak: Buffer/ArrayBuffer backing stores grow",
+        Kind::Native => "Native memory leak: malloc/mmap live bytes grow outside the V8 heap",
+        Kind::Fragmentation => {
+            "Allocator fragmentation: RSS grows while live native bytes stay flat"
+        }
+        Kind::None => "No leak: memory plateaus after warm-up",
+    }
+}
+
+/// How many frames of a suspect's stack the terminal shows.
+pub const TEXT_STACK_DEPTH: usize = 16;
+/// How many suspects the terminal shows.
+pub const TEXT_SUSPECTS: usize = 5;
+
+/// The verdict, growth rates, top suspects with their stacks, and notes.
+pub fn render_text(model: &Model) -> String {
+    let mut o = String::new();
+    let cmd = if model.meta.command.is_empty() {
+        "(unknown command)".to_string()
+    } else {
+        model.meta.command.join(" ")
+    };
+    let _ = write!(o, "offheap: {cmd}");
+    let mut facts = Vec::new();
+    if model.meta.pid != 0 {
+        facts.push(format!("pid {}", model.meta.pid));
+    }
+    facts.push(format::seconds(model.timeline.duration));
+    if let Some(end) = &model.end {
+        facts.push(match (end.exit_code, end.signal) {
+            (_, Some(sig)) => format!("killed by signal {sig}"),
+            (Some(c), None) => format!("exit {c}"),
+            (None, None) => end.reason.clone(),
+        });
+    }
+    let _ = writeln!(o, "  ({})", facts.join(", "));
+    o.push('\n');
+
+    match &model.verdict {
+        Some(v) => {
+            let _ = writeln!(
+                o,
+                "Verdict: {} (confidence {:.0}%)",
+                v.primary.as_str(),
+                v.confidence.clamp(0.0, 1.0) * 100.0
+            );
+            let _ = writeln!(o, "  {}", kind_headline(v.primary));
+            let others: Vec<&str> = v
+                .kinds
+                .iter()
+                .filter(|k| **k != v.primary)
+                .map(|k| k.as_str())
+                .collect();
+            if !others.is_empty() {
+                let _ = writeln!(o, "  Also: {}", others.join(", "));
+            }
+            for line in v.explanation.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = writeln!(o, "  {}", line.trim_end());
+            }
+            if !v.next_steps.is_empty() {
+                o.push_str("\nNext steps:\n");
+                for (i, s) in v.next_steps.iter().enumerate() {
+                    let _ = writeln!(o, "  {}. {}", i + 1, s.trim_end());
+                }
+            }
+        }
+        None => o.push_str("Verdict: not available (too little data was recorded)\n"),
+    }
+
+    let _ = writeln!(
+        o,
+        "\nGrowth after warm-up (from {}):",
+        format::seconds(model.timeline.warmup_end)
+    );
+    let g = &model.growth;
+    let p = &model.peak;
+    let mut row = |name: &str, rate: Option<f64>, peak: Option<u64>| {
+        if rate.is_none() && peak.is_none() {
+            return;
+        }
+        let r = rate.map(format::rate).unwrap_or_else(|| "-".into());
+        let pk = peak
+            .map(|v| format!("peak {}", format::bytes(v)))
+            .unwrap_or_default();
+        let line = format!("  {name:<15}{r:>14}   {pk}");
+        let _ = writeln!(o, "{}", line.trim_end());
+    };
+    row("rss", Some(g.rss), Some(p.rss));
+    row("heap_used", Some(g.heap_used), Some(p.heap_used));
+    row("external", Some(g.external), Some(p.external));
+    row(
+        "array_buffers",
+        Some(g.array_buffers),
+        Some(p.array_buffers),
+    );
+    row("native_live", g.native_live, p.native_live);
+    row("allocator_free", g.allocator_free, None);
+
+    if !model.suspects.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nTop suspects (ranked by sustained growth of live bytes):"
+        );
+        for s in model.suspects.iter().take(TEXT_SUSPECTS) {
+            suspect_text(&mut o, s);
+        }
+        if model.suspects.len() > TEXT_SUSPECTS {
+            let _ = writeln!(
+                o,
+                "\n  ... and {} more suspects in report.html",
+                model.suspects.len() - TEXT_SUSPECTS
+            );
+        }
+    }
+
+    if !model.notes.is_empty() {
+        o.push_str("\nNotes:\n");
+        for n in &model.notes {
+            let _ = writeln!(o, "  - {}", n.trim_end());
+        }
+    }
+    o
+}
+
+fn suspect_text(o: &mut String, s: &Suspect) {
+    let kind = match s.kind {
+        AllocKind::Malloc => "malloc",
+        AllocKind::Mmap => "mmap",
+    };
+    let _ = writeln!(
+        o,
+        "\n#{:<3}{}  live {} in {} allocations  [{kind}]",
+        s.rank,
+        format::rate(s.bytes_per_s),
+        format::bytes(s.live_bytes),
+        format::count(s.allocations)
+    );
+    let module = if s.module.is_empty() {
+        "?"
+    } else {
+        basename(&s.module)
+    };
+    let function = if s.function.is_empty() {
+        "?"
+    } else {
+        s.function.as_str()
+    };
+    let _ = writeln!(o, "     in {function} ({module})");
+    if let Some(h) = &s.hint {
+        let _ = writeln!(o, "     hint: {}", h.trim_end());
+    }
+    for (i, f) in s.frames.iter().enumerate().take(TEXT_STACK_DEPTH) {
+        let mut line = format!(
+            "       #{i:<2} {:<8}{}",
+            kind_str(f.kind),
+            format::function_name(f)
+        );
+        let fl = file_line(f);
+        if !fl.is_empty() {
+            let _ = write!(line, "  at {fl}");
+        }
+        if !f.module.is_empty()
+            && f.module != "[jit]"
+            && f.file.as_deref() != Some(f.module.as_str())
+        {
+            let _ = write!(line, "  [{}]", basename(&f.module));
+        }
+        if f.inlined {
+            line.push_str("  (inlined)");
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    if s.frames.len() > TEXT_STACK_DEPTH {
+        let _ = writeln!(
+            o,
+            "       ... {} more frames",
+            s.frames.len() - TEXT_STACK_DEPTH
+        );
+    }
+}
+
+/// A top list like `jeprof --text`: per function, `flat` (weight of stacks
+/// whose innermost frame it is) and `cum` (weight of stacks it appears in),
+/// heaviest flat first, at most `limit` rows.
+pub fn top_text(model: &Model, weight: Weight, limit: usize) -> String {
+    #[derive(Default)]
+    struct Row {
+        flat: u64,
+        cum: u64,
+    }
+    let mut rows: HashMap<String, Row> = HashMap::new();
+    let mut total = 0u64;
+    let mut nstacks = 0usize;
+    for s in &model.profile.stacks {
+        let w = weight.of(s);
+        if w == 0 {
+            continue;
+        }
+        total += w;
+        nstacks += 1;
+        let mut seen: Vec<String> = Vec::new();
+        for (i, f) in s.frames.iter().enumerate() {
+            let mut name = frame_label(f);
+            if f.kind != offheap_symbols::FrameKind::Js && !f.module.is_empty() {
+                let _ = write!(name, " [{}]", basename(&f.module));
+            }
+            let r = rows.entry(name.clone()).or_default();
+            if i == 0 {
+                r.flat += w;
+            }
+            if !seen.contains(&name) {
+                r.cum += w;
+                seen.push(name);
+            }
+        }
+        if s.frames.is_empty() {
+            let r = rows.entry(crate::flame::NO_STACK.to_string()).or_default();
+            r.flat += w;
+            r.cum += w;
+        }
+    }
+    let mut list: Vec<(String, Row)> = rows.into_iter().collect();
+    list.sort_by(|a, b| {
+        b.1.flat
+            .cmp(&a.1.flat)
+            .then(b.1.cum.cmp(&a.1.cum))
+            .then(a.0.cmp(&b.0))
+    });
+
+    let mut o = String::new();
+    let interval = match model.profile.sample_interval {
+        0 | 1 => "exact".to_string(),
+        n => format!("sampling interval {}", format::bytes(n)),
+    };
+    let _ = writeln!(
+        o,
+        "Total: {} {} in {} stacks ({interval})",
+        weight.fmt_value(total),
+        weight.title(),
+        format::count(nstacks as u64)
+    );
+    let _ = writeln!(
+        o,
+        "{:>11} {:>6} {:>6} {:>11} {:>6}  function",
+        "flat", "flat%", "sum%", "cum", "cum%"
+    );
+    let mut sum = 0u64;
+    for (name, r) in list.iter().take(limit) {
+        sum += r.flat;
+        let _ = writeln!(
+            o,
+            "{:>11} {:>6} {:>6} {:>11} {:>6}  {}",
+            weight.fmt_value(r.flat),
+            format::pct(r.flat, total),
+            format::pct(sum, total),
+            weight.fmt_value(r.cum),
+            format::pct(r.cum, total),
+            name
+        );
+    }
+    if list.len() > limit {
+        let _ = writeln!(o, "({} more functions not shown)", list.len() - limit);
+    }
+    o
+}
