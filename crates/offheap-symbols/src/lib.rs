@@ -119,6 +119,8 @@ struct Module {
     rec: ModuleRecord,
     name: String,
     state: FileState,
+    /// PT_LOAD segments, read on first need (for naming unknown frames).
+    segments: Option<Option<Vec<elf::LoadSegment>>>,
 }
 
 /// A remapped copy of node's embedded builtins found in anonymous memory.
@@ -142,6 +144,8 @@ pub struct ProcessSymbols {
     symbolizer: Symbolizer,
     /// (module, raw address) -> frames.
     native: HashMap<(usize, u64), Vec<Frame>>,
+    /// Perf-map line number -> its frame (address not filled in).
+    js: HashMap<u32, Frame>,
     demangled: HashMap<String, String>,
     notes: Vec<String>,
     /// Lazily found: node's embedded blob (module index, blob).
@@ -168,6 +172,7 @@ impl ProcessSymbols {
                     .unwrap_or_else(|| m.path.clone()),
                 rec: m.clone(),
                 state: FileState::Unchecked,
+                segments: None,
             })
             .collect();
         let mut ranges: Vec<(u64, u64, u64, usize)> = modules
@@ -226,6 +231,7 @@ impl ProcessSymbols {
             perf,
             symbolizer,
             native: HashMap::new(),
+            js: HashMap::new(),
             demangled: HashMap::new(),
             notes,
             blob: None,
@@ -317,12 +323,20 @@ impl ProcessSymbols {
             out.extend(self.blob_copy_frames(copy, a));
             return;
         }
-        if let Some(e) = self
+        if let Some((seq, name)) = self
             .perf
             .as_ref()
             .and_then(|p| p.lookup(a.saturating_sub(1), t))
+            .map(|e| (e.seq, e.name.clone()))
         {
-            let n = perf_map::parse_name(&e.name);
+            if let Some(f) = self.js.get(&seq) {
+                out.push(Frame {
+                    address: a,
+                    ..f.clone()
+                });
+                return;
+            }
+            let n = perf_map::parse_name(&name);
             let module = if n.builtin {
                 // V8's builtins live in node's binary; name that module if known.
                 self.blob_module_path()
@@ -330,7 +344,7 @@ impl ProcessSymbols {
             } else {
                 n.file.clone().unwrap_or_else(|| JIT_MODULE.to_string())
             };
-            out.push(Frame {
+            let f = Frame {
                 function: n.function,
                 module,
                 file: n.file,
@@ -342,7 +356,9 @@ impl ProcessSymbols {
                 },
                 address: a,
                 inlined: false,
-            });
+            };
+            self.js.insert(seq, f.clone());
+            out.push(f);
             return;
         }
         out.push(Frame {
@@ -391,15 +407,29 @@ impl ProcessSymbols {
             )
     }
 
-    /// The module's ELF virtual address of `a` (what addr2line takes).
-    fn vaddr(&self, m: usize, a: u64) -> u64 {
-        a.wrapping_sub(self.modules[m].rec.bias)
+    /// The module's ELF virtual address of `a` (what addr2line takes),
+    /// through the mapping's file offset when the file can be read (right
+    /// for a second mapping too), else `a - bias`.
+    fn vaddr(&mut self, m: usize, a: u64) -> u64 {
+        let fo = self.file_offset(m, a);
+        let module = &mut self.modules[m];
+        let path = &module.rec.path;
+        let segs = module
+            .segments
+            .get_or_insert_with(|| elf::load_segments(Path::new(path)));
+        segs.as_ref()
+            .and_then(|s| s.iter().find(|&&(_, off, sz)| fo >= off && fo < off + sz))
+            .map_or_else(
+                || a.wrapping_sub(module.rec.bias),
+                |&(va, off, _)| va + (fo - off),
+            )
     }
 
-    fn unknown_in_module(&self, m: usize, a: u64) -> Frame {
+    fn unknown_in_module(&mut self, m: usize, a: u64) -> Frame {
+        let vaddr = self.vaddr(m, a);
         let module = &self.modules[m];
         Frame {
-            function: format!("{}+{:#x}", module.name, self.vaddr(m, a)),
+            function: format!("{}+{:#x}", module.name, vaddr),
             module: module.rec.path.clone(),
             file: None,
             line: None,

@@ -277,3 +277,28 @@ int main(int argc, char **) {
     assert_eq!(frames[0].line, Some(8));
     assert_eq!(frames.last().unwrap().function, "main");
 }
+
+#[inline(never)]
+fn rust_marker_function(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_mul(31).rotate_left(7))
+}
+
+#[test]
+fn rust_names_are_demangled() {
+    // This test process itself: its own function, resolved through its maps.
+    let f = rust_marker_function as *const () as u64;
+    assert_eq!(rust_marker_function(1), 31u64.rotate_left(7));
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mut syms = ProcessSymbols::new(&modules_from_proc_maps(&maps), None);
+    // +1: the symbolizer looks up `addr - 1` (return addresses).
+    let frames = syms.symbolize(&[f + 1], 0.0);
+    assert_eq!(
+        frames[0].function, "native::rust_marker_function",
+        "{frames:?}"
+    );
+    assert!(
+        frames[0].file.as_deref().unwrap().ends_with("native.rs"),
+        "{frames:?}"
+    );
+    assert_eq!(frames[0].kind, FrameKind::Native);
+}

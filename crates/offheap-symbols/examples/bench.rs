@@ -1,0 +1,211 @@
+//! Symbolization speed on a real node process.
+//!
+//! Starts `node --perf-basic-prof --interpreted-frames-native-stack`, lets it
+//! JIT some code, copies its perf map and `/proc/PID/maps`, then builds
+//! STACKS unique stacks of DEPTH frames from a pool of UNIQUE addresses
+//! (60% node's text, 10% libc, 30% JIT code from the perf map) and
+//! symbolizes them offline, cold (fresh `ProcessSymbols`) and warm (second
+//! pass, all cached).
+//!
+//! ```text
+//! cargo run --release -p offheap-symbols --example bench [STACKS [DEPTH [UNIQUE]]]
+//! ```
+//! Defaults: 5000 stacks, 40 frames, 20000 unique addresses.
+
+use std::process::Command;
+use std::time::Instant;
+
+use offheap_symbols::{FrameKind, ProcessSymbols, modules_from_proc_maps};
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let stacks_n = args.first().copied().unwrap_or(5000);
+    let depth = args.get(1).copied().unwrap_or(40);
+    let unique = args.get(2).copied().unwrap_or(20000);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let script = r#"
+const fs = require('fs');
+const out = process.argv[1];
+// Some JIT work so the perf map has JS entries of every tier.
+function work(n) { let s = 0; for (let i = 0; i < n; i++) s += JSON.stringify({ i, a: [i, i + 1] }).length; return s; }
+for (let k = 0; k < 200; k++) { new Function('x', `return x + ${k}`)(k); work(2000); }
+fs.copyFileSync(`/tmp/perf-${process.pid}.map`, `${out}/perf.map`);
+fs.writeFileSync(`${out}/maps`, fs.readFileSync('/proc/self/maps'));
+fs.writeFileSync(`${out}/pid`, String(process.pid));
+"#;
+    let st = Command::new("node")
+        .args([
+            "--perf-basic-prof",
+            "--interpreted-frames-native-stack",
+            "-e",
+            script,
+        ])
+        .arg(d)
+        .status()
+        .expect("run node");
+    assert!(st.success(), "node failed");
+    let pid = std::fs::read_to_string(d.join("pid")).unwrap();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    let maps = std::fs::read_to_string(d.join("maps")).unwrap();
+    let perf_path = d.join("perf.map");
+    let perf = std::fs::read_to_string(&perf_path).unwrap();
+
+    // Executable file-backed ranges of node and libc.
+    let mut node_x = Vec::new();
+    let mut libc_x = Vec::new();
+    for l in maps.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || !f[1].contains('x') {
+            continue;
+        }
+        let (s, e) = f[0].split_once('-').unwrap();
+        let r = (
+            u64::from_str_radix(s, 16).unwrap(),
+            u64::from_str_radix(e, 16).unwrap(),
+        );
+        if f[5].ends_with("/node") {
+            node_x.push(r);
+        } else if f[5].contains("libc.so") {
+            libc_x.push(r);
+        }
+    }
+    let jit: Vec<(u64, u64)> = perf
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            let s = u64::from_str_radix(it.next()?, 16).ok()?;
+            let z = u64::from_str_radix(it.next()?, 16).ok()?;
+            (it.next()?.starts_with("JS:") && s > 0x1_0000_0000).then_some((s, z))
+        })
+        .collect();
+    let mut rng = Lcg(42);
+    let pick = |rng: &mut Lcg, rs: &[(u64, u64)]| {
+        let total: u64 = rs.iter().map(|r| r.1 - r.0).sum();
+        let mut x = rng.below(total);
+        for r in rs {
+            if x < r.1 - r.0 {
+                return r.0 + x;
+            }
+            x -= r.1 - r.0;
+        }
+        rs[0].0
+    };
+    let pool: Vec<u64> = (0..unique)
+        .map(|i| match i % 10 {
+            0..=5 => pick(&mut rng, &node_x),
+            6 => pick(&mut rng, &libc_x),
+            _ => {
+                let (s, z) = jit[rng.below(jit.len() as u64) as usize];
+                s + 1 + rng.below(z.saturating_sub(1))
+            }
+        })
+        .collect();
+    let stacks: Vec<Vec<u64>> = (0..stacks_n)
+        .map(|_| {
+            (0..depth)
+                .map(|_| pool[rng.below(pool.len() as u64) as usize])
+                .collect()
+        })
+        .collect();
+    let t = 0.0;
+    let input: Vec<(&[u64], f64)> = stacks.iter().map(|s| (&s[..], t)).collect();
+
+    let modules = modules_from_proc_maps(&maps);
+    println!(
+        "node {} | {} modules | perf map {} lines ({} JS) | {} stacks x {} frames, {} unique addresses",
+        Command::new("node")
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default(),
+        modules.len(),
+        perf.lines().count(),
+        jit.len(),
+        stacks_n,
+        depth,
+        unique
+    );
+
+    let t0 = Instant::now();
+    let mut syms = ProcessSymbols::new(&modules, Some(&perf_path));
+    let setup = t0.elapsed();
+    let t1 = Instant::now();
+    let out = syms.symbolize_stacks(&input);
+    let cold = t1.elapsed();
+    let t2 = Instant::now();
+    let out2 = syms.symbolize_stacks(&input);
+    let warm = t2.elapsed();
+    assert_eq!(out, out2);
+
+    // Per-stack API, fresh instance.
+    let t3 = Instant::now();
+    let mut syms1 = ProcessSymbols::new(&modules, Some(&perf_path));
+    let mut n = 0usize;
+    for s in &stacks {
+        n += syms1.symbolize(s, t).len();
+    }
+    let per_stack = t3.elapsed();
+
+    let frames: Vec<_> = out.iter().flatten().collect();
+    let count = |k: FrameKind| frames.iter().filter(|f| f.kind == k).count();
+    println!(
+        "frames out: {} (native {}, js {}, builtin {}, unknown {}; {} inlined)",
+        frames.len(),
+        count(FrameKind::Native),
+        count(FrameKind::Js),
+        count(FrameKind::Builtin),
+        count(FrameKind::Unknown),
+        frames.iter().filter(|f| f.inlined).count()
+    );
+    println!(
+        "setup (perf map parse):           {:8.1} ms",
+        setup.as_secs_f64() * 1e3
+    );
+    println!(
+        "symbolize_stacks, cold:           {:8.1} ms",
+        cold.as_secs_f64() * 1e3
+    );
+    println!(
+        "symbolize_stacks, warm (cached):  {:8.1} ms",
+        warm.as_secs_f64() * 1e3
+    );
+    println!(
+        "symbolize() per stack, cold:      {:8.1} ms ({n} frames)",
+        per_stack.as_secs_f64() * 1e3
+    );
+    println!(
+        "cold per unique address:          {:8.2} us",
+        (setup + cold).as_secs_f64() * 1e6 / unique as f64
+    );
+    if std::env::var_os("BENCH_SHOW_UNKNOWN").is_some() {
+        for f in frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Unknown)
+            .take(20)
+        {
+            println!("unknown: {} {}", f.function, f.module);
+        }
+    }
+    for n in syms.notes() {
+        println!("note: {n}");
+    }
+}
