@@ -60,7 +60,12 @@ fn cpu_seconds() -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    let get = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let tmp = std::env::temp_dir().join(format!("offheap-bench-{}", std::process::id()));
     let snapshot: PathBuf = match get("--snapshot") {
         Some(p) => PathBuf::from(p),
@@ -95,10 +100,21 @@ fn main() {
     let c_parse_dom = cpu_seconds() - c0;
     let hwm = vm_kb("VmHWM:");
     let t1 = Instant::now();
-    let report = offheap_node::analysis::analyze(&snap, &snapshot.display().to_string(), &Default::default(), None);
+    let report = offheap_node::analysis::analyze(
+        &snap,
+        &snapshot.display().to_string(),
+        &Default::default(),
+        None,
+    );
     let t_analysis = t1.elapsed().as_secs_f64();
     let hwm_all = vm_kb("VmHWM:");
-    println!("snapshot: {} ({:.1} MB, {} nodes, {} edges)", snapshot.display(), mb, snap.node_count(), snap.edge_count());
+    println!(
+        "snapshot: {} ({:.1} MB, {} nodes, {} edges)",
+        snapshot.display(),
+        mb,
+        snap.node_count(),
+        snap.edge_count()
+    );
     println!(
         "offheap: parse + dominators + retained sizes {:.2} s wall = {:.0} MB/s, {:.2} s CPU = {:.0} MB/s; peak RSS {:.1} MB = {:.2}x file (baseline RSS {:.1} MB)",
         t_parse_dom,
@@ -118,8 +134,16 @@ fn main() {
         "offheap: full analysis (retainers, external, hostages) {:.2} s more; peak RSS {:.2}x file; top retainer {} ({} bytes)",
         t_analysis,
         hwm_all as f64 * 1024.0 / size as f64,
-        report.top_retainers.first().map(|r| r.name.as_str()).unwrap_or("-"),
-        report.top_retainers.first().map(|r| r.retained_size).unwrap_or(0)
+        report
+            .top_retainers
+            .first()
+            .map(|r| r.name.as_str())
+            .unwrap_or("-"),
+        report
+            .top_retainers
+            .first()
+            .map(|r| r.retained_size)
+            .unwrap_or(0)
     );
     drop(report);
     drop(snap);
@@ -148,7 +172,11 @@ fn run_memlab(dir: &Path, snapshot: &Path, mb: f64) {
         Ok(o) if o.status.success() => {
             let stdout = String::from_utf8_lossy(&o.stdout);
             let stderr = String::from_utf8_lossy(&o.stderr);
-            let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}");
+            let line = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .unwrap_or("{}");
             let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
             let secs = v.get("seconds").and_then(|x| x.as_f64()).unwrap_or(wall);
             let kb: f64 = stderr
@@ -170,7 +198,12 @@ fn run_memlab(dir: &Path, snapshot: &Path, mb: f64) {
         Ok(o) => println!(
             "memlab: failed ({}): {}",
             o.status,
-            String::from_utf8_lossy(&o.stderr).lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
         ),
         Err(e) => println!("memlab: could not run: {e}"),
     }

@@ -11,17 +11,29 @@ fn main() {
     let r = match args.first().map(String::as_str) {
         Some("--compare") if args.len() >= 3 => {
             offheap_node::compare_files(Path::new(&args[1]), Path::new(&args[2]), &opts).map(|r| {
-                if json { serde_json::to_string_pretty(&r).unwrap() } else { r.to_text() }
+                if json {
+                    serde_json::to_string_pretty(&r).unwrap()
+                } else {
+                    r.to_text()
+                }
             })
         }
         Some("--pid") if args.len() >= 3 => {
             let pid: u32 = args[1].parse().unwrap_or(0);
             offheap_node::snapshot_pid(pid, Path::new(&args[2]), &opts).map(|r| {
-                if json { serde_json::to_string_pretty(&r.report).unwrap() } else { r.report.to_text() }
+                if json {
+                    serde_json::to_string_pretty(&r.report).unwrap()
+                } else {
+                    r.report.to_text()
+                }
             })
         }
         Some(f) => offheap_node::analyze_file(Path::new(f), &opts).map(|r| {
-            if json { serde_json::to_string_pretty(&r).unwrap() } else { r.to_text() }
+            if json {
+                serde_json::to_string_pretty(&r).unwrap()
+            } else {
+                r.to_text()
+            }
         }),
         None => {
             eprintln!("usage: heap_report FILE [--json] | --compare A B | --pid PID OUT");

@@ -23,7 +23,12 @@ pub struct AnalyzeOptions {
 
 impl Default for AnalyzeOptions {
     fn default() -> Self {
-        AnalyzeOptions { top: 20, hostage_min_parent: 64 * 1024, native_min: 4096, max_path: 24 }
+        AnalyzeOptions {
+            top: 20,
+            hostage_min_parent: 64 * 1024,
+            native_min: 4096,
+            max_path: 24,
+        }
     }
 }
 
@@ -194,6 +199,7 @@ pub(crate) fn node_label(s: &HeapSnapshot, i: NodeIx) -> String {
             None => format!("{n}()"),
         };
     }
+    let name = name.trim_end_matches(" / ").trim_end();
     if name.is_empty() {
         return format!("({})", s.node_type_name(i));
     }
@@ -244,7 +250,12 @@ fn path_pattern(path: &[PathStep]) -> String {
         out.push_str("(root)");
     }
     for st in &path[from..] {
-        let e = if st.edge_type == "element" || st.edge_type == "hidden" {
+        let numeric = st.edge.starts_with('{')
+            && st.edge[1..]
+                .trim_end_matches('}')
+                .bytes()
+                .all(|b| b.is_ascii_digit());
+        let e = if st.edge_type == "element" || st.edge_type == "hidden" || numeric {
             "[]".to_string()
         } else {
             st.edge.clone()
@@ -256,39 +267,93 @@ fn path_pattern(path: &[PathStep]) -> String {
 
 /// The JS name that holds the end of the path, e.g. `kept[3]` or `server.cache.buf`.
 pub fn held_by(path: &[PathStep]) -> String {
+    let join = |name: &str, suffix: &str| {
+        if suffix.is_empty() || suffix.starts_with('[') {
+            format!("{name}{suffix}")
+        } else {
+            format!("{name}.{suffix}")
+        }
+    };
     let mut suffix = String::new();
-    for st in path.iter().rev() {
+    for k in (0..path.len()).rev() {
+        let st = &path[k];
+        let (owner, owner_ty) = if k == 0 {
+            ("(root)", "synthetic")
+        } else {
+            (path[k - 1].node.as_str(), path[k - 1].node_type.as_str())
+        };
         match st.edge_type.as_str() {
-            "element" => suffix = format!("{}{}", st.edge, suffix),
-            "property" => {
-                let name = st.edge.trim_start_matches('.');
-                if suffix.is_empty() || suffix.starts_with('[') {
-                    suffix = format!("{name}{suffix}");
-                } else {
-                    suffix = format!("{name}.{suffix}");
-                }
-                // Include the owner when it is itself a named property/variable.
+            "element" if owner_ty != "synthetic" => {
+                suffix = format!("{}{}", st.edge, suffix);
                 continue;
             }
-            "context" => {
-                let name = st.edge.trim_end_matches(" (closure variable)");
-                return if suffix.is_empty() || suffix.starts_with('[') {
-                    format!("{name}{suffix}")
+            "property" => {
+                suffix = join(st.edge.trim_start_matches('.'), &suffix);
+                continue;
+            }
+            "context" => return join(st.edge.trim_end_matches(" (closure variable)"), &suffix),
+            "shortcut" => {
+                return if suffix.is_empty() {
+                    st.node.clone()
                 } else {
-                    format!("{name}.{suffix}")
+                    suffix
                 };
             }
-            "shortcut" => {
-                return if suffix.is_empty() { st.node.clone() } else { suffix };
-            }
-            _ => {
-                if !suffix.is_empty() {
-                    return suffix;
-                }
-            }
+            _ => {}
+        }
+        // An unnamed (internal, hidden, or GC-root) edge.
+        if owner_ty == "synthetic" {
+            let what = match owner {
+                "(Stack roots)" => "a local variable of a running function".to_string(),
+                "(Global handles)" => "a global handle (native code)".to_string(),
+                "(Handle scope)" => "a handle scope (native code)".to_string(),
+                "(root)" | "(GC roots)" => st.node.clone(),
+                o => o.to_string(),
+            };
+            return if suffix.is_empty() {
+                what
+            } else if suffix.starts_with('[') {
+                format!("{}{suffix} (in {what})", st.node)
+            } else {
+                format!("{suffix} (in {what})")
+            };
+        }
+        if !suffix.is_empty() {
+            return if suffix.starts_with('[') {
+                format!("{}{suffix}", st.node)
+            } else {
+                suffix
+            };
         }
     }
-    if suffix.is_empty() { "(internal)".into() } else { suffix }
+    if suffix.is_empty() {
+        "(internal)".into()
+    } else {
+        suffix
+    }
+}
+
+/// `kept[3]` → `kept[]`.
+fn fold_indices(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_idx = false;
+    for c in s.chars() {
+        if in_idx {
+            if c == ']' {
+                in_idx = false;
+                out.push(']');
+            } else if !c.is_ascii_digit() {
+                in_idx = false;
+                out.push(c);
+            }
+            continue;
+        }
+        out.push(c);
+        if c == '[' {
+            in_idx = true;
+        }
+    }
+    out
 }
 
 fn is_external_node(s: &HeapSnapshot, i: NodeIx) -> bool {
@@ -301,13 +366,21 @@ fn retained_external(s: &HeapSnapshot) -> Vec<u64> {
     // does not work for dominators; use an explicit child-count topological pass.
     let n = s.node_count();
     let mut ext: Vec<u64> = (0..n as u32)
-        .map(|i| if is_external_node(s, i) { s.self_size(i) } else { 0 })
+        .map(|i| {
+            if is_external_node(s, i) {
+                s.self_size(i)
+            } else {
+                0
+            }
+        })
         .collect();
     let mut pending = vec![0u32; n];
     for i in 1..n as u32 {
         pending[s.idom(i) as usize] += 1;
     }
-    let mut stack: Vec<u32> = (1..n as u32).filter(|&i| pending[i as usize] == 0).collect();
+    let mut stack: Vec<u32> = (1..n as u32)
+        .filter(|&i| pending[i as usize] == 0)
+        .collect();
     while let Some(i) = stack.pop() {
         let d = s.idom(i);
         if d == i {
@@ -367,7 +440,8 @@ fn hostage_candidates(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<Candidate>
                 if view_buffer(s, r) == Some(ab) {
                     // A view may also hold it via another (named) edge: then it is not a hostage.
                     let direct = s.edges(r).any(|e| {
-                        e.to == ab && (e.ty == t.e_property || e.ty == t.e_element || e.ty == t.e_context)
+                        e.to == ab
+                            && (e.ty == t.e_property || e.ty == t.e_element || e.ty == t.e_context)
                     });
                     if direct {
                         only_views = false;
@@ -382,11 +456,15 @@ fn hostage_candidates(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<Candidate>
                 }
             }
             if only_views && !views.is_empty() {
-                out.push(Candidate { ab, parent_bytes: s.self_size(d), views });
+                out.push(Candidate {
+                    ab,
+                    parent_bytes: s.self_size(d),
+                    views,
+                });
             }
         }
     }
-    out.sort_by(|a, b| b.parent_bytes.cmp(&a.parent_bytes));
+    out.sort_by_key(|c| std::cmp::Reverse(c.parent_bytes));
     out
 }
 
@@ -443,8 +521,18 @@ pub fn analyze(
         } else {
             js_heap += sz;
         }
-        if ty == t.object || ty == t.closure || ty == t.native || ty == t.array || ty == t.string || ty == t.code {
-            let name = if ty == t.string { "(string)" } else { s.node_name(i) };
+        if ty == t.object
+            || ty == t.closure
+            || ty == t.native
+            || ty == t.array
+            || ty == t.string
+            || ty == t.code
+        {
+            let name = if ty == t.string {
+                "(string)"
+            } else {
+                s.node_name(i)
+            };
             let c = ctor.entry((ty, name)).or_default();
             c.0 += 1;
             c.1 += sz;
@@ -454,7 +542,12 @@ pub fn analyze(
         .into_iter()
         .map(|((ty, name), (count, bytes))| ConstructorStat {
             name: short(name, 100),
-            node_type: s.meta.node_types.get(ty as usize).cloned().unwrap_or_default(),
+            node_type: s
+                .meta
+                .node_types
+                .get(ty as usize)
+                .cloned()
+                .unwrap_or_default(),
             count,
             self_bytes: bytes,
         })
@@ -490,7 +583,13 @@ pub fn analyze(
 fn reportable(s: &HeapSnapshot, i: NodeIx) -> bool {
     let t = s.types();
     let ty = s.node_type(i);
-    if i == 0 || ty == t.synthetic || ty == t.hidden || ty == t.code || ty == t.object_shape || ty == t.array {
+    if i == 0
+        || ty == t.synthetic
+        || ty == t.hidden
+        || ty == t.code
+        || ty == t.object_shape
+        || ty == t.array
+    {
         return false;
     }
     let name = s.node_name(i);
@@ -545,7 +644,9 @@ fn select_disjoint(
 }
 
 fn top_by<F: Fn(NodeIx) -> u64>(s: &HeapSnapshot, k: usize, key: F) -> Vec<NodeIx> {
-    let mut v: Vec<NodeIx> = (1..s.node_count() as u32).filter(|&i| reportable(s, i) && key(i) > 0).collect();
+    let mut v: Vec<NodeIx> = (1..s.node_count() as u32)
+        .filter(|&i| reportable(s, i) && key(i) > 0)
+        .collect();
     if v.len() > k {
         v.select_nth_unstable_by_key(k, |&i| std::cmp::Reverse(key(i)));
         v.truncate(k);
@@ -607,9 +708,17 @@ fn external_groups(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<ExternalGroup
             continue;
         }
         paths_left -= 1;
-        let kind = if is_ab { "ArrayBuffer backing store".to_string() } else { short(name, 100) };
+        let kind = if is_ab {
+            "ArrayBuffer backing store".to_string()
+        } else {
+            short(name, 100)
+        };
         let path = build_path(s, i, opts.max_path);
-        let holder = if path.is_empty() { "(unreachable from the roots)".to_string() } else { path_pattern(&path) };
+        let holder = if path.is_empty() {
+            "(unreachable from the roots)".to_string()
+        } else {
+            path_pattern(&path)
+        };
         let g = groups.entry((kind.clone(), holder.clone())).or_insert(G {
             kind,
             holder,
@@ -724,7 +833,7 @@ fn hostages(
         };
         let key = format!("{holder}|{confirmed}");
         let g = groups.entry(key).or_insert_with(|| HostageGroup {
-            held_by: hb.held_by.clone(),
+            held_by: fold_indices(&hb.held_by),
             holder: holder.clone(),
             count: 0,
             parent_bytes: 0,
@@ -752,7 +861,11 @@ fn hostages(
         }
     }
     let mut v: Vec<HostageGroup> = groups.into_values().collect();
-    v.sort_by(|a, b| b.wasted_bytes.cmp(&a.wasted_bytes).then(a.holder.cmp(&b.holder)));
+    v.sort_by(|a, b| {
+        b.wasted_bytes
+            .cmp(&a.wasted_bytes)
+            .then(a.holder.cmp(&b.holder))
+    });
     v.truncate(opts.top);
     v
 }
@@ -765,14 +878,25 @@ fn human(b: u64) -> String {
         x /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{x:.1} {}", U[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", U[u])
+    }
 }
 
 impl SnapshotReport {
     /// Human-readable report.
     pub fn to_text(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "Heap snapshot {} ({}, {} nodes, {} edges)", self.source, human(self.file_bytes), self.node_count, self.edge_count);
+        let _ = writeln!(
+            o,
+            "Heap snapshot {} ({}, {} nodes, {} edges)",
+            self.source,
+            human(self.file_bytes),
+            self.node_count,
+            self.edge_count
+        );
         let _ = writeln!(
             o,
             "  total {}: JS heap {}, ArrayBuffer backing stores {}, other native {}",
@@ -782,12 +906,18 @@ impl SnapshotReport {
             human(self.native_bytes)
         );
         if let Some(g) = self.global_handles {
-            let _ = writeln!(o, "  global handles: {g} (compare two snapshots: growth means forgotten napi/persistent references)");
+            let _ = writeln!(
+                o,
+                "  global handles: {g} (compare two snapshots: growth means forgotten napi/persistent references)"
+            );
         }
         for w in &self.warnings {
             let _ = writeln!(o, "  warning: {w}");
         }
-        let _ = writeln!(o, "\nHostage buffers (small views keeping a big ArrayBuffer alive):");
+        let _ = writeln!(
+            o,
+            "\nHostage buffers (small views keeping a big ArrayBuffer alive):"
+        );
         if self.hostage_buffers.is_empty() {
             let _ = writeln!(o, "  none found");
         }
@@ -795,13 +925,23 @@ impl SnapshotReport {
             let _ = writeln!(
                 o,
                 "  {} held by `{}`: {} buffer(s), {} kept alive{}, {} wasted [{}]",
-                if g.confirmed { "CONFIRMED" } else { "suspected" },
+                if g.confirmed {
+                    "CONFIRMED"
+                } else {
+                    "suspected"
+                },
                 g.held_by,
                 g.count,
                 human(g.parent_bytes),
-                g.view_bytes.map(|v| format!(" by views covering {}", human(v))).unwrap_or_default(),
+                g.view_bytes
+                    .map(|v| format!(" by views covering {}", human(v)))
+                    .unwrap_or_default(),
                 human(g.wasted_bytes),
-                if g.confirmed { "live" } else { "offline estimate, upper bound" }
+                if g.confirmed {
+                    "live"
+                } else {
+                    "offline estimate, upper bound"
+                }
             );
             if let Some(e) = g.examples.first() {
                 let _ = writeln!(o, "    path: {}", e.path_text);
@@ -811,10 +951,17 @@ impl SnapshotReport {
                         "    view {}@{}: offset {}, length {} of a {} parent{}",
                         v.class,
                         v.node_id,
-                        v.byte_offset.map(|x| x.to_string()).unwrap_or_else(|| "?".into()),
-                        v.byte_length.map(|x| x.to_string()).unwrap_or_else(|| "?".into()),
+                        v.byte_offset
+                            .map(|x| x.to_string())
+                            .unwrap_or_else(|| "?".into()),
+                        v.byte_length
+                            .map(|x| x.to_string())
+                            .unwrap_or_else(|| "?".into()),
                         human(e.parent_bytes),
-                        v.allocated_by.as_ref().map(|a| format!(", allocated in {a}")).unwrap_or_default()
+                        v.allocated_by
+                            .as_ref()
+                            .map(|a| format!(", allocated in {a}"))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -831,17 +978,34 @@ impl SnapshotReport {
                 r.held_by,
                 human(r.self_size),
                 human(r.retained_external),
-                r.allocated_by.as_ref().map(|a| format!(", allocated in {a}")).unwrap_or_default()
+                r.allocated_by
+                    .as_ref()
+                    .map(|a| format!(", allocated in {a}"))
+                    .unwrap_or_default()
             );
             let _ = writeln!(o, "              {}", r.path_text);
         }
         let _ = writeln!(o, "\nExternal memory by retainer:");
         for g in &self.external {
-            let _ = writeln!(o, "  {:>10}  {} x{}  {}", human(g.bytes), g.kind, g.count, g.holder);
+            let _ = writeln!(
+                o,
+                "  {:>10}  {} x{}  {}",
+                human(g.bytes),
+                g.kind,
+                g.count,
+                g.holder
+            );
         }
         let _ = writeln!(o, "\nConstructors (by self size):");
         for c in self.constructors.iter().take(15) {
-            let _ = writeln!(o, "  {:>10}  {:>8}  {} ({})", human(c.self_bytes), c.count, c.name, c.node_type);
+            let _ = writeln!(
+                o,
+                "  {:>10}  {:>8}  {} ({})",
+                human(c.self_bytes),
+                c.count,
+                c.name,
+                c.node_type
+            );
         }
         o
     }
@@ -897,8 +1061,18 @@ pub struct Baseline {
 fn ctor_key(s: &HeapSnapshot, i: NodeIx) -> Option<(String, String)> {
     let t = s.types();
     let ty = s.node_type(i);
-    if ty == t.object || ty == t.closure || ty == t.native || ty == t.array || ty == t.string || ty == t.code {
-        let name = if ty == t.string { "(string)" } else { s.node_name(i) };
+    if ty == t.object
+        || ty == t.closure
+        || ty == t.native
+        || ty == t.array
+        || ty == t.string
+        || ty == t.code
+    {
+        let name = if ty == t.string {
+            "(string)"
+        } else {
+            s.node_name(i)
+        };
         Some((s.node_type_name(i).to_string(), short(name, 100)))
     } else {
         None
@@ -908,7 +1082,9 @@ fn ctor_key(s: &HeapSnapshot, i: NodeIx) -> Option<(String, String)> {
 impl Baseline {
     pub fn of(s: &HeapSnapshot, source: &str) -> Baseline {
         let n = s.node_count();
-        let mut ids: Vec<(u32, u64)> = (0..n as u32).map(|i| (s.node_id(i) as u32, s.retained_size(i))).collect();
+        let mut ids: Vec<(u32, u64)> = (0..n as u32)
+            .map(|i| (s.node_id(i) as u32, s.retained_size(i)))
+            .collect();
         ids.sort_unstable_by_key(|x| x.0);
         let mut ctor: HashMap<(String, String), (u64, u64)> = HashMap::new();
         for i in 0..n as u32 {
@@ -928,12 +1104,20 @@ impl Baseline {
         }
     }
     fn retained_of(&self, id: u32) -> Option<u64> {
-        self.ids.binary_search_by_key(&id, |x| x.0).ok().map(|k| self.ids[k].1)
+        self.ids
+            .binary_search_by_key(&id, |x| x.0)
+            .ok()
+            .map(|k| self.ids[k].1)
     }
 }
 
 /// Compare a baseline with a later snapshot of the same process.
-pub fn compare(a: &Baseline, s: &HeapSnapshot, after: &str, opts: &AnalyzeOptions) -> CompareReport {
+pub fn compare(
+    a: &Baseline,
+    s: &HeapSnapshot,
+    after: &str,
+    opts: &AnalyzeOptions,
+) -> CompareReport {
     let n = s.node_count();
     // Per constructor: count, bytes, new count, new bytes, biggest new object.
     #[derive(Default)]
@@ -981,11 +1165,19 @@ pub fn compare(a: &Baseline, s: &HeapSnapshot, after: &str, opts: &AnalyzeOption
         let (_, bb) = a.ctor.get(k).copied().unwrap_or((0, 0));
         c.bytes.saturating_sub(bb)
     };
-    cs.sort_by(|x, y| delta(y.0, y.1).cmp(&delta(x.0, x.1)).then(y.1.new_count.cmp(&x.1.new_count)));
+    cs.sort_by(|x, y| {
+        delta(y.0, y.1)
+            .cmp(&delta(x.0, x.1))
+            .then(y.1.new_count.cmp(&x.1.new_count))
+    });
     for (k, c) in cs.into_iter().take(opts.top) {
         let (bc, bb) = a.ctor.get(k).copied().unwrap_or((0, 0));
         let (path, node_id, alloc) = match c.example {
-            Some((_, i)) => (build_path(s, i, opts.max_path), Some(s.node_id(i)), s.allocation_site(i)),
+            Some((_, i)) => (
+                build_path(s, i, opts.max_path),
+                Some(s.node_id(i)),
+                s.allocation_site(i),
+            ),
             None => (Vec::new(), None, None),
         };
         growing.push(Growing {
@@ -1009,7 +1201,12 @@ pub fn compare(a: &Baseline, s: &HeapSnapshot, after: &str, opts: &AnalyzeOption
     retained_delta.truncate(4000);
     let dmap: HashMap<NodeIx, u64> = retained_delta.iter().copied().collect();
     let cands: Vec<NodeIx> = retained_delta.iter().map(|x| x.0).collect();
-    let picked = select_disjoint(s, &cands, &|i| dmap.get(&i).copied().unwrap_or(0), opts.top.min(10));
+    let picked = select_disjoint(
+        s,
+        &cands,
+        &|i| dmap.get(&i).copied().unwrap_or(0),
+        opts.top.min(10),
+    );
     for i in picked {
         let path = build_path(s, i, opts.max_path);
         let after_r = s.retained_size(i);
@@ -1031,24 +1228,24 @@ pub fn compare(a: &Baseline, s: &HeapSnapshot, after: &str, opts: &AnalyzeOption
         });
     }
     let gh_after = s.global_handle_count();
-    if let (Some(x), Some(y)) = (a.global_handles, gh_after) {
-        if y > x {
-            growing.push(Growing {
-                kind: "global_handles".into(),
-                name: "(Global handles)".into(),
-                count_before: x,
-                count_after: y,
-                bytes_before: 0,
-                bytes_after: 0,
-                new_objects: y - x,
-                new_bytes: 0,
-                node_id: None,
-                held_by: "native code (napi_create_reference / v8::Persistent)".into(),
-                path_text: String::new(),
-                path: Vec::new(),
-                allocated_by: None,
-            });
-        }
+    if let (Some(x), Some(y)) = (a.global_handles, gh_after)
+        && y > x
+    {
+        growing.push(Growing {
+            kind: "global_handles".into(),
+            name: "(Global handles)".into(),
+            count_before: x,
+            count_after: y,
+            bytes_before: 0,
+            bytes_after: 0,
+            new_objects: y - x,
+            new_bytes: 0,
+            node_id: None,
+            held_by: "native code (napi_create_reference / v8::Persistent)".into(),
+            path_text: String::new(),
+            path: Vec::new(),
+            allocated_by: None,
+        });
     }
     let mut warnings = a.warnings.clone();
     warnings.extend(s.warnings.iter().cloned());
@@ -1068,9 +1265,22 @@ impl CompareReport {
     pub fn to_text(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "Compare {} -> {}", self.before, self.after);
-        let _ = writeln!(o, "  total {} -> {}", human(self.total_before), human(self.total_after));
+        let _ = writeln!(
+            o,
+            "  total {} -> {}",
+            human(self.total_before),
+            human(self.total_after)
+        );
         if let (Some(a), Some(b)) = (self.global_handles_before, self.global_handles_after) {
-            let _ = writeln!(o, "  global handles {a} -> {b}{}", if b > a { "  (growing: forgotten napi references?)" } else { "" });
+            let _ = writeln!(
+                o,
+                "  global handles {a} -> {b}{}",
+                if b > a {
+                    "  (growing: forgotten napi references?)"
+                } else {
+                    ""
+                }
+            );
         }
         for w in &self.warnings {
             let _ = writeln!(o, "  warning: {w}");
@@ -1129,7 +1339,13 @@ mod tests {
     }
 
     fn step(ty: &str, edge: &str, node: &str) -> PathStep {
-        PathStep { edge_type: ty.into(), edge: edge.into(), node: node.into(), node_type: "object".into(), node_id: 1 }
+        PathStep {
+            edge_type: ty.into(),
+            edge: edge.into(),
+            node: node.into(),
+            node_type: "object".into(),
+            node_id: 1,
+        }
     }
 
     #[test]
@@ -1140,7 +1356,27 @@ mod tests {
             step("element", "[3]", "Buffer"),
         ];
         assert_eq!(held_by(&p), "kept[3]");
-        let p = vec![step("context", "cache (closure variable)", "Map"), step("internal", "{table}", "x")];
+        let p = vec![
+            step("context", "cache (closure variable)", "Map"),
+            step("internal", "{table}", "x"),
+        ];
         assert_eq!(held_by(&p), "cache");
+        let p = vec![
+            PathStep {
+                node_type: "synthetic".into(),
+                ..step("element", "[1]", "(GC roots)")
+            },
+            PathStep {
+                node_type: "synthetic".into(),
+                ..step("element", "[7]", "(Stack roots)")
+            },
+            step("hidden", "{26}", "Array"),
+            step("element", "[0]", "Buffer"),
+        ];
+        assert_eq!(
+            held_by(&p),
+            "Array[0] (in a local variable of a running function)"
+        );
+        assert_eq!(fold_indices("kept[12].x[3]"), "kept[].x[]");
     }
 }

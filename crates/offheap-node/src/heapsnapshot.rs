@@ -28,7 +28,11 @@ pub enum SnapshotError {
     /// The file could not be opened or read.
     Io(std::io::Error),
     /// The file ended before the node and edge arrays were complete.
-    Truncated { section: String, offset: u64, detail: String },
+    Truncated {
+        section: String,
+        offset: u64,
+        detail: String,
+    },
     /// The JSON is malformed or does not have the heap-snapshot shape.
     Corrupt { section: String, detail: String },
 }
@@ -37,7 +41,11 @@ impl fmt::Display for SnapshotError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SnapshotError::Io(e) => write!(f, "cannot read heap snapshot: {e}"),
-            SnapshotError::Truncated { section, offset, detail } => write!(
+            SnapshotError::Truncated {
+                section,
+                offset,
+                detail,
+            } => write!(
                 f,
                 "heap snapshot is truncated: the file ends inside `{section}` after {offset} bytes; {detail}"
             ),
@@ -64,7 +72,10 @@ impl From<std::io::Error> for SnapshotError {
 }
 
 fn corrupt(section: &str, detail: impl Into<String>) -> SnapshotError {
-    SnapshotError::Corrupt { section: section.to_string(), detail: detail.into() }
+    SnapshotError::Corrupt {
+        section: section.to_string(),
+        detail: detail.into(),
+    }
 }
 
 /// Field positions and type names, read from `snapshot.meta`.
@@ -111,10 +122,16 @@ pub struct Meta {
 }
 
 fn str_list(v: Option<&Value>, what: &str) -> Result<Vec<String>, SnapshotError> {
-    let arr = v
-        .and_then(Value::as_array)
-        .ok_or_else(|| corrupt("snapshot.meta", format!("`{what}` is missing or not an array")))?;
-    Ok(arr.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect())
+    let arr = v.and_then(Value::as_array).ok_or_else(|| {
+        corrupt(
+            "snapshot.meta",
+            format!("`{what}` is missing or not an array"),
+        )
+    })?;
+    Ok(arr
+        .iter()
+        .map(|x| x.as_str().unwrap_or("").to_string())
+        .collect())
 }
 
 impl Meta {
@@ -133,12 +150,17 @@ impl Meta {
             "edge_types[0]",
         )?;
         let pos = |fields: &[String], name: &str, what: &str| {
-            fields.iter().position(|f| f == name).ok_or_else(|| {
-                corrupt("snapshot.meta", format!("{what} has no `{name}` field"))
-            })
+            fields
+                .iter()
+                .position(|f| f == name)
+                .ok_or_else(|| corrupt("snapshot.meta", format!("{what} has no `{name}` field")))
         };
         let ty = |types: &[String], name: &str| {
-            types.iter().position(|t| t == name).map(|p| p as u32).unwrap_or(NONE)
+            types
+                .iter()
+                .position(|t| t == name)
+                .map(|p| p as u32)
+                .unwrap_or(NONE)
         };
         let num = |k: &str| header.get(k).and_then(Value::as_u64);
         Ok(Meta {
@@ -246,13 +268,25 @@ fn is_ws(b: u8) -> bool {
 
 impl<R: BufRead> Scanner<R> {
     fn err(&self, msg: impl Into<String>) -> PErr {
-        PErr { eof: false, offset: self.pos, msg: msg.into() }
+        PErr {
+            eof: false,
+            offset: self.pos,
+            msg: msg.into(),
+        }
     }
     fn eof(&self) -> PErr {
-        PErr { eof: true, offset: self.pos, msg: "unexpected end of file".into() }
+        PErr {
+            eof: true,
+            offset: self.pos,
+            msg: "unexpected end of file".into(),
+        }
     }
     fn io(&self, e: std::io::Error) -> PErr {
-        PErr { eof: false, offset: self.pos, msg: format!("read error: {e}") }
+        PErr {
+            eof: false,
+            offset: self.pos,
+            msg: format!("read error: {e}"),
+        }
     }
     fn consume(&mut self, n: usize) {
         self.r.consume(n);
@@ -297,12 +331,20 @@ impl<R: BufRead> Scanner<R> {
             match self.r.fill_buf() {
                 Ok(b) => {
                     if b.is_empty() {
-                        return Err(PErr { eof: true, offset: self.pos, msg: "unexpected end of file".into() });
+                        return Err(PErr {
+                            eof: true,
+                            offset: self.pos,
+                            msg: "unexpected end of file".into(),
+                        });
                     }
                     // Borrow again to return the slice (a returned borrow inside the loop does not pass the borrow checker).
                     return match self.r.fill_buf() {
                         Ok(b) => Ok(b),
-                        Err(e) => Err(PErr { eof: false, offset: self.pos, msg: format!("read error: {e}") }),
+                        Err(e) => Err(PErr {
+                            eof: false,
+                            offset: self.pos,
+                            msg: format!("read error: {e}"),
+                        }),
                     };
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -312,7 +354,11 @@ impl<R: BufRead> Scanner<R> {
     }
 
     /// `[u, u, …]` of unsigned integers. Values above u32::MAX go to `overflow`.
-    fn u32_array(&mut self, out: &mut Vec<u32>, mut overflow: Option<&mut HashMap<usize, u64>>) -> Result<(), PErr> {
+    fn u32_array(
+        &mut self,
+        out: &mut Vec<u32>,
+        mut overflow: Option<&mut HashMap<usize, u64>>,
+    ) -> Result<(), PErr> {
         self.expect(b'[')?;
         let mut cur: u64 = 0;
         let mut digits = 0u32;
@@ -431,7 +477,9 @@ impl<R: BufRead> Scanner<R> {
                                     self.consume(2);
                                     let lo = self.hex4()?;
                                     if (0xDC00..0xE000).contains(&lo) {
-                                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                                        char::from_u32(
+                                            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00),
+                                        )
                                     } else {
                                         out.extend_from_slice("\u{FFFD}".as_bytes());
                                         char::from_u32(lo)
@@ -446,7 +494,11 @@ impl<R: BufRead> Scanner<R> {
                             let mut tmp = [0u8; 4];
                             out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
                         }
-                        other => return Err(self.err(format!("bad escape `\\{}` in a string", other as char))),
+                        other => {
+                            return Err(
+                                self.err(format!("bad escape `\\{}` in a string", other as char))
+                            );
+                        }
                     }
                 }
             }
@@ -461,7 +513,9 @@ impl<R: BufRead> Scanner<R> {
         let mut v = 0u32;
         for _ in 0..4 {
             let b = self.byte()?;
-            let d = (b as char).to_digit(16).ok_or_else(|| self.err("bad \\u escape"))?;
+            let d = (b as char)
+                .to_digit(16)
+                .ok_or_else(|| self.err("bad \\u escape"))?;
             v = v * 16 + d;
         }
         Ok(v)
@@ -488,7 +542,12 @@ impl<R: BufRead> Scanner<R> {
                     self.consume(1);
                     return Ok(());
                 }
-                Some(b) => return Err(self.err(format!("expected `,` or `]` in strings, found `{}`", b as char))),
+                Some(b) => {
+                    return Err(self.err(format!(
+                        "expected `,` or `]` in strings, found `{}`",
+                        b as char
+                    )));
+                }
                 None => return Err(self.eof()),
             }
         }
@@ -501,7 +560,9 @@ impl<R: BufRead> Scanner<R> {
             // Scalar: up to the next delimiter.
             loop {
                 let buf = self.fill()?;
-                let end = buf.iter().position(|&b| b == b',' || b == b'}' || b == b']' || is_ws(b));
+                let end = buf
+                    .iter()
+                    .position(|&b| b == b',' || b == b'}' || b == b']' || is_ws(b));
                 let k = end.unwrap_or(buf.len());
                 if let Some(v) = keep.as_deref_mut() {
                     v.extend_from_slice(&buf[..k]);
@@ -561,14 +622,20 @@ impl<R: BufRead> Scanner<R> {
         let start = self.pos;
         let mut raw = Vec::new();
         self.value(Some(&mut raw))?;
-        serde_json::from_slice(&raw).map_err(|e| PErr { eof: false, offset: start, msg: e.to_string() })
+        serde_json::from_slice(&raw).map_err(|e| PErr {
+            eof: false,
+            offset: start,
+            msg: e.to_string(),
+        })
     }
 
     fn top(&mut self, st: &mut State) -> Result<(), PErr> {
         st.section = "(start)";
         match self.peek_nonws()? {
             Some(b'{') => self.consume(1),
-            Some(_) => return Err(self.err("not a heap snapshot: the file does not start with `{`")),
+            Some(_) => {
+                return Err(self.err("not a heap snapshot: the file does not start with `{`"));
+            }
             None => return Err(self.err("the file is empty")),
         }
         let mut key = Vec::new();
@@ -632,7 +699,12 @@ impl<R: BufRead> Scanner<R> {
                     self.consume(1);
                     break;
                 }
-                Some(b) => return Err(self.err(format!("expected `,` or `}}` after a value, found `{}`", b as char))),
+                Some(b) => {
+                    return Err(self.err(format!(
+                        "expected `,` or `}}` after a value, found `{}`",
+                        b as char
+                    )));
+                }
                 None => return Err(self.eof()),
             }
         }
@@ -726,7 +798,10 @@ impl HeapSnapshot {
     pub fn from_reader<R: Read>(r: R) -> Result<HeapSnapshot, SnapshotError> {
         let t0 = std::time::Instant::now();
         let mut st = State::default();
-        let mut sc = Scanner { r: BufReader::with_capacity(1 << 20, r), pos: 0 };
+        let mut sc = Scanner {
+            r: BufReader::with_capacity(1 << 20, r),
+            pos: 0,
+        };
         let res = sc.top(&mut st);
         let bytes_read = sc.pos;
         drop(sc);
@@ -739,10 +814,14 @@ impl HeapSnapshot {
                     return Err(SnapshotError::Truncated {
                         section,
                         offset: e.offset,
-                        detail: "the node and edge arrays are incomplete, nothing can be analysed".into(),
+                        detail: "the node and edge arrays are incomplete, nothing can be analysed"
+                            .into(),
                     });
                 }
-                return Err(SnapshotError::Corrupt { section, detail: format!("{} at byte {}", e.msg, e.offset) });
+                return Err(SnapshotError::Corrupt {
+                    section,
+                    detail: format!("{} at byte {}", e.msg, e.offset),
+                });
             }
             warnings.push(format!(
                 "snapshot {} inside `{}` at byte {} ({}); {} strings were read{}; missing names are shown as empty",
@@ -807,16 +886,24 @@ impl HeapSnapshot {
         if nf == 0 || ef == 0 {
             return Err(corrupt("snapshot.meta", "empty node_fields or edge_fields"));
         }
-        if self.nodes.len() % nf != 0 {
+        if !self.nodes.len().is_multiple_of(nf) {
             return Err(corrupt(
                 "nodes",
-                format!("{} values is not a multiple of {} node fields", self.nodes.len(), nf),
+                format!(
+                    "{} values is not a multiple of {} node fields",
+                    self.nodes.len(),
+                    nf
+                ),
             ));
         }
-        if self.edges.len() % ef != 0 {
+        if !self.edges.len().is_multiple_of(ef) {
             return Err(corrupt(
                 "edges",
-                format!("{} values is not a multiple of {} edge fields", self.edges.len(), ef),
+                format!(
+                    "{} values is not a multiple of {} edge fields",
+                    self.edges.len(),
+                    ef
+                ),
             ));
         }
         let n = self.nodes.len() / nf;
@@ -825,7 +912,10 @@ impl HeapSnapshot {
             return Err(corrupt("nodes", "the snapshot has no nodes"));
         }
         if n >= u32::MAX as usize || e >= u32::MAX as usize {
-            return Err(corrupt("nodes", "too many nodes or edges for this analyser"));
+            return Err(corrupt(
+                "nodes",
+                "too many nodes or edges for this analyser",
+            ));
         }
         if m.declared_node_count != 0 && m.declared_node_count != n as u64 {
             self.warnings.push(format!(
@@ -923,10 +1013,10 @@ impl HeapSnapshot {
     pub fn self_size(&self, i: NodeIx) -> u64 {
         let idx = i as usize * self.meta.nf + self.meta.n_self;
         let v = self.nodes[idx];
-        if v == u32::MAX {
-            if let Some(&big) = self.overflow.get(&idx) {
-                return big;
-            }
+        if v == u32::MAX
+            && let Some(&big) = self.overflow.get(&idx)
+        {
+            return big;
         }
         v as u64
     }
@@ -946,18 +1036,25 @@ impl HeapSnapshot {
             self.first_edge[i as usize] as usize,
             self.first_edge[i as usize + 1] as usize,
         );
-        self.edges[a * m.ef..b * m.ef].chunks_exact(m.ef).map(move |r| Edge {
-            ty: r[m.e_type],
-            name_or_index: r[m.e_name],
-            to: r[m.e_to],
-        })
+        self.edges[a * m.ef..b * m.ef]
+            .chunks_exact(m.ef)
+            .map(move |r| Edge {
+                ty: r[m.e_type],
+                name_or_index: r[m.e_name],
+                to: r[m.e_to],
+            })
     }
     /// Nodes that retain `i` through essential edges.
     pub fn retainers(&self, i: NodeIx) -> &[u32] {
-        &self.retainers[self.first_ret[i as usize] as usize..self.first_ret[i as usize + 1] as usize]
+        &self.retainers
+            [self.first_ret[i as usize] as usize..self.first_ret[i as usize + 1] as usize]
     }
     pub fn edge_type_name(&self, e: &Edge) -> &str {
-        self.meta.edge_types.get(e.ty as usize).map(String::as_str).unwrap_or("?")
+        self.meta
+            .edge_types
+            .get(e.ty as usize)
+            .map(String::as_str)
+            .unwrap_or("?")
     }
     /// The edge's name, for named edges.
     pub fn edge_name(&self, e: &Edge) -> Option<&str> {
@@ -980,7 +1077,11 @@ impl HeapSnapshot {
         let name = self.strings.get(rec[1] as usize);
         let script = self.strings.get(rec[2] as usize);
         let name = if name.is_empty() { "(anonymous)" } else { name };
-        Some(format!("{name} {script}:{}:{}", rec[4].wrapping_add(1), rec[5].wrapping_add(1)))
+        Some(format!(
+            "{name} {script}:{}:{}",
+            rec[4].wrapping_add(1),
+            rec[5].wrapping_add(1)
+        ))
     }
     /// Script location of a closure: (script_id, line, column), 0-based line/column.
     pub fn location(&self, i: NodeIx) -> Option<(u32, u32, u32)> {
@@ -1034,43 +1135,44 @@ impl HeapSnapshot {
         let mut po_of = vec![UNSET; n];
         let mut ord_of: Vec<u32> = Vec::with_capacity(n);
         let mut stack: Vec<(u32, u32)> = Vec::new();
-        let mut visit = |start: u32, po_of: &mut Vec<u32>, ord_of: &mut Vec<u32>, skip_root: bool| {
-            // po_of doubles as the visited mark: UNSET-1 = on stack / visited, not yet numbered.
-            po_of[start as usize] = UNSET - 1;
-            stack.push((start, self.first_edge[start as usize]));
-            while let Some(top) = stack.last_mut() {
-                let (u, cur) = *top;
-                let end = self.first_edge[u as usize + 1];
-                let mut next = None;
-                let mut c = cur;
-                while c < end {
-                    let r = &self.edges[c as usize * ef..c as usize * ef + ef];
-                    c += 1;
-                    let ty = r[e_type];
-                    if ty != weak && (ty != shortcut || u == 0) {
-                        let v = r[e_to];
-                        if po_of[v as usize] == UNSET {
-                            next = Some(v);
-                            break;
+        let mut visit =
+            |start: u32, po_of: &mut Vec<u32>, ord_of: &mut Vec<u32>, skip_root: bool| {
+                // po_of doubles as the visited mark: UNSET-1 = on stack / visited, not yet numbered.
+                po_of[start as usize] = UNSET - 1;
+                stack.push((start, self.first_edge[start as usize]));
+                while let Some(top) = stack.last_mut() {
+                    let (u, cur) = *top;
+                    let end = self.first_edge[u as usize + 1];
+                    let mut next = None;
+                    let mut c = cur;
+                    while c < end {
+                        let r = &self.edges[c as usize * ef..c as usize * ef + ef];
+                        c += 1;
+                        let ty = r[e_type];
+                        if ty != weak && (ty != shortcut || u == 0) {
+                            let v = r[e_to];
+                            if po_of[v as usize] == UNSET {
+                                next = Some(v);
+                                break;
+                            }
+                        }
+                    }
+                    top.1 = c;
+                    match next {
+                        Some(v) => {
+                            po_of[v as usize] = UNSET - 1;
+                            stack.push((v, self.first_edge[v as usize]));
+                        }
+                        None => {
+                            stack.pop();
+                            if !(skip_root && u == 0) {
+                                po_of[u as usize] = ord_of.len() as u32;
+                                ord_of.push(u);
+                            }
                         }
                     }
                 }
-                top.1 = c;
-                match next {
-                    Some(v) => {
-                        po_of[v as usize] = UNSET - 1;
-                        stack.push((v, self.first_edge[v as usize]));
-                    }
-                    None => {
-                        stack.pop();
-                        if !(skip_root && u == 0) {
-                            po_of[u as usize] = ord_of.len() as u32;
-                            ord_of.push(u);
-                        }
-                    }
-                }
-            }
-        };
+            };
         visit(0, &mut po_of, &mut ord_of, true);
         for i in 1..n {
             if po_of[i] == UNSET {
@@ -1100,8 +1202,8 @@ impl HeapSnapshot {
                     continue;
                 }
                 let ord = ord_of[po as usize] as usize;
-                let rets = &self.retainers
-                    [self.first_ret[ord] as usize..self.first_ret[ord + 1] as usize];
+                let rets =
+                    &self.retainers[self.first_ret[ord] as usize..self.first_ret[ord + 1] as usize];
                 let mut new_dom = no_entry;
                 if rets.is_empty() {
                     new_dom = root_po;
@@ -1131,7 +1233,10 @@ impl HeapSnapshot {
                 if new_dom != no_entry && dom[po as usize] != new_dom {
                     dom[po as usize] = new_dom;
                     changed = true;
-                    let (a, b) = (self.first_edge[ord] as usize, self.first_edge[ord + 1] as usize);
+                    let (a, b) = (
+                        self.first_edge[ord] as usize,
+                        self.first_edge[ord + 1] as usize,
+                    );
                     for r in self.edges[a * ef..b * ef].chunks_exact(ef) {
                         let ty = r[e_type];
                         if ty != weak && (ty != shortcut || ord == 0) {

@@ -24,27 +24,56 @@ pub enum InspectorError {
     /// No process with this pid.
     NotRunning(u32),
     /// The process belongs to another user.
-    OtherUser { pid: u32, uid: u32, our_uid: u32 },
+    OtherUser {
+        pid: u32,
+        uid: u32,
+        our_uid: u32,
+    },
     /// The process is not Node.js.
-    NotNode { pid: u32, exe: String },
+    NotNode {
+        pid: u32,
+        exe: String,
+    },
     /// SIGUSR1 did not open an inspector port before the timeout.
-    InspectorDisabled { pid: u32, waited: Duration },
+    InspectorDisabled {
+        pid: u32,
+        waited: Duration,
+    },
     /// The default inspector port is held by another process, so the target could not listen.
-    PortTaken { pid: u32, port: u16 },
+    PortTaken {
+        pid: u32,
+        port: u16,
+    },
     /// The inspector listens somewhere offheap will not connect to (not 127.0.0.1).
-    NotLoopback { pid: u32, detail: String },
+    NotLoopback {
+        pid: u32,
+        detail: String,
+    },
     /// Nothing answers as a Node inspector on this port.
-    NoInspector { port: u16, detail: String },
+    NoInspector {
+        port: u16,
+        detail: String,
+    },
     /// Sending the signal failed.
-    Signal { pid: u32, err: std::io::Error },
+    Signal {
+        pid: u32,
+        err: std::io::Error,
+    },
     Io(std::io::Error),
     WebSocket(String),
     /// The protocol returned an error for a command.
-    Protocol { method: String, code: i64, message: String },
+    Protocol {
+        method: String,
+        code: i64,
+        message: String,
+    },
     /// Evaluated JavaScript threw.
     JsException(String),
     /// No reply within the time limit.
-    Timeout { method: String, waited: Duration },
+    Timeout {
+        method: String,
+        waited: Duration,
+    },
     /// The connection closed.
     Closed,
 }
@@ -80,12 +109,20 @@ impl fmt::Display for InspectorError {
             Signal { pid, err } => write!(f, "cannot send SIGUSR1 to process {pid}: {err}"),
             Io(e) => write!(f, "inspector I/O error: {e}"),
             WebSocket(e) => write!(f, "inspector WebSocket error: {e}"),
-            Protocol { method, code, message } => {
+            Protocol {
+                method,
+                code,
+                message,
+            } => {
                 write!(f, "inspector command {method} failed ({code}): {message}")
             }
             JsException(e) => write!(f, "JavaScript exception in the target: {e}"),
             Timeout { method, waited } => {
-                write!(f, "no reply to {method} within {:.1}s", waited.as_secs_f64())
+                write!(
+                    f,
+                    "no reply to {method} within {:.1}s",
+                    waited.as_secs_f64()
+                )
             }
             Closed => write!(f, "the inspector connection closed"),
         }
@@ -154,7 +191,11 @@ pub fn check_target(pid: u32) -> Result<()> {
     let md = std::fs::metadata(&proc).map_err(|_| InspectorError::NotRunning(pid))?;
     let uid = md.uid();
     if uid != our_uid() {
-        return Err(InspectorError::OtherUser { pid, uid, our_uid: our_uid() });
+        return Err(InspectorError::OtherUser {
+            pid,
+            uid,
+            our_uid: our_uid(),
+        });
     }
     // A zombie has no exe/cmdline.
     let exe = std::fs::read_link(proc.join("exe"))
@@ -163,15 +204,25 @@ pub fn check_target(pid: u32) -> Result<()> {
     let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
     let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or(&[]);
     let argv0 = String::from_utf8_lossy(argv0).into_owned();
-    let base = |s: &str| s.rsplit('/').next().unwrap_or("").trim_end_matches(" (deleted)").to_string();
-    let is_node = |b: &str| b == "node" || b == "nodejs" || b.starts_with("node-") || b.starts_with("node2");
+    let base = |s: &str| {
+        s.rsplit('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(" (deleted)")
+            .to_string()
+    };
+    let is_node =
+        |b: &str| b == "node" || b == "nodejs" || b.starts_with("node-") || b.starts_with("node2");
     if exe.is_empty() && argv0.is_empty() {
         return Err(InspectorError::NotRunning(pid));
     }
     if is_node(&base(&exe)) || is_node(&base(&argv0)) {
         Ok(())
     } else {
-        Err(InspectorError::NotNode { pid, exe: if exe.is_empty() { argv0 } else { exe } })
+        Err(InspectorError::NotNode {
+            pid,
+            exe: if exe.is_empty() { argv0 } else { exe },
+        })
     }
 }
 
@@ -187,17 +238,26 @@ struct Listen {
 fn listening_sockets() -> Vec<Listen> {
     let mut out = Vec::new();
     for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 10 || f[3] != "0A" {
                 continue;
             }
-            let Some((ip, port)) = f[1].split_once(':') else { continue };
+            let Some((ip, port)) = f[1].split_once(':') else {
+                continue;
+            };
             let (Ok(port), Ok(inode)) = (u16::from_str_radix(port, 16), f[9].parse::<u64>()) else {
                 continue;
             };
-            out.push(Listen { ip: ip.to_string(), v6, port, inode });
+            out.push(Listen {
+                ip: ip.to_string(),
+                v6,
+                port,
+                inode,
+            });
         }
     }
     out
@@ -209,10 +269,10 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
         for e in rd.flatten() {
             if let Ok(l) = std::fs::read_link(e.path()) {
                 let l = l.to_string_lossy();
-                if let Some(x) = l.strip_prefix("socket:[").and_then(|x| x.strip_suffix(']')) {
-                    if let Ok(i) = x.parse() {
-                        s.insert(i);
-                    }
+                if let Some(x) = l.strip_prefix("socket:[").and_then(|x| x.strip_suffix(']'))
+                    && let Ok(i) = x.parse()
+                {
+                    s.insert(i);
                 }
             }
         }
@@ -234,7 +294,10 @@ fn reachable_on_loopback(l: &Listen) -> bool {
 /// TCP ports the process listens on.
 fn pid_listening(pid: u32) -> Vec<Listen> {
     let inodes = socket_inodes(pid);
-    listening_sockets().into_iter().filter(|l| inodes.contains(&l.inode)).collect()
+    listening_sockets()
+        .into_iter()
+        .filter(|l| inodes.contains(&l.inode))
+        .collect()
 }
 
 /// TCP ports process `pid` listens on (from /proc/PID/net/tcp{,6} and its fds).
@@ -249,7 +312,10 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
 /// on its command line or in NODE_OPTIONS, else 9229 (0 = a random port).
 pub fn expected_port(pid: u32) -> u16 {
     let split = |b: Vec<u8>| -> Vec<String> {
-        b.split(|&c| c == 0).filter(|x| !x.is_empty()).map(|x| String::from_utf8_lossy(x).into_owned()).collect()
+        b.split(|&c| c == 0)
+            .filter(|x| !x.is_empty())
+            .map(|x| String::from_utf8_lossy(x).into_owned())
+            .collect()
     };
     let cmdline = split(std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
     let mut node_options = Vec::new();
@@ -267,7 +333,13 @@ pub fn expected_port(pid: u32) -> u16 {
             if !a.starts_with('-') || a == "--" {
                 break; // the script and its arguments
             }
-            for flag in ["--inspect-port", "--debug-port", "--inspect-brk", "--inspect-wait", "--inspect"] {
+            for flag in [
+                "--inspect-port",
+                "--debug-port",
+                "--inspect-brk",
+                "--inspect-wait",
+                "--inspect",
+            ] {
                 let takes_value = flag == "--inspect-port" || flag == "--debug-port";
                 let val = if let Some(v) = a.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) {
                     Some(v.to_string())
@@ -284,7 +356,13 @@ pub fn expected_port(pid: u32) -> u16 {
                     break;
                 }
             }
-            if a == "-e" || a == "--eval" || a == "-p" || a == "--print" || a == "-r" || a == "--require" {
+            if a == "-e"
+                || a == "--eval"
+                || a == "-p"
+                || a == "--print"
+                || a == "-r"
+                || a == "--require"
+            {
                 i += 1; // skip the option's value
             }
             i += 1;
@@ -308,14 +386,20 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> 
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     let header_end;
     loop {
         let k = s.read(&mut tmp)?;
         if k == 0 {
-            return Err(InspectorError::NoInspector { port, detail: "connection closed before the HTTP headers".into() });
+            return Err(InspectorError::NoInspector {
+                port,
+                detail: "connection closed before the HTTP headers".into(),
+            });
         }
         buf.extend_from_slice(&tmp[..k]);
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -323,7 +407,10 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> 
             break;
         }
         if buf.len() > 64 * 1024 {
-            return Err(InspectorError::NoInspector { port, detail: "HTTP headers too long".into() });
+            return Err(InspectorError::NoInspector {
+                port,
+                detail: "HTTP headers too long".into(),
+            });
         }
     }
     let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
@@ -331,16 +418,24 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> 
         .split_whitespace()
         .nth(1)
         .and_then(|x| x.parse().ok())
-        .ok_or_else(|| InspectorError::NoInspector { port, detail: "not an HTTP reply".into() })?;
+        .ok_or_else(|| InspectorError::NoInspector {
+            port,
+            detail: "not an HTTP reply".into(),
+        })?;
     let len = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
     });
     let mut body = buf[header_end..].to_vec();
     match len {
         Some(len) => {
             if len > 16 << 20 {
-                return Err(InspectorError::NoInspector { port, detail: "reply too large".into() });
+                return Err(InspectorError::NoInspector {
+                    port,
+                    detail: "reply too large".into(),
+                });
             }
             while body.len() < len {
                 let k = s.read(&mut tmp)?;
@@ -353,11 +448,7 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> 
         }
         None => {
             // No length: read until close (bounded).
-            loop {
-                let k = match s.read(&mut tmp) {
-                    Ok(k) => k,
-                    Err(_) => break,
-                };
+            while let Ok(k) = s.read(&mut tmp) {
                 if k == 0 || body.len() > 16 << 20 {
                     break;
                 }
@@ -372,7 +463,10 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> 
 pub fn list_targets(port: u16, timeout: Duration) -> Result<Vec<Target>> {
     let (status, body) = http_get(port, "/json/list", timeout)?;
     if status != 200 {
-        return Err(InspectorError::NoInspector { port, detail: format!("GET /json/list returned HTTP {status}") });
+        return Err(InspectorError::NoInspector {
+            port,
+            detail: format!("GET /json/list returned HTTP {status}"),
+        });
     }
     let v: Value = serde_json::from_slice(&body).map_err(|e| InspectorError::NoInspector {
         port,
@@ -384,19 +478,36 @@ pub fn list_targets(port: u16, timeout: Duration) -> Result<Vec<Target>> {
     })?;
     let mut out = Vec::new();
     for t in arr {
-        let Some(ws) = t.get("webSocketDebuggerUrl").and_then(Value::as_str) else { continue };
+        let Some(ws) = t.get("webSocketDebuggerUrl").and_then(Value::as_str) else {
+            continue;
+        };
         // ws://HOST:PORT/PATH — only the path is used; the host is always 127.0.0.1.
         let rest = ws.strip_prefix("ws://").unwrap_or(ws);
         let path = rest.find('/').map(|p| &rest[p..]).unwrap_or("/");
         out.push(Target {
-            id: t.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
-            title: t.get("title").and_then(Value::as_str).unwrap_or("").to_string(),
-            url: t.get("url").and_then(Value::as_str).unwrap_or("").to_string(),
+            id: t
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            title: t
+                .get("title")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            url: t
+                .get("url")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             ws_path: path.to_string(),
         });
     }
     if out.is_empty() {
-        return Err(InspectorError::NoInspector { port, detail: "no debuggable target in /json/list".into() });
+        return Err(InspectorError::NoInspector {
+            port,
+            detail: "no debuggable target in /json/list".into(),
+        });
     }
     Ok(out)
 }
@@ -414,7 +525,12 @@ impl Inspector {
         Self::connect_inner(port, None, false, Duration::from_secs(5))
     }
 
-    fn connect_inner(port: u16, pid: Option<u32>, opened_by_us: bool, timeout: Duration) -> Result<Inspector> {
+    fn connect_inner(
+        port: u16,
+        pid: Option<u32>,
+        opened_by_us: bool,
+        timeout: Duration,
+    ) -> Result<Inspector> {
         let targets = list_targets(port, timeout)?;
         let t = &targets[0];
         let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
@@ -423,7 +539,9 @@ impl Inspector {
         stream.set_read_timeout(Some(timeout))?;
         let url = format!("ws://127.0.0.1:{port}{}", t.ws_path);
         let (ws, _resp) = tungstenite::client(url.as_str(), stream).map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(e) => InspectorError::WebSocket(format!("handshake with {url}: {e}")),
+            tungstenite::HandshakeError::Failure(e) => {
+                InspectorError::WebSocket(format!("handshake with {url}: {e}"))
+            }
             tungstenite::HandshakeError::Interrupted(_) => {
                 InspectorError::WebSocket(format!("handshake with {url} interrupted"))
             }
@@ -446,7 +564,8 @@ impl Inspector {
         let before = pid_listening(pid);
         // Already open (e.g. started with --inspect)? Then use it and leave it open.
         for l in &before {
-            if reachable_on_loopback(l) && list_targets(l.port, Duration::from_millis(500)).is_ok() {
+            if reachable_on_loopback(l) && list_targets(l.port, Duration::from_millis(500)).is_ok()
+            {
                 return Self::connect_inner(l.port, Some(pid), false, Duration::from_secs(5));
             }
         }
@@ -466,14 +585,20 @@ impl Inspector {
             if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 return Err(InspectorError::NotRunning(pid));
             }
-            let now: Vec<Listen> = pid_listening(pid).into_iter().filter(|l| !before_set.contains(l)).collect();
+            let now: Vec<Listen> = pid_listening(pid)
+                .into_iter()
+                .filter(|l| !before_set.contains(l))
+                .collect();
             // The expected port first.
             let want = expected_port(pid);
             let mut now = now;
             now.sort_by_key(|l| (l.port != want, l.port));
             for l in &now {
                 if !reachable_on_loopback(l) {
-                    non_loopback = Some(format!("listening on port {} of a non-loopback address", l.port));
+                    non_loopback = Some(format!(
+                        "listening on port {} of a non-loopback address",
+                        l.port
+                    ));
                     continue;
                 }
                 if list_targets(l.port, Duration::from_millis(1000)).is_ok() {
@@ -498,7 +623,10 @@ impl Inspector {
         if taken {
             return Err(InspectorError::PortTaken { pid, port: want });
         }
-        Err(InspectorError::InspectorDisabled { pid, waited: start.elapsed() })
+        Err(InspectorError::InspectorDisabled {
+            pid,
+            waited: start.elapsed(),
+        })
     }
 
     /// The inspector's port on 127.0.0.1.
@@ -517,19 +645,26 @@ impl Inspector {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(InspectorError::Timeout { method: method.to_string(), waited: self.call_timeout });
+                return Err(InspectorError::Timeout {
+                    method: method.to_string(),
+                    waited: self.call_timeout,
+                });
             }
-            self.ws.get_ref().set_read_timeout(Some(left.min(Duration::from_secs(1))))?;
+            self.ws
+                .get_ref()
+                .set_read_timeout(Some(left.min(Duration::from_secs(1))))?;
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(t.as_str())
-                        .map_err(|e| InspectorError::WebSocket(format!("bad JSON from the inspector: {e}")))?;
+                    let v: Value = serde_json::from_str(t.as_str()).map_err(|e| {
+                        InspectorError::WebSocket(format!("bad JSON from the inspector: {e}"))
+                    })?;
                     return Ok(Some(v));
                 }
                 Ok(Message::Close(_)) => return Err(InspectorError::Closed),
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
                 {
                     continue;
                 }
@@ -561,14 +696,20 @@ impl Inspector {
         let id = self.send(method, params)?;
         let mut deadline = Instant::now() + idle;
         loop {
-            let Some(v) = self.read_msg(deadline, method)? else { continue };
+            let Some(v) = self.read_msg(deadline, method)? else {
+                continue;
+            };
             deadline = Instant::now() + idle;
             if v.get("id").and_then(Value::as_u64) == Some(id) {
                 if let Some(e) = v.get("error") {
                     return Err(InspectorError::Protocol {
                         method: method.to_string(),
                         code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
-                        message: e.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+                        message: e
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
                     });
                 }
                 return Ok(v.get("result").cloned().unwrap_or(Value::Null));
@@ -606,7 +747,10 @@ impl Inspector {
             match self.read_msg(deadline, "(event)") {
                 Ok(Some(v)) => {
                     if let Some(m) = v.get("method").and_then(Value::as_str) {
-                        return Ok(Some((m.to_string(), v.get("params").cloned().unwrap_or(Value::Null))));
+                        return Ok(Some((
+                            m.to_string(),
+                            v.get("params").cloned().unwrap_or(Value::Null),
+                        )));
                     }
                 }
                 Ok(None) => {}
@@ -651,13 +795,11 @@ impl Inspector {
             Duration::from_secs(600),
             &mut |m, p| {
                 match m {
-                    "HeapProfiler.addHeapSnapshotChunk" => {
-                        if werr.is_none() {
-                            let c = p.get("chunk").and_then(Value::as_str).unwrap_or("");
-                            match out.write_all(c.as_bytes()) {
-                                Ok(()) => written += c.len() as u64,
-                                Err(e) => werr = Some(e),
-                            }
+                    "HeapProfiler.addHeapSnapshotChunk" if werr.is_none() => {
+                        let c = p.get("chunk").and_then(Value::as_str).unwrap_or("");
+                        match out.write_all(c.as_bytes()) {
+                            Ok(()) => written += c.len() as u64,
+                            Err(e) => werr = Some(e),
                         }
                     }
                     "HeapProfiler.reportHeapSnapshotProgress" => {
@@ -680,7 +822,10 @@ impl Inspector {
 
     /// Read `byteOffset`/`byteLength`/parent length of views by snapshot node id.
     /// Ids that are gone or not views are left out. The object group is released.
-    pub fn query_view_geometry(&mut self, ids: &[u64]) -> Result<std::collections::HashMap<u64, ViewGeometry>> {
+    pub fn query_view_geometry(
+        &mut self,
+        ids: &[u64],
+    ) -> Result<std::collections::HashMap<u64, ViewGeometry>> {
         const GROUP: &str = "offheap-geometry";
         let mut out = std::collections::HashMap::new();
         let mut res = Ok(());
@@ -696,7 +841,9 @@ impl Inspector {
                     break;
                 }
             };
-            let Some(oid) = obj.pointer("/result/objectId").and_then(Value::as_str) else { continue };
+            let Some(oid) = obj.pointer("/result/objectId").and_then(Value::as_str) else {
+                continue;
+            };
             let r = self.call(
                 "Runtime.callFunctionOn",
                 json!({"objectId": oid, "returnByValue": true, "silent": true, "objectGroup": GROUP,
@@ -705,14 +852,21 @@ impl Inspector {
             );
             match r {
                 Ok(v) => {
-                    if let Some(g) = v.pointer("/result/value") {
-                        if let (Some(off), Some(len), Some(parent)) = (
+                    if let Some(g) = v.pointer("/result/value")
+                        && let (Some(off), Some(len), Some(parent)) = (
                             g.get("off").and_then(Value::as_u64),
                             g.get("len").and_then(Value::as_u64),
                             g.get("parent").and_then(Value::as_u64),
-                        ) {
-                            out.insert(id, ViewGeometry { byte_offset: off, byte_length: len, parent_bytes: parent });
-                        }
+                        )
+                    {
+                        out.insert(
+                            id,
+                            ViewGeometry {
+                                byte_offset: off,
+                                byte_length: len,
+                                parent_bytes: parent,
+                            },
+                        );
                     }
                 }
                 Err(InspectorError::Protocol { .. }) => {}

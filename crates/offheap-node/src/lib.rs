@@ -14,7 +14,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use analysis::{AnalyzeOptions, CompareReport, Growing, HostageGroup, RetainerFinding, SnapshotReport};
+pub use analysis::{
+    AnalyzeOptions, CompareReport, Growing, HostageGroup, RetainerFinding, SnapshotReport,
+};
 pub use heapsnapshot::{HeapSnapshot, SnapshotError};
 pub use inspector::{Inspector, InspectorError};
 
@@ -22,9 +24,15 @@ pub use inspector::{Inspector, InspectorError};
 #[derive(Debug)]
 pub enum Error {
     /// A file could not be opened, created or written.
-    File { path: PathBuf, source: std::io::Error },
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The snapshot could not be parsed.
-    Snapshot { path: PathBuf, source: SnapshotError },
+    Snapshot {
+        path: PathBuf,
+        source: SnapshotError,
+    },
     /// Talking to the live process failed.
     Inspector(InspectorError),
 }
@@ -56,14 +64,25 @@ impl From<InspectorError> for Error {
 }
 
 fn load(path: &Path) -> Result<HeapSnapshot, Error> {
-    let f = std::fs::File::open(path).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
-    HeapSnapshot::from_reader(f).map_err(|source| Error::Snapshot { path: path.to_path_buf(), source })
+    let f = std::fs::File::open(path).map_err(|source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    HeapSnapshot::from_reader(f).map_err(|source| Error::Snapshot {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Analyse a `.heapsnapshot` file offline (hostage buffers are estimates).
 pub fn analyze_file(path: &Path, opts: &AnalyzeOptions) -> Result<SnapshotReport, Error> {
     let s = load(path)?;
-    Ok(analysis::analyze(&s, &path.display().to_string(), opts, None))
+    Ok(analysis::analyze(
+        &s,
+        &path.display().to_string(),
+        opts,
+        None,
+    ))
 }
 
 /// Compare two snapshots of one process (`a` taken before `b`). Only one
@@ -96,19 +115,34 @@ pub fn create_private(path: &Path) -> Result<std::fs::File, Error> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| Error::File { path: path.to_path_buf(), source })
+        .map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Take a snapshot over an open session, write it to `out_path`, analyse it
 /// and confirm hostage buffers live. The session stays open.
-pub fn snapshot_session(insp: &mut Inspector, out_path: &Path, opts: &AnalyzeOptions) -> Result<LiveSnapshot, Error> {
+pub fn snapshot_session(
+    insp: &mut Inspector,
+    out_path: &Path,
+    opts: &AnalyzeOptions,
+) -> Result<LiveSnapshot, Error> {
     let f = create_private(out_path)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    let bytes = insp.take_heap_snapshot(&mut w, &mut |_, _| {}).map_err(|e| match e {
-        InspectorError::Io(source) => Error::File { path: out_path.to_path_buf(), source },
-        e => Error::Inspector(e),
+    let bytes = insp
+        .take_heap_snapshot(&mut w, &mut |_, _| {})
+        .map_err(|e| match e {
+            InspectorError::Io(source) => Error::File {
+                path: out_path.to_path_buf(),
+                source,
+            },
+            e => Error::Inspector(e),
+        })?;
+    w.flush().map_err(|source| Error::File {
+        path: out_path.to_path_buf(),
+        source,
     })?;
-    w.flush().map_err(|source| Error::File { path: out_path.to_path_buf(), source })?;
     drop(w);
     let s = load(out_path)?;
     let mut live_err: Option<InspectorError> = None;
@@ -121,15 +155,25 @@ pub fn snapshot_session(insp: &mut Inspector, out_path: &Path, opts: &AnalyzeOpt
     };
     let mut report = analysis::analyze(&s, &out_path.display().to_string(), opts, Some(&mut geo));
     if let Some(e) = live_err {
-        report.warnings.push(format!("could not read view geometry from the live process: {e}"));
+        report.warnings.push(format!(
+            "could not read view geometry from the live process: {e}"
+        ));
     }
-    Ok(LiveSnapshot { path: out_path.to_path_buf(), bytes, report })
+    Ok(LiveSnapshot {
+        path: out_path.to_path_buf(),
+        bytes,
+        report,
+    })
 }
 
 /// Open the inspector of process `pid` (SIGUSR1), stream a heap snapshot to
 /// `out_path`, analyse it, confirm hostage buffers live, and close the
 /// inspector again if offheap opened it.
-pub fn snapshot_pid(pid: u32, out_path: &Path, opts: &AnalyzeOptions) -> Result<LiveSnapshot, Error> {
+pub fn snapshot_pid(
+    pid: u32,
+    out_path: &Path,
+    opts: &AnalyzeOptions,
+) -> Result<LiveSnapshot, Error> {
     let mut insp = Inspector::open(pid, Duration::from_secs(10))?;
     let r = snapshot_session(&mut insp, out_path, opts);
     let closed = insp.close();

@@ -39,8 +39,15 @@ fn server(extra_node_args: &[&str]) -> Target {
         .spawn()
         .expect("node runs");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line.trim().strip_prefix("PORT ").expect("server port").parse().unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .expect("server port")
+        .parse()
+        .unwrap();
     Target { child, port }
 }
 
@@ -82,15 +89,25 @@ fn attach_snapshot_detach_leaves_server_serving() {
     assert!(text.contains("CONFIRMED"), "{text}");
     // Still serving, and the inspector port offheap opened is closed again.
     assert!(http_ok(t.port).contains("ok 8"));
-    assert_eq!(inspector::listening_ports(pid), vec![t.port], "inspector port left open");
+    assert_eq!(
+        inspector::listening_ports(pid),
+        vec![t.port],
+        "inspector port left open"
+    );
     // A second attach works too (the target is as it was).
     let mut insp = Inspector::open(pid, Duration::from_secs(10)).unwrap();
     assert!(insp.opened_by_us());
     let iport = insp.port();
     assert_ne!(iport, t.port);
-    assert_eq!(insp.evaluate("require('v8').getHeapStatistics().total_heap_size > 0").unwrap(), true);
+    assert_eq!(
+        insp.evaluate("require('v8').getHeapStatistics().total_heap_size > 0")
+            .unwrap(),
+        true
+    );
     assert_eq!(insp.evaluate("1 + 2").unwrap(), 3);
-    assert!(matches!(insp.evaluate("throw new Error('boom')"), Err(InspectorError::JsException(m)) if m.contains("boom")));
+    assert!(
+        matches!(insp.evaluate("throw new Error('boom')"), Err(InspectorError::JsException(m)) if m.contains("boom"))
+    );
     insp.close().unwrap();
     assert!(!inspector::port_open(iport));
     assert!(http_ok(t.port).contains("ok 8"));
@@ -106,7 +123,10 @@ fn already_open_inspector_is_left_open() {
     assert!(!insp.opened_by_us());
     let iport = insp.port();
     insp.close().unwrap();
-    assert!(inspector::port_open(iport), "an inspector offheap did not open stays open");
+    assert!(
+        inspector::port_open(iport),
+        "an inspector offheap did not open stays open"
+    );
     assert!(http_ok(t.port).contains("ok"));
 }
 
@@ -116,7 +136,10 @@ fn port_taken_is_a_clear_error() {
     let taken = blocker.local_addr().unwrap().port();
     let t = server(&[&format!("--inspect-port={taken}")]);
     let e = Inspector::open(t.child.id(), Duration::from_secs(3)).unwrap_err();
-    assert!(matches!(e, InspectorError::PortTaken { port, .. } if port == taken), "{e}");
+    assert!(
+        matches!(e, InspectorError::PortTaken { port, .. } if port == taken),
+        "{e}"
+    );
     assert!(e.to_string().contains("taken"), "{e}");
     assert!(http_ok(t.port).contains("ok"));
 }
@@ -129,9 +152,20 @@ fn not_node_and_not_running_are_clear_errors() {
     let _ = sleep.wait();
     assert!(matches!(e, InspectorError::NotNode { .. }), "{e}");
     assert!(e.to_string().contains("not Node.js"), "{e}");
-    let e = snapshot_pid(sleep.id(), std::path::Path::new("/nonexistent/x"), &AnalyzeOptions::default()).unwrap_err();
+    let e = snapshot_pid(
+        sleep.id(),
+        std::path::Path::new("/nonexistent/x"),
+        &AnalyzeOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("not running"), "{e}");
     // pid 1 belongs to root or is not node: either way a clear refusal, no signal sent.
     let e = Inspector::open(1, Duration::from_secs(1)).unwrap_err();
-    assert!(matches!(e, InspectorError::OtherUser { .. } | InspectorError::NotNode { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            InspectorError::OtherUser { .. } | InspectorError::NotNode { .. }
+        ),
+        "{e}"
+    );
 }

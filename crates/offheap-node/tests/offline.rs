@@ -10,8 +10,16 @@ fn node(dir: &Path, script: &str) {
         "const snap = (n) => require('v8').writeHeapSnapshot(require('path').join({:?}, n));\n",
         dir.display().to_string()
     );
-    let out = Command::new("node").arg("-e").arg(format!("{prelude}{script}")).output().expect("node runs");
-    assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(format!("{prelude}{script}"))
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One snapshot shared by the error tests (written once per test binary run).
@@ -32,7 +40,11 @@ fn buffer_slices_are_hostages() {
          global.whole = new ArrayBuffer(1 << 20);
          setImmediate(() => snap('h.heapsnapshot'));",
     );
-    let r = analyze_file(&dir.path().join("h.heapsnapshot"), &AnalyzeOptions::default()).unwrap();
+    let r = analyze_file(
+        &dir.path().join("h.heapsnapshot"),
+        &AnalyzeOptions::default(),
+    )
+    .unwrap();
     let text = r.to_text();
     let g = r
         .hostage_buffers
@@ -47,13 +59,25 @@ fn buffer_slices_are_hostages() {
     assert_eq!(ex.parent_bytes, 1 << 20);
     assert_eq!(ex.view_count, 1);
     assert_eq!(ex.views[0].class, "Buffer");
-    assert_eq!(ex.views[0].byte_length, None, "the snapshot has no view lengths");
+    assert_eq!(
+        ex.views[0].byte_length, None,
+        "the snapshot has no view lengths"
+    );
     assert!(ex.path_text.contains(".kept"), "{}", ex.path_text);
     // The directly referenced ArrayBuffer is not reported as a hostage.
-    assert_eq!(r.hostage_buffers.iter().map(|g| g.count).sum::<u64>(), 20, "{text}");
+    assert_eq!(
+        r.hostage_buffers.iter().map(|g| g.count).sum::<u64>(),
+        20,
+        "{text}"
+    );
     assert!(r.array_buffer_bytes >= 21 << 20);
     // The external memory group names the holder.
-    assert!(r.external.iter().any(|e| e.holder.contains(".kept") && e.bytes >= 20 << 20), "{text}");
+    assert!(
+        r.external
+            .iter()
+            .any(|e| e.holder.contains(".kept") && e.bytes >= 20 << 20),
+        "{text}"
+    );
     // JSON shape used in summary.json.
     let v = serde_json::to_value(&r).unwrap();
     assert!(v["hostage_buffers"].is_array() && v["top_retainers"].is_array());
@@ -109,13 +133,31 @@ fn truncated_snapshot_is_a_clear_error() {
     std::fs::write(&cut, &data[..data.len() / 3]).unwrap();
     let e = analyze_file(&cut, &AnalyzeOptions::default()).unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, Error::Snapshot { source: SnapshotError::Truncated { .. }, .. }), "{msg}");
-    assert!(msg.contains("truncated") && msg.contains("cut.heapsnapshot"), "{msg}");
+    assert!(
+        matches!(
+            e,
+            Error::Snapshot {
+                source: SnapshotError::Truncated { .. },
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("truncated") && msg.contains("cut.heapsnapshot"),
+        "{msg}"
+    );
     // Cut inside the strings (the last section): analysed, with a warning.
     let pos = data.windows(10).position(|w| w == b"\"strings\":").unwrap();
     std::fs::write(&cut, &data[..pos + 2000]).unwrap();
     let r = analyze_file(&cut, &AnalyzeOptions::default()).unwrap();
-    assert!(r.warnings.iter().any(|w| w.contains("truncated") && w.contains("strings")), "{:?}", r.warnings);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("truncated") && w.contains("strings")),
+        "{:?}",
+        r.warnings
+    );
     // Empty file.
     std::fs::write(&cut, b"").unwrap();
     let e = analyze_file(&cut, &AnalyzeOptions::default()).unwrap_err();
@@ -134,7 +176,16 @@ fn corrupt_snapshot_is_a_clear_error() {
     std::fs::write(&bad, &data).unwrap();
     let e = analyze_file(&bad, &AnalyzeOptions::default()).unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, Error::Snapshot { source: SnapshotError::Corrupt { .. }, .. }), "{msg}");
+    assert!(
+        matches!(
+            e,
+            Error::Snapshot {
+                source: SnapshotError::Corrupt { .. },
+                ..
+            }
+        ),
+        "{msg}"
+    );
     assert!(msg.contains("corrupt") && msg.contains("nodes"), "{msg}");
     // Not JSON at all.
     std::fs::write(&bad, b"hello world").unwrap();
