@@ -153,10 +153,17 @@ impl PerfMap {
 
     /// True if any entry overlaps `[start, end)`.
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
-        let i = self.entries.partition_point(|e| e.start < end);
-        i > 0
-            && self.max_end[i - 1] > start
-            && self.entries[..i].iter().rev().any(|e| e.end > start)
+        let mut i = self.entries.partition_point(|e| e.start < end);
+        while i > 0 {
+            i -= 1;
+            if self.max_end[i] <= start {
+                return false;
+            }
+            if self.entries[i].end > start {
+                return true;
+            }
+        }
+        false
     }
 }
 
