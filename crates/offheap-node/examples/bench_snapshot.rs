@@ -29,7 +29,7 @@ const MEMLAB_JS: &str = r#"
 const { getFullHeapFromFile } = require('@memlab/heap-analysis');
 (async () => {
   const t0 = process.hrtime.bigint();
-  const heap = await getFullHeapFromFile(process.argv[1]);
+  const heap = await getFullHeapFromFile(process.argv[2]);
   const t1 = process.hrtime.bigint();
   let n = 0, maxRet = 0;
   heap.nodes.forEach(node => { n++; if (node.retainedSize > maxRet) maxRet = node.retainedSize; });
@@ -181,7 +181,7 @@ fn run_memlab(dir: &Path, snapshot: &Path, mb: f64) {
             let secs = v.get("seconds").and_then(|x| x.as_f64()).unwrap_or(wall);
             let kb: f64 = stderr
                 .lines()
-                .find_map(|l| l.strip_prefix("MAXRSS_KB="))
+                .find_map(|l| l.split("MAXRSS_KB=").nth(1))
                 .and_then(|x| x.trim().parse().ok())
                 .unwrap_or(0.0);
             println!(

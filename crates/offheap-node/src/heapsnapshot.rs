@@ -92,6 +92,8 @@ pub struct Meta {
     /// `snapshot.extra_native_bytes` (newer V8 only).
     pub extra_native_bytes: Option<u64>,
     pub trace_function_count: u64,
+    /// `trace_function_info_fields` (default: function_id, name, script_name, script_id, line, column).
+    pub trace_function_info_fields: Vec<String>,
     pub(crate) nf: usize,
     pub(crate) ef: usize,
     pub(crate) n_type: usize,
@@ -195,6 +197,22 @@ impl Meta {
             declared_edge_count: num("edge_count").unwrap_or(0),
             extra_native_bytes: num("extra_native_bytes"),
             trace_function_count: num("trace_function_count").unwrap_or(0),
+            trace_function_info_fields: str_list(
+                meta.get("trace_function_info_fields"),
+                "trace_function_info_fields",
+            )
+            .unwrap_or_else(|_| {
+                [
+                    "function_id",
+                    "name",
+                    "script_name",
+                    "script_id",
+                    "line",
+                    "column",
+                ]
+                .map(String::from)
+                .to_vec()
+            }),
             node_fields,
             node_types,
             edge_fields,
@@ -1072,15 +1090,32 @@ impl HeapSnapshot {
             return None;
         }
         let fi = *self.trace_func_of.get(&tid)? as usize;
-        // trace_function_infos: [function_id, name, script_name, script_id, line, column]
-        let rec = self.trace_function_infos.get(fi * 6..fi * 6 + 6)?;
-        let name = self.strings.get(rec[1] as usize);
-        let script = self.strings.get(rec[2] as usize);
+        let fields = &self.meta.trace_function_info_fields;
+        let w = fields.len().max(1);
+        let rec = self.trace_function_infos.get(fi * w..fi * w + w)?;
+        let field = |k: &str| {
+            fields
+                .iter()
+                .position(|f| f == k)
+                .and_then(|p| rec.get(p))
+                .copied()
+        };
+        let name = field("name")
+            .map(|i| self.strings.get(i as usize))
+            .unwrap_or("");
+        let script = field("script_name")
+            .map(|i| self.strings.get(i as usize))
+            .unwrap_or("");
         let name = if name.is_empty() { "(anonymous)" } else { name };
+        let script = if script.is_empty() {
+            "(unknown script)"
+        } else {
+            script
+        };
         Some(format!(
             "{name} {script}:{}:{}",
-            rec[4].wrapping_add(1),
-            rec[5].wrapping_add(1)
+            field("line").unwrap_or(0).wrapping_add(1),
+            field("column").unwrap_or(0).wrapping_add(1)
         ))
     }
     /// Script location of a closure: (script_id, line, column), 0-based line/column.

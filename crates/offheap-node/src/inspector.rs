@@ -820,6 +820,30 @@ impl Inspector {
         Ok(written)
     }
 
+    /// Record allocation stacks from now on (`HeapProfiler.startTrackingHeapObjects`
+    /// with `trackAllocations`), so later snapshots name the allocating function
+    /// of each object. Costs CPU and memory in the target while on.
+    pub fn start_allocation_tracking(&mut self) -> Result<()> {
+        self.call("HeapProfiler.enable", json!({}))?;
+        self.call(
+            "HeapProfiler.startTrackingHeapObjects",
+            json!({"trackAllocations": true}),
+        )?;
+        Ok(())
+    }
+
+    /// Stop allocation tracking. V8 emits a snapshot when tracking stops; it is discarded.
+    pub fn stop_allocation_tracking(&mut self) -> Result<()> {
+        let idle = self.call_timeout;
+        self.call_with(
+            "HeapProfiler.stopTrackingHeapObjects",
+            json!({"reportProgress": false}),
+            idle,
+            &mut |_, _| Ok(()),
+        )?;
+        Ok(())
+    }
+
     /// Read `byteOffset`/`byteLength`/parent length of views by snapshot node id.
     /// Ids that are gone or not views are left out. The object group is released.
     pub fn query_view_geometry(
@@ -828,6 +852,7 @@ impl Inspector {
     ) -> Result<std::collections::HashMap<u64, ViewGeometry>> {
         const GROUP: &str = "offheap-geometry";
         let mut out = std::collections::HashMap::new();
+        self.call("HeapProfiler.enable", json!({}))?;
         let mut res = Ok(());
         for &id in ids {
             let obj = match self.call(

@@ -169,3 +169,43 @@ fn not_node_and_not_running_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn allocation_tracking_names_the_allocating_function() {
+    let t = server(&["--inspect-port=0"]);
+    let pid = t.child.id();
+    let mut insp = Inspector::open(pid, Duration::from_secs(10)).unwrap();
+    insp.start_allocation_tracking().unwrap();
+    insp.evaluate(
+        "class Session { constructor(i) { this.id = i; this.data = new Array(64).fill(i); } }
+         globalThis.sessions = [];
+         function rememberSession(i) { globalThis.sessions.push(new Session(i)); }
+         for (let i = 0; i < 5000; i++) rememberSession(i); 0",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let live = offheap_node::snapshot_session(
+        &mut insp,
+        &dir.path().join("t.heapsnapshot"),
+        &AnalyzeOptions::default(),
+    )
+    .unwrap();
+    insp.stop_allocation_tracking().unwrap();
+    insp.close().unwrap();
+    let text = live.report.to_text();
+    let r = live
+        .report
+        .top_retainers
+        .iter()
+        .find(|r| r.held_by == "sessions")
+        .unwrap_or_else(|| panic!("no retainer held by `sessions`:\n{text}"));
+    assert!(r.retained_size > 5000 * 64 * 8, "{text}");
+    let snap = offheap_node::HeapSnapshot::from_path(&dir.path().join("t.heapsnapshot")).unwrap();
+    let sessions = (0..snap.node_count() as u32)
+        .filter(|&i| snap.node_name(i) == "Session" && snap.node_type_name(i) == "object")
+        .collect::<Vec<_>>();
+    assert_eq!(sessions.len(), 5000);
+    let site = snap.allocation_site(sessions[0]).expect("allocation site");
+    assert!(site.starts_with("rememberSession "), "{site}");
+    assert!(http_ok(t.port).contains("ok"));
+}
