@@ -18,6 +18,8 @@
 //! // Or one stack at a time (results are cached across calls).
 //! let one: Vec<Frame> = syms.symbolize(&[0x401234, 0x7f00_0000_1000], stream.start_ms);
 //! for note in syms.notes() { eprintln!("note: {note}"); }
+//! // Or a whole native stream in one call:
+//! let (frames, notes) = symbolize_stream(&stream, perf_map);
 //! ```
 //!
 //! * Input addresses are raw return addresses, innermost first, as the agent
@@ -727,6 +729,34 @@ impl ProcessSymbols {
         self.native.insert(key, frames.clone());
         frames
     }
+}
+
+/// Symbolizes every stack of one native stream: `result[i]` are the
+/// frames of `stream.stacks[i]`, innermost first. Each stack is resolved at
+/// the time of its first snapshot point (when it first had counters; the
+/// stream's start if it never had any), which picks the perf-map entries
+/// live then. Returns the frames and the notes to show the user.
+pub fn symbolize_stream(
+    stream: &offheap_format::native::NativeStream,
+    perf_map: Option<&Path>,
+) -> (Vec<Vec<Frame>>, Vec<String>) {
+    let mut first_seen = vec![stream.start_ms; stream.stacks.len()];
+    for s in &stream.series {
+        if let (Some(slot), Some(p)) = (first_seen.get_mut(s.stack as usize), s.points.first())
+            && let Some(&t) = stream.snapshot_times_ms.get(p.0 as usize)
+        {
+            *slot = t;
+        }
+    }
+    let input: Vec<(&[u64], f64)> = stream
+        .stacks
+        .iter()
+        .zip(&first_seen)
+        .map(|(s, &t)| (&s.frames[..], t))
+        .collect();
+    let mut syms = ProcessSymbols::new(&stream.modules, perf_map);
+    let frames = syms.symbolize_stacks(&input);
+    (frames, syms.notes)
 }
 
 /// Builds module records from the text of a `/proc/PID/maps` file: every
