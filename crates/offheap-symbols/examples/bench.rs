@@ -11,6 +11,8 @@
 //! cargo run --release -p offheap-symbols --example bench [STACKS [DEPTH [UNIQUE]]]
 //! ```
 //! Defaults: 5000 stacks, 40 frames, 20000 unique addresses.
+//! `BENCH_PERF_REPEAT=N` makes the perf map N times longer (overlapping
+//! entries, as a long-running server's map).
 
 use std::process::Command;
 use std::time::Instant;
@@ -67,7 +69,17 @@ fs.writeFileSync(`${out}/pid`, String(process.pid));
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
     let maps = std::fs::read_to_string(d.join("maps")).unwrap();
     let perf_path = d.join("perf.map");
-    let perf = std::fs::read_to_string(&perf_path).unwrap();
+    let mut perf = std::fs::read_to_string(&perf_path).unwrap();
+    // BENCH_PERF_REPEAT=N appends the map N-1 more times, as a long-running
+    // server's map grows when V8 recompiles and reuses code space.
+    let repeat: usize = std::env::var("BENCH_PERF_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    if repeat > 1 {
+        perf = perf.repeat(repeat);
+        std::fs::write(&perf_path, &perf).unwrap();
+    }
 
     // Executable file-backed ranges of node and libc.
     let mut node_x = Vec::new();

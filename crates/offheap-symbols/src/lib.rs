@@ -325,11 +325,11 @@ impl ProcessSymbols {
             out.extend(self.blob_copy_frames(copy, a));
             return;
         }
-        if let Some((seq, name)) = self
+        if let Some(seq) = self
             .perf
             .as_ref()
             .and_then(|p| p.lookup(a.saturating_sub(1), t))
-            .map(|e| (e.seq, e.name.clone()))
+            .map(|e| e.seq)
         {
             if let Some(f) = self.js.get(&seq) {
                 out.push(Frame {
@@ -338,6 +338,7 @@ impl ProcessSymbols {
                 });
                 return;
             }
+            let name = self.perf.as_ref().map(|p| p.name(seq)).unwrap_or_default();
             let n = perf_map::parse_name(&name);
             let module = if n.builtin {
                 // V8's builtins live in node's binary; name that module if known.

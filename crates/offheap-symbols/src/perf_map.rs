@@ -19,7 +19,6 @@ pub(crate) struct Entry {
     pub seq: u32,
     /// Unix ms from which the entry was live (`-inf` when unknown).
     pub live_from_ms: f64,
-    pub name: String,
 }
 
 /// The parsed map, sorted by start address for lookups.
@@ -30,6 +29,9 @@ pub(crate) struct PerfMap {
     /// `max_end[i]` = the largest `end` among `entries[..=i]`; bounds the
     /// backward scan of a lookup.
     max_end: Vec<u64>,
+    /// The map's bytes, and each line's name as a byte range, by `seq`.
+    text: Vec<u8>,
+    names: Vec<(usize, usize)>,
     /// Lines that could not be parsed (reported to the user).
     pub bad_lines: usize,
     /// True if the last line was cut (no newline) and skipped.
@@ -54,11 +56,11 @@ impl PerfMap {
                 )),
             ),
         };
-        Ok((PerfMap::parse(&text, times.as_deref()), note))
+        Ok((PerfMap::parse(text, times.as_deref()), note))
     }
 
     /// Parses map bytes; `times` is the sorted `(byte offset, unix ms)` list.
-    pub fn parse(text: &[u8], times: Option<&[(u64, f64)]>) -> PerfMap {
+    pub fn parse(text: Vec<u8>, times: Option<&[(u64, f64)]>) -> PerfMap {
         let mut map = PerfMap::default();
         let mut offset = 0usize;
         let mut seq = 0u32;
@@ -68,7 +70,7 @@ impl PerfMap {
                 Some(n) => (&rest[..n], offset + n + 1, true),
                 None => (rest, text.len(), false),
             };
-            let line_offset = offset as u64;
+            let line_offset = offset;
             offset = next;
             if !complete {
                 // A copy taken while V8 was writing: the last line may be cut.
@@ -77,9 +79,7 @@ impl PerfMap {
                 }
                 break;
             }
-            let line = String::from_utf8_lossy(line);
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             let Some((start, size, name)) = parse_line(line) else {
@@ -90,7 +90,7 @@ impl PerfMap {
                 continue;
             }
             let live_from_ms = match times {
-                Some(t) => match t.partition_point(|&(o, _)| o <= line_offset) {
+                Some(t) => match t.partition_point(|&(o, _)| o <= line_offset as u64) {
                     0 => f64::NEG_INFINITY,
                     n => t[n - 1].1,
                 },
@@ -101,11 +101,13 @@ impl PerfMap {
                 end: start.saturating_add(size),
                 seq,
                 live_from_ms,
-                name: name.to_string(),
             });
+            map.names
+                .push((line_offset + name.start, line_offset + name.end));
             seq += 1;
         }
-        map.entries.sort_by_key(|e| (e.start, e.seq));
+        map.text = text;
+        map.entries.sort_unstable_by_key(|e| (e.start, e.seq));
         let mut m = 0u64;
         map.max_end = map
             .entries
@@ -116,6 +118,12 @@ impl PerfMap {
             })
             .collect();
         map
+    }
+
+    /// The name of the line with sequence number `seq`.
+    pub fn name(&self, seq: u32) -> String {
+        let (a, b) = self.names[seq as usize];
+        String::from_utf8_lossy(&self.text[a..b]).into_owned()
     }
 
     pub fn len(&self) -> usize {
@@ -167,14 +175,36 @@ impl PerfMap {
     }
 }
 
-fn parse_line(line: &str) -> Option<(u64, u64, &str)> {
-    let line = line.trim_start();
-    let (start, rest) = line.split_once(' ')?;
-    let rest = rest.trim_start();
-    let (size, name) = rest.split_once(' ').unwrap_or((rest, ""));
-    let start = u64::from_str_radix(start.trim_start_matches("0x"), 16).ok()?;
-    let size = u64::from_str_radix(size.trim_start_matches("0x"), 16).ok()?;
-    Some((start, size, name.trim()))
+/// `START SIZE name` -> (start, size, byte range of the trimmed name).
+fn parse_line(line: &[u8]) -> Option<(u64, u64, std::ops::Range<usize>)> {
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        while *i < line.len() && (line[*i] == b' ' || line[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    let hex = |i: &mut usize| -> Option<u64> {
+        if line[*i..].starts_with(b"0x") {
+            *i += 2;
+        }
+        let s = *i;
+        let mut v = 0u64;
+        while *i < line.len() && line[*i].is_ascii_hexdigit() {
+            v = v.checked_mul(16)? + (line[*i] as char).to_digit(16)? as u64;
+            *i += 1;
+        }
+        (*i > s && (*i == line.len() || line[*i] == b' ' || line[*i] == b'\t')).then_some(v)
+    };
+    skip_ws(&mut i);
+    let start = hex(&mut i)?;
+    skip_ws(&mut i);
+    let size = hex(&mut i)?;
+    skip_ws(&mut i);
+    let mut end = line.len();
+    while end > i && line[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    Some((start, size, i..end))
 }
 
 /// Parses `BYTE_OFFSET UNIX_MS` lines (sorted by offset on return).
@@ -377,18 +407,33 @@ mod tests {
             .0 as u64
             + 1;
         let times = [(0, 100.0), (second, 200.0)];
-        let m = PerfMap::parse(text, Some(&times));
+        let m = PerfMap::parse(text.to_vec(), Some(&times));
         assert!(m.truncated_tail);
         assert_eq!(m.len(), 3);
-        assert_eq!(m.lookup(0x1010, 150.0).unwrap().name, "JS:~a /a.js:1:1");
-        assert_eq!(m.lookup(0x1010, 250.0).unwrap().name, "JS:*b /a.js:2:1");
+        assert_eq!(
+            m.name(m.lookup(0x1010, 150.0).unwrap().seq),
+            "JS:~a /a.js:1:1"
+        );
+        assert_eq!(
+            m.name(m.lookup(0x1010, 250.0).unwrap().seq),
+            "JS:*b /a.js:2:1"
+        );
         // Before anything was live: the entry seen first after the sample.
-        assert_eq!(m.lookup(0x1010, 50.0).unwrap().name, "JS:~a /a.js:1:1");
+        assert_eq!(
+            m.name(m.lookup(0x1010, 50.0).unwrap().seq),
+            "JS:~a /a.js:1:1"
+        );
         assert!(m.lookup(0x1100, 250.0).is_none());
-        assert_eq!(m.lookup(0x2005, 0.0).unwrap().name, "JS:~x /x.js:1:1");
+        assert_eq!(
+            m.name(m.lookup(0x2005, 0.0).unwrap().seq),
+            "JS:~x /x.js:1:1"
+        );
         assert!(m.lookup(0x2010, 0.0).is_none());
-        let m = PerfMap::parse(text, None);
-        assert_eq!(m.lookup(0x1010, 0.0).unwrap().name, "JS:*b /a.js:2:1");
+        let m = PerfMap::parse(text.to_vec(), None);
+        assert_eq!(
+            m.name(m.lookup(0x1010, 0.0).unwrap().seq),
+            "JS:*b /a.js:2:1"
+        );
         assert!(m.overlaps(0x1f00, 0x2001));
         assert!(!m.overlaps(0x1100, 0x2000));
     }
