@@ -311,6 +311,11 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
 /// The port the target's inspector will use: `--inspect-port`/`--inspect`/`--debug-port`
 /// on its command line or in NODE_OPTIONS, else 9229 (0 = a random port).
 pub fn expected_port(pid: u32) -> u16 {
+    inspect_settings(pid).0
+}
+
+/// (inspector port, whether the inspector was activated at startup by `--inspect*`).
+fn inspect_settings(pid: u32) -> (u16, bool) {
     let split = |b: Vec<u8>| -> Vec<String> {
         b.split(|&c| c == 0)
             .filter(|x| !x.is_empty())
@@ -325,6 +330,7 @@ pub fn expected_port(pid: u32) -> u16 {
         }
     }
     let mut port = DEFAULT_PORT;
+    let mut active = false;
     // NODE_OPTIONS first: the command line overrides it.
     for (args, skip_argv0) in [(&node_options, false), (&cmdline, true)] {
         let mut i = usize::from(skip_argv0);
@@ -349,6 +355,9 @@ pub fn expected_port(pid: u32) -> u16 {
                 } else {
                     None
                 };
+                if !takes_value && (a == flag || a.starts_with(&format!("{flag}="))) {
+                    active = true;
+                }
                 if let Some(v) = val {
                     if let Ok(p) = v.rsplit(':').next().unwrap_or("").parse::<u16>() {
                         port = p;
@@ -368,7 +377,7 @@ pub fn expected_port(pid: u32) -> u16 {
             i += 1;
         }
     }
-    port
+    (port, active)
 }
 
 /// One `/json/list` target.
@@ -561,13 +570,20 @@ impl Inspector {
     /// Open the inspector of a running Node process (SIGUSR1) and connect to it.
     pub fn open(pid: u32, timeout: Duration) -> Result<Inspector> {
         check_target(pid)?;
+        let (want, active) = inspect_settings(pid);
         let before = pid_listening(pid);
-        // Already open (e.g. started with --inspect)? Then use it and leave it open.
-        for l in &before {
-            if reachable_on_loopback(l) && list_targets(l.port, Duration::from_millis(500)).is_ok()
-            {
-                return Self::connect_inner(l.port, Some(pid), false, Duration::from_secs(5));
-            }
+        // Probing sends `GET /json/list`: only to ports that may be the inspector's,
+        // so the application's own ports are not disturbed.
+        let probe_existing = |before: &[Listen]| -> Option<u16> {
+            before
+                .iter()
+                .filter(|l| reachable_on_loopback(l) && (want == 0 || l.port == want))
+                .map(|l| l.port)
+                .find(|&p| list_targets(p, Duration::from_millis(500)).is_ok())
+        };
+        // Started with --inspect: use that inspector and leave it open.
+        if active && let Some(p) = probe_existing(&before) {
+            return Self::connect_inner(p, Some(pid), false, Duration::from_secs(5));
         }
         let before_set: HashSet<Listen> = before.into_iter().collect();
         // SAFETY: kill with a valid signal number; the pid was checked to be ours.
@@ -590,7 +606,6 @@ impl Inspector {
                 .filter(|l| !before_set.contains(l))
                 .collect();
             // The expected port first.
-            let want = expected_port(pid);
             let mut now = now;
             now.sort_by_key(|l| (l.port != want, l.port));
             for l in &now {
@@ -613,8 +628,11 @@ impl Inspector {
         if let Some(detail) = non_loopback {
             return Err(InspectorError::NotLoopback { pid, detail });
         }
+        // SIGUSR1 is a no-op when the inspector was already opened at run time.
+        if let Some(p) = probe_existing(&pid_listening(pid)) {
+            return Self::connect_inner(p, Some(pid), false, Duration::from_secs(5));
+        }
         // Is the port the target wants held by someone else?
-        let want = expected_port(pid);
         let ours = socket_inodes(pid);
         let taken = want != 0
             && listening_sockets()

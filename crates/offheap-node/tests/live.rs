@@ -128,6 +128,19 @@ fn already_open_inspector_is_left_open() {
         "an inspector offheap did not open stays open"
     );
     assert!(http_ok(t.port).contains("ok"));
+    // Opened at run time by someone else (SIGUSR1 is then a no-op): found and left open.
+    let t = server(&["--inspect-port=0"]);
+    let pid = t.child.id();
+    let other = Inspector::open(pid, Duration::from_secs(10)).unwrap();
+    let port = other.port();
+    std::mem::forget(other); // another tool that never closes
+    let mut insp = Inspector::open(pid, Duration::from_secs(2)).unwrap();
+    assert_eq!(insp.port(), port);
+    assert!(!insp.opened_by_us(), "the inspector was already open");
+    assert_eq!(insp.evaluate("40 + 2").unwrap(), 42);
+    insp.close().unwrap();
+    assert!(inspector::port_open(port));
+    assert!(http_ok(t.port).contains("ok"));
 }
 
 #[test]
@@ -206,6 +219,10 @@ fn allocation_tracking_names_the_allocating_function() {
         .collect::<Vec<_>>();
     assert_eq!(sessions.len(), 5000);
     let site = snap.allocation_site(sessions[0]).expect("allocation site");
-    assert!(site.starts_with("rememberSession "), "{site}");
+    // The `new` site, or the constructor when V8 attributes it there.
+    assert!(
+        site.starts_with("rememberSession ") || site.starts_with("Session "),
+        "{site}"
+    );
     assert!(http_ok(t.port).contains("ok"));
 }
