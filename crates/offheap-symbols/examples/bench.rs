@@ -19,6 +19,26 @@ use std::time::Instant;
 
 use offheap_symbols::{FrameKind, ProcessSymbols, modules_from_proc_maps};
 
+/// CPU time this thread has run, in ns (`/proc/thread-self/schedstat`):
+/// unlike wall time, it does not count waiting for a core on a busy machine.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Wall and CPU time of `f`, in ms.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let (w, c) = (Instant::now(), cpu_ns());
+    let out = f();
+    (
+        out,
+        w.elapsed().as_secs_f64() * 1e3,
+        (cpu_ns() - c) as f64 / 1e6,
+    )
+}
+
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
@@ -157,25 +177,19 @@ fs.writeFileSync(`${out}/pid`, String(process.pid));
         unique
     );
 
-    let t0 = Instant::now();
-    let mut syms = ProcessSymbols::new(&modules, Some(&perf_path));
-    let setup = t0.elapsed();
-    let t1 = Instant::now();
-    let out = syms.symbolize_stacks(&input);
-    let cold = t1.elapsed();
-    let t2 = Instant::now();
-    let out2 = syms.symbolize_stacks(&input);
-    let warm = t2.elapsed();
+    let (mut syms, setup_w, setup_c) = timed(|| ProcessSymbols::new(&modules, Some(&perf_path)));
+    let (out, cold_w, cold_c) = timed(|| syms.symbolize_stacks(&input));
+    let (out2, warm_w, warm_c) = timed(|| syms.symbolize_stacks(&input));
     assert_eq!(out, out2);
 
     // Per-stack API, fresh instance.
-    let t3 = Instant::now();
-    let mut syms1 = ProcessSymbols::new(&modules, Some(&perf_path));
-    let mut n = 0usize;
-    for s in &stacks {
-        n += syms1.symbolize(s, t).len();
-    }
-    let per_stack = t3.elapsed();
+    let (n, per_w, per_c) = timed(|| {
+        let mut syms1 = ProcessSymbols::new(&modules, Some(&perf_path));
+        stacks
+            .iter()
+            .map(|s| syms1.symbolize(s, t).len())
+            .sum::<usize>()
+    });
 
     // Worst case for the remapped-builtins search: the agent's module table
     // (PT_LOAD segments only, no second mapping) and no perf map, so every
@@ -185,10 +199,11 @@ fs.writeFileSync(`${out}/pid`, String(process.pid));
         let bias = m.bias;
         m.ranges.retain(|r| r.0.wrapping_sub(bias) < 0x1_0000_0000);
     }
-    let t4 = Instant::now();
-    let mut syms2 = ProcessSymbols::new(&agent_like, None);
-    let out3 = syms2.symbolize_stacks(&input);
-    let no_map = t4.elapsed();
+    let ((out3, notes3), nomap_w, nomap_c) = timed(|| {
+        let mut syms2 = ProcessSymbols::new(&agent_like, None);
+        let o = syms2.symbolize_stacks(&input);
+        (o, syms2.notes().len())
+    });
     let unknown3 = out3
         .iter()
         .flatten()
@@ -206,30 +221,17 @@ fs.writeFileSync(`${out}/pid`, String(process.pid));
         count(FrameKind::Unknown),
         frames.iter().filter(|f| f.inlined).count()
     );
+    println!("                                  wall ms    cpu ms");
+    println!("setup (perf map parse):          {setup_w:8.1}  {setup_c:8.1}");
+    println!("symbolize_stacks, cold:          {cold_w:8.1}  {cold_c:8.1}");
+    println!("symbolize_stacks, warm (cached): {warm_w:8.1}  {warm_c:8.1}");
+    println!("symbolize() per stack, cold:     {per_w:8.1}  {per_c:8.1}   ({n} frames)");
     println!(
-        "setup (perf map parse):           {:8.1} ms",
-        setup.as_secs_f64() * 1e3
+        "no perf map, agent's modules:    {nomap_w:8.1}  {nomap_c:8.1}   ({unknown3} unknown, {notes3} notes)"
     );
     println!(
-        "symbolize_stacks, cold:           {:8.1} ms",
-        cold.as_secs_f64() * 1e3
-    );
-    println!(
-        "symbolize_stacks, warm (cached):  {:8.1} ms",
-        warm.as_secs_f64() * 1e3
-    );
-    println!(
-        "symbolize() per stack, cold:      {:8.1} ms ({n} frames)",
-        per_stack.as_secs_f64() * 1e3
-    );
-    println!(
-        "no perf map, agent's modules:     {:8.1} ms ({unknown3} unknown frames, {} notes)",
-        no_map.as_secs_f64() * 1e3,
-        syms2.notes().len()
-    );
-    println!(
-        "cold per unique address:          {:8.2} us",
-        (setup + cold).as_secs_f64() * 1e6 / unique as f64
+        "cold cpu per unique address:     {:8.2} us",
+        (setup_c + cold_c) * 1e3 / unique as f64
     );
     if std::env::var_os("BENCH_SHOW_UNKNOWN").is_some() {
         for f in frames

@@ -148,6 +148,8 @@ pub struct ProcessSymbols {
     native: HashMap<(usize, u64), Vec<Frame>>,
     /// Perf-map line number -> its frame (address not filled in).
     js: HashMap<u32, Frame>,
+    /// (address, time bits) -> perf-map line, memoized lookups.
+    js_lookups: HashMap<(u64, u64), Option<u32>>,
     demangled: HashMap<String, String>,
     notes: Vec<String>,
     /// Lazily found: node's embedded blob (module index, blob).
@@ -234,6 +236,7 @@ impl ProcessSymbols {
             symbolizer,
             native: HashMap::new(),
             js: HashMap::new(),
+            js_lookups: HashMap::new(),
             demangled: HashMap::new(),
             notes,
             blob: None,
@@ -278,10 +281,7 @@ impl ProcessSymbols {
                         pending.entry(m).or_default().insert(a);
                     }
                 } else if self.copy_for(a).is_none()
-                    && self
-                        .perf
-                        .as_ref()
-                        .is_none_or(|p| p.lookup(a.saturating_sub(1), t).is_none())
+                    && self.perf_lookup(a, t).is_none()
                     && self.unresolved.insert(a)
                 {
                     new_unresolved = true;
@@ -325,12 +325,7 @@ impl ProcessSymbols {
             out.extend(self.blob_copy_frames(copy, a));
             return;
         }
-        if let Some(seq) = self
-            .perf
-            .as_ref()
-            .and_then(|p| p.lookup(a.saturating_sub(1), t))
-            .map(|e| e.seq)
-        {
+        if let Some(seq) = self.perf_lookup(a, t) {
             if let Some(f) = self.js.get(&seq) {
                 out.push(Frame {
                     address: a,
@@ -373,6 +368,15 @@ impl ProcessSymbols {
             address: a,
             inlined: false,
         });
+    }
+
+    /// The perf-map line for return address `a` at time `t`, memoized.
+    fn perf_lookup(&mut self, a: u64, t: f64) -> Option<u32> {
+        let perf = self.perf.as_ref()?;
+        *self
+            .js_lookups
+            .entry((a, t.to_bits()))
+            .or_insert_with(|| perf.lookup(a.saturating_sub(1), t).map(|e| e.seq))
     }
 
     /// The module mapping `a`: among the modules whose ranges contain it,
@@ -447,7 +451,9 @@ impl ProcessSymbols {
             return self.modules[m].state;
         }
         let path = self.modules[m].rec.path.clone();
-        let state = if path.is_empty() || path.starts_with('[') {
+        let state = if !path.starts_with('/') {
+            // "linux-vdso.so.1", "[anon]", "": nothing on disk to read; frames
+            // stay module+offset without a note.
             FileState::Missing
         } else {
             match blazesym::helper::read_elf_build_id(Path::new(&path)) {
