@@ -2,7 +2,6 @@
 
 use crate::model::*;
 use crate::stats::trend;
-use crate::symbolize::Symbols;
 use crate::verdict::{Evidence, decide};
 use offheap_format::Recording;
 use offheap_format::native::{AllocKind, NativeStream};
@@ -137,22 +136,36 @@ struct StackFigures {
     slope: f64,
 }
 
-fn stack_figures(native: &NativeStream, snaps: &[u32], start: f64) -> Vec<StackFigures> {
+/// Per-stack growth, counting only allocations that survived `min_age`:
+/// the agent's aged counter at time t + min_age is "bytes allocated before t
+/// and still live at t + min_age", so the series (t, aged(t + min_age)) rises
+/// only with memory that is kept, never with young garbage, and startup
+/// allocations stay constant in it.
+fn stack_figures(native: &NativeStream, snaps: &[u32], start: f64, min_age: f64) -> Vec<StackFigures> {
     let (Some(&first), Some(&last)) = (snaps.first(), snaps.last()) else { return Vec::new() };
-    let step = (snaps.len() / 64).max(1);
+    let t = |i: u32| rel(native.snapshot_times_ms[i as usize], start);
+    let t_first = t(first);
+    let shifted: Vec<u32> = snaps.iter().copied().filter(|&i| t(i) - min_age >= t_first).collect();
+    let step = (shifted.len() / 64).max(1);
     native
         .series
         .iter()
         .map(|s| {
             let end = s.at(last);
             let begin = s.at(first);
-            let pts: Vec<(f64, f64)> = snaps
-                .iter()
-                .step_by(step)
-                .chain(std::iter::once(&last))
-                .map(|&i| (rel(native.snapshot_times_ms[i as usize], start), s.at(i).aged_live_bytes as f64))
-                .collect();
-            let slope = if end.aged_live_bytes > begin.aged_live_bytes { trend(&pts).slope } else { 0.0 };
+            let slope = if shifted.len() >= 3 {
+                let mut pts: Vec<(f64, f64)> =
+                    shifted.iter().step_by(step).map(|&i| (t(i) - min_age, s.at(i).aged_live_bytes as f64)).collect();
+                if let Some(&l) = shifted.last() {
+                    pts.push((t(l) - min_age, s.at(l).aged_live_bytes as f64));
+                }
+                let tr = trend(&pts);
+                if tr.tau > 0.0 { tr.slope } else { 0.0 }
+            } else {
+                // Too short for the shift: what survived to the end, aged, beyond what was live at the start.
+                let span = (t(last) - t_first).max(1e-9);
+                (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span
+            };
             StackFigures {
                 stack: s.stack,
                 live_end: end.live_bytes,
@@ -196,37 +209,33 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             snaps = window_snapshots(native, rec.meta.start_ms, 0.0, f64::MAX);
         }
         let t_ref = snaps.last().map(|&i| native.snapshot_times_ms[i as usize]).unwrap_or(rec.meta.start_ms);
-        let mut symbols = Symbols::new(rec, native);
-        let figures = stack_figures(native, &snaps, rec.meta.start_ms);
+        let min_age = rec
+            .meta
+            .settings
+            .get("min_age_ms")
+            .and_then(|v| v.as_f64())
+            .map(|ms| ms / 1000.0)
+            .unwrap_or(opts.min_age_s);
+        let figures = stack_figures(native, &snaps, rec.meta.start_ms, min_age);
         let span = snaps
             .first()
             .zip(snaps.last())
             .map(|(&a, &b)| (native.snapshot_times_ms[b as usize] - native.snapshot_times_ms[a as usize]) / 1000.0)
             .unwrap_or(0.0)
             .max(1e-9);
-        for f in &figures {
-            let Some(stack) = native.stacks.get(f.stack as usize) else { continue };
-            if f.alloc_bytes == 0 && f.live_end == 0 {
-                continue;
-            }
-            profile.stacks.push(ProfileStack {
-                frames: symbols.frames(&stack.frames, t_ref),
-                kind: stack.kind,
-                alloc_bytes: f.alloc_bytes,
-                alloc_count: f.alloc_count,
-                live_bytes: f.live_end,
-                live_count: f.count_end,
-                growth_bytes: f.growth,
-                growth_bytes_per_s: f.growth as f64 / span,
-            });
-        }
+        let active: Vec<&StackFigures> = figures
+            .iter()
+            .filter(|f| (f.stack as usize) < native.stacks.len() && (f.alloc_bytes > 0 || f.live_end > 0))
+            .collect();
+        let ids: Vec<u32> = active.iter().map(|f| f.stack).collect();
+        let (mut frames_of, sym_notes) = crate::symbolize::symbolize(rec, native, &ids, t_ref);
         // Suspects: sustained growth of aged live bytes, at least 64 KiB over the window.
         let mut ranked: Vec<&StackFigures> =
-            figures.iter().filter(|f| f.slope > 0.0 && f.slope * span >= 64.0 * 1024.0).collect();
+            active.iter().copied().filter(|f| f.slope > 0.0 && f.slope * span >= 64.0 * 1024.0).collect();
         ranked.sort_by(|a, b| b.slope.total_cmp(&a.slope));
         for (i, f) in ranked.into_iter().take(opts.top).enumerate() {
             let stack = &native.stacks[f.stack as usize];
-            let frames = crate::suspects::collapse_allocator(symbols.frames(&stack.frames, t_ref));
+            let frames = crate::suspects::collapse_allocator(frames_of.get(&f.stack).cloned().unwrap_or_default());
             let (module, function) = crate::suspects::owner(&frames);
             suspects.push(Suspect {
                 rank: i as u32 + 1,
@@ -240,7 +249,19 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
                 frames,
             });
         }
-        notes.extend(symbols.notes());
+        for f in active {
+            profile.stacks.push(ProfileStack {
+                frames: frames_of.remove(&f.stack).unwrap_or_default(),
+                kind: native.stacks[f.stack as usize].kind,
+                alloc_bytes: f.alloc_bytes,
+                alloc_count: f.alloc_count,
+                live_bytes: f.live_end,
+                live_count: f.count_end,
+                growth_bytes: f.growth,
+                growth_bytes_per_s: f.growth as f64 / span,
+            });
+        }
+        notes.extend(sym_notes);
     } else if rec.meta.native {
         notes.push("the native agent was preloaded but wrote nothing (static or non-glibc target?)".into());
     }

@@ -3,25 +3,9 @@
 
 use offheap_symbols::{Frame, FrameKind};
 
-/// Functions that are the allocator or its thin wrappers.
-fn is_allocator(f: &Frame) -> bool {
-    let n = f.function.as_str();
-    const NAMES: &[&str] = &[
-        "malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc",
-        "reallocarray", "mmap", "mmap64", "mremap", "__libc_malloc", "__libc_calloc", "__libc_realloc",
-        "operator new", "operator new[]", "_Znwm", "_Znam", "_ZnwmRKSt9nothrow_t", "_ZnwmSt11align_val_t",
-        "CRYPTO_malloc", "CRYPTO_zalloc", "CRYPTO_realloc",
-    ];
-    NAMES.iter().any(|a| n == *a || n.starts_with(&format!("{a}(")))
-        || n.starts_with("operator new")
-        || n.contains("ArrayBufferAllocator::Allocate")
-        || n.contains("AllocForZlib")
-        || n.contains("AllocForBrotli")
-}
-
 /// Drops leading allocator frames (keeping at least one frame).
 pub fn collapse_allocator(frames: Vec<Frame>) -> Vec<Frame> {
-    let skip = frames.iter().take_while(|f| is_allocator(f)).count();
+    let skip = frames.iter().take_while(|f| offheap_symbols::is_allocator_frame(f)).count();
     if skip >= frames.len() { frames } else { frames.into_iter().skip(skip).collect() }
 }
 

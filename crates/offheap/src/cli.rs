@@ -139,6 +139,9 @@ pub struct ReportArgs {
     /// Print the timeline series (t, bytes) used by the verdict.
     #[arg(long, hide = true)]
     pub debug_timeline: bool,
+    /// Print every native stack's counters at the last snapshots.
+    #[arg(long, hide = true)]
+    pub debug_stacks: bool,
 }
 
 #[derive(Args, Debug)]

@@ -38,6 +38,7 @@ pub fn user_error(message: impl Into<String>) -> anyhow::Error {
 }
 
 fn main() -> ExitCode {
+    reporting::restore_sigpipe();
     let args = cli::Cli::parse();
     match cli::dispatch(args) {
         Ok(code) => ExitCode::from(code),

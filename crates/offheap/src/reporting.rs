@@ -42,6 +42,7 @@ fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
     let tmp = dir.join(".summary.json.tmp");
     fs::write(&tmp, model.summary_json()).with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    offheap_report::write_all(model, dir).with_context(|| format!("cannot write the reports into {}", dir.display()))?;
     Ok(())
 }
 
@@ -50,56 +51,67 @@ pub fn finish(dir: &Path, opts: &AnalyzeOpts, quiet: bool) -> Result<Model> {
     let model = build(dir, opts)?;
     if !quiet {
         eprint!("{}", render_text(&model));
-        eprintln!("recording and reports: {}", dir.display());
+        eprintln!("report: {}", dir.join(offheap_report::HTML_FILE).display());
     }
     Ok(model)
 }
 
+/// Dies quietly on a closed stdout (`offheap report DIR | head`), like other
+/// command-line tools, instead of panicking.
+pub fn restore_sigpipe() {
+    // SAFETY: setting a signal disposition to its default has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn render_text(model: &Model) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    if let Some(v) = &model.verdict {
-        let kinds: Vec<&str> = v.kinds.iter().map(|k| k.as_str()).collect();
-        let _ = writeln!(s, "\nverdict: {} (confidence {:.0}%)", kinds.join(", "), v.confidence * 100.0);
-        let _ = writeln!(s, "  {}", v.explanation);
-        if !model.suspects.is_empty() {
-            let _ = writeln!(s, "top suspects (growth of live native bytes):");
-            for sus in model.suspects.iter().take(5) {
-                let _ = writeln!(
-                    s,
-                    "  #{} {}/s  live {}  {} in {}",
-                    sus.rank,
-                    crate::status::human_bytes(sus.bytes_per_s),
-                    crate::status::human_bytes(sus.live_bytes as f64),
-                    sus.function,
-                    sus.module
-                );
-                for f in sus.frames.iter().take(12) {
-                    let loc = match (&f.file, f.line) {
-                        (Some(file), Some(line)) => format!(" ({file}:{line})"),
-                        _ => String::new(),
-                    };
-                    let _ = writeln!(s, "      {:?} {}{}", f.kind, f.function, loc);
-                }
-                if let Some(h) = &sus.hint {
-                    let _ = writeln!(s, "      hint: {h}");
-                }
-            }
-        }
-        let _ = writeln!(s, "next steps:");
-        for step in &v.next_steps {
-            let _ = writeln!(s, "  - {step}");
-        }
-    }
-    for n in &model.notes {
-        let _ = writeln!(s, "note: {n}");
-    }
-    s
+    offheap_report::render_text(model)
 }
 
 pub fn report(args: ReportArgs) -> Result<u8> {
     let opts = AnalyzeOpts { min_age_s: args.min_age.as_secs_f64(), top: args.top, extra_notes: Vec::new() };
     let model = build(&args.dir, &opts)?;
+    if args.debug_stacks {
+        let rec = open(&args.dir)?;
+        for native in &rec.native {
+            let n = native.snapshot_times_ms.len() as u32;
+            println!("pid {} snapshots {n} stacks {} modules {}", native.pid, native.stacks.len(), native.modules.len());
+            for m in &native.modules {
+                let r: Vec<String> = m.ranges.iter().map(|(s, e, _)| format!("{s:#x}-{e:#x}")).collect();
+                println!("  module {} bias {:#x} gen {} {}", m.path, m.bias, m.generation, r.join(" "));
+            }
+            for s in &native.series {
+                let st = &native.stacks[s.stack as usize];
+                let mods: Vec<String> = st
+                    .frames
+                    .iter()
+                    .take(64)
+                    .map(|&a| {
+                        native
+                            .modules
+                            .iter()
+                            .find(|m| m.contains(a))
+                            .map(|m| format!("{}+{:#x}", m.path.rsplit('/').next().unwrap_or(""), a - m.bias))
+                            .unwrap_or_else(|| format!("{a:#x}"))
+                    })
+                    .collect();
+                let at = |i: u32| s.at(i);
+                let (a, b) = (at(n.saturating_sub(2)), at(n / 2));
+                println!(
+                    "  stack {} {:?} alloc {} live(mid) {} live(end-1) {} aged(mid) {} aged(end-1) {} [{}]",
+                    s.stack,
+                    st.kind,
+                    a.alloc_bytes,
+                    b.live_bytes,
+                    a.live_bytes,
+                    b.aged_live_bytes,
+                    a.aged_live_bytes,
+                    mods.join(" ")
+                );
+            }
+        }
+    }
     if args.debug_timeline {
         for series in &model.timeline.series {
             let pts: Vec<String> =

@@ -63,7 +63,7 @@ fn verdict_goes_to_stderr_without_quiet() {
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("verdict:"), "{err}");
+    assert!(err.contains("Verdict:"), "{err}");
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn offheap_killed_with_sigkill_leaves_a_readable_recording() {
     let rep = offheap().arg("report").arg(sb.path("rec")).output().unwrap();
     assert!(rep.status.success(), "{rep:?}");
     let out = String::from_utf8_lossy(&rep.stdout);
-    assert!(out.contains("verdict:"), "{out}");
+    assert!(out.contains("Verdict:"), "{out}");
     assert!(out.contains("end.json is missing"), "{out}");
     assert!(out.contains("truncated"), "{out}");
 }
@@ -256,5 +256,5 @@ fn truncated_recording_is_analysed_up_to_its_last_record() {
     assert!(rep.status.success(), "{rep:?}");
     let text = String::from_utf8_lossy(&rep.stdout);
     assert!(text.contains("truncated; skipped"), "{text}");
-    assert!(text.contains("verdict:"), "{text}");
+    assert!(text.contains("Verdict:"), "{text}");
 }
