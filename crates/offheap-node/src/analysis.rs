@@ -426,17 +426,17 @@ fn hostage_candidates(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<Candidate>
         if s.node_name(d) != "system / JSArrayBufferData" {
             continue;
         }
-        for &ab in s.retainers(d) {
+        for ab in s.retainers(d) {
             if s.node_name(ab) != "ArrayBuffer" {
                 continue;
             }
-            let rets = s.retainers(ab);
+            let rets: Vec<NodeIx> = s.retainers(ab).collect();
             if rets.is_empty() {
                 continue;
             }
             let mut views = Vec::new();
             let mut only_views = true;
-            for &r in rets {
+            for r in rets {
                 if view_buffer(s, r) == Some(ab) {
                     // A view may also hold it via another (named) edge: then it is not a hostage.
                     let direct = s.edges(r).any(|e| {

@@ -380,66 +380,66 @@ impl<R: BufRead> Scanner<R> {
         self.expect(b'[')?;
         let mut cur: u64 = 0;
         let mut digits = 0u32;
-        // A number ended (by whitespace) and a `,` or `]` must follow.
+        // A number was completed since the last `,`.
+        let mut had_num = false;
+        // Whitespace followed a completed number: a digit now is an error.
         let mut ended = false;
-        // A `,` was seen and a number must follow.
+        // A `,` was seen (so `]` right after it is an error).
         let mut need = false;
         loop {
             let pos = self.pos;
             let buf = self.fill()?;
-            let mut i = 0;
             let n = buf.len();
+            let mut i = 0;
             let mut fail: Option<(usize, &'static str)> = None;
             let mut done = false;
             while i < n {
                 let b = buf[i];
-                if b.is_ascii_digit() {
+                let d = b.wrapping_sub(b'0');
+                if d < 10 {
                     if ended {
                         fail = Some((i, "missing `,` between numbers"));
                         break;
                     }
-                    cur = cur * 10 + (b - b'0') as u64;
+                    cur = cur.wrapping_mul(10).wrapping_add(d as u64);
                     digits += 1;
+                    i += 1;
+                    continue;
+                }
+                if digits > 0 {
                     if digits > 19 {
                         fail = Some((i, "number too large"));
                         break;
                     }
-                } else if b == b',' {
-                    if digits == 0 && !ended {
-                        fail = Some((i, "expected a number before `,`"));
-                        break;
-                    }
-                    if digits > 0 {
-                        push_u32(out, &mut overflow, cur);
-                    }
+                    push_u32(out, &mut overflow, cur);
                     cur = 0;
                     digits = 0;
-                    ended = false;
-                    need = true;
-                } else if b == b']' {
-                    if digits > 0 {
-                        push_u32(out, &mut overflow, cur);
-                    } else if need {
-                        fail = Some((i, "expected a number after `,`"));
+                    had_num = true;
+                }
+                match b {
+                    b',' => {
+                        if !had_num {
+                            fail = Some((i, "expected a number before `,`"));
+                            break;
+                        }
+                        had_num = false;
+                        ended = false;
+                        need = true;
+                    }
+                    b']' => {
+                        if need && !had_num {
+                            fail = Some((i, "expected a number after `,`"));
+                            break;
+                        }
+                        i += 1;
+                        done = true;
                         break;
                     }
-                    i += 1;
-                    done = true;
-                    break;
-                } else if is_ws(b) {
-                    if digits > 0 {
-                        push_u32(out, &mut overflow, cur);
-                        cur = 0;
-                        digits = 0;
-                        ended = true;
-                        need = false;
+                    b' ' | b'\n' | b'\r' | b'\t' => ended = had_num,
+                    _ => {
+                        fail = Some((i, "expected an unsigned integer"));
+                        break;
                     }
-                } else {
-                    fail = Some((i, "expected an unsigned integer"));
-                    break;
-                }
-                if digits > 0 {
-                    need = false;
                 }
                 i += 1;
             }
@@ -756,11 +756,16 @@ pub struct HeapSnapshot {
     overflow: HashMap<usize, u64>,
     /// `first_edge[i]..first_edge[i+1]` are node i's edge records.
     first_edge: Vec<u32>,
-    /// Essential retainers (reverse graph): `first_ret[i]..first_ret[i+1]` index `retainers`.
+    /// Post-order index of each node ordinal, and its inverse (the root is last).
+    po_of: Vec<u32>,
+    ord_of: Vec<u32>,
+    /// Essential retainers in post-order space: `first_ret[po]..first_ret[po+1]`
+    /// index `retainers`, which holds post-order indices.
     first_ret: Vec<u32>,
     retainers: Vec<u32>,
-    /// Immediate dominator of each node (by ordinal); the root dominates itself.
-    idom: Vec<u32>,
+    /// Immediate dominator, by post-order index (the root dominates itself).
+    dom: Vec<u32>,
+    /// Retained size, by post-order index.
     retained: Vec<u64>,
     /// BFS distance from the root over essential edges (u32::MAX: unreachable).
     distance: Vec<u32>,
@@ -866,9 +871,11 @@ impl HeapSnapshot {
             strings: std::mem::take(&mut st.strings),
             overflow: std::mem::take(&mut st.overflow),
             first_edge: Vec::new(),
+            po_of: Vec::new(),
+            ord_of: Vec::new(),
             first_ret: Vec::new(),
             retainers: Vec::new(),
-            idom: Vec::new(),
+            dom: Vec::new(),
             retained: Vec::new(),
             distance: Vec::new(),
             trace_func_of: HashMap::new(),
@@ -1039,10 +1046,11 @@ impl HeapSnapshot {
         v as u64
     }
     pub fn retained_size(&self, i: NodeIx) -> u64 {
-        self.retained[i as usize]
+        self.retained[self.po_of[i as usize] as usize]
     }
+    /// Immediate dominator (the root's is the root).
     pub fn idom(&self, i: NodeIx) -> NodeIx {
-        self.idom[i as usize]
+        self.ord_of[self.dom[self.po_of[i as usize] as usize] as usize]
     }
     pub fn distance(&self, i: NodeIx) -> u32 {
         self.distance[i as usize]
@@ -1063,9 +1071,11 @@ impl HeapSnapshot {
             })
     }
     /// Nodes that retain `i` through essential edges.
-    pub fn retainers(&self, i: NodeIx) -> &[u32] {
-        &self.retainers
-            [self.first_ret[i as usize] as usize..self.first_ret[i as usize + 1] as usize]
+    pub fn retainers(&self, i: NodeIx) -> impl Iterator<Item = NodeIx> + '_ {
+        let po = self.po_of[i as usize] as usize;
+        self.retainers[self.first_ret[po] as usize..self.first_ret[po + 1] as usize]
+            .iter()
+            .map(|&r| self.ord_of[r as usize])
     }
     pub fn edge_type_name(&self, e: &Edge) -> &str {
         self.meta
@@ -1132,37 +1142,6 @@ impl HeapSnapshot {
         let ef = self.meta.ef;
         let (e_type, e_to) = (self.meta.e_type, self.meta.e_to);
         let (weak, shortcut) = (self.meta.et_weak, self.meta.et_shortcut);
-        // Reverse graph of essential edges (CSR).
-        let mut first_ret = vec![0u32; n + 1];
-        for u in 0..n {
-            let (a, b) = (self.first_edge[u] as usize, self.first_edge[u + 1] as usize);
-            for r in self.edges[a * ef..b * ef].chunks_exact(ef) {
-                let ty = r[e_type];
-                if ty != weak && (ty != shortcut || u == 0) {
-                    first_ret[r[e_to] as usize] += 1;
-                }
-            }
-        }
-        let mut acc = 0u32;
-        for c in first_ret.iter_mut() {
-            acc += *c;
-            *c = acc;
-        }
-        let mut retainers = vec![0u32; acc as usize];
-        for u in 0..n {
-            let (a, b) = (self.first_edge[u] as usize, self.first_edge[u + 1] as usize);
-            for r in self.edges[a * ef..b * ef].chunks_exact(ef) {
-                let ty = r[e_type];
-                if ty != weak && (ty != shortcut || u == 0) {
-                    let v = r[e_to] as usize;
-                    first_ret[v] -= 1;
-                    retainers[first_ret[v] as usize] = u as u32;
-                }
-            }
-        }
-        // first_ret[i] is now the start of i's retainers; first_ret[n] == total.
-        self.first_ret = first_ret;
-        self.retainers = retainers;
 
         // Post-order DFS over essential edges: from the root first, then from
         // each node still unvisited (nodes held only weakly); the root is last.
@@ -1170,18 +1149,20 @@ impl HeapSnapshot {
         let mut po_of = vec![UNSET; n];
         let mut ord_of: Vec<u32> = Vec::with_capacity(n);
         let mut stack: Vec<(u32, u32)> = Vec::new();
+        let first_edge = &self.first_edge;
+        let edges = &self.edges;
         let mut visit =
             |start: u32, po_of: &mut Vec<u32>, ord_of: &mut Vec<u32>, skip_root: bool| {
-                // po_of doubles as the visited mark: UNSET-1 = on stack / visited, not yet numbered.
+                // UNSET-1 marks "on the stack or visited, not yet numbered".
                 po_of[start as usize] = UNSET - 1;
-                stack.push((start, self.first_edge[start as usize]));
+                stack.push((start, first_edge[start as usize]));
                 while let Some(top) = stack.last_mut() {
                     let (u, cur) = *top;
-                    let end = self.first_edge[u as usize + 1];
+                    let end = first_edge[u as usize + 1];
                     let mut next = None;
                     let mut c = cur;
                     while c < end {
-                        let r = &self.edges[c as usize * ef..c as usize * ef + ef];
+                        let r = &edges[c as usize * ef..c as usize * ef + ef];
                         c += 1;
                         let ty = r[e_type];
                         if ty != weak && (ty != shortcut || u == 0) {
@@ -1196,7 +1177,7 @@ impl HeapSnapshot {
                     match next {
                         Some(v) => {
                             po_of[v as usize] = UNSET - 1;
-                            stack.push((v, self.first_edge[v as usize]));
+                            stack.push((v, first_edge[v as usize]));
                         }
                         None => {
                             stack.pop();
@@ -1219,6 +1200,37 @@ impl HeapSnapshot {
         drop(stack);
         debug_assert_eq!(ord_of.len(), n);
 
+        // Reverse graph of essential edges, in post-order space (CSR).
+        let mut first_ret = vec![0u32; n + 1];
+        for u in 0..n {
+            let (a, b) = (first_edge[u] as usize, first_edge[u + 1] as usize);
+            for r in edges[a * ef..b * ef].chunks_exact(ef) {
+                let ty = r[e_type];
+                if ty != weak && (ty != shortcut || u == 0) {
+                    first_ret[po_of[r[e_to] as usize] as usize] += 1;
+                }
+            }
+        }
+        let mut acc = 0u32;
+        for c in first_ret.iter_mut() {
+            acc += *c;
+            *c = acc;
+        }
+        let mut retainers = vec![0u32; acc as usize];
+        for u in 0..n {
+            let (a, b) = (first_edge[u] as usize, first_edge[u + 1] as usize);
+            let pu = po_of[u];
+            for r in edges[a * ef..b * ef].chunks_exact(ef) {
+                let ty = r[e_type];
+                if ty != weak && (ty != shortcut || u == 0) {
+                    let v = po_of[r[e_to] as usize] as usize;
+                    first_ret[v] -= 1;
+                    retainers[first_ret[v] as usize] = pu;
+                }
+            }
+        }
+        // first_ret[po] is now the start of po's retainers; first_ret[n] == total.
+
         // Cooper–Harvey–Kennedy over post-order indices.
         let root_po = (n - 1) as u32;
         let no_entry = n as u32;
@@ -1236,15 +1248,14 @@ impl HeapSnapshot {
                 if dom[po as usize] == root_po {
                     continue;
                 }
-                let ord = ord_of[po as usize] as usize;
-                let rets =
-                    &self.retainers[self.first_ret[ord] as usize..self.first_ret[ord + 1] as usize];
+                let rets = &retainers
+                    [first_ret[po as usize] as usize..first_ret[po as usize + 1] as usize];
                 let mut new_dom = no_entry;
                 if rets.is_empty() {
                     new_dom = root_po;
                 } else {
                     for &r in rets {
-                        let mut rp = po_of[r as usize];
+                        let mut rp = r;
                         if dom[rp as usize] == no_entry {
                             continue;
                         }
@@ -1268,11 +1279,9 @@ impl HeapSnapshot {
                 if new_dom != no_entry && dom[po as usize] != new_dom {
                     dom[po as usize] = new_dom;
                     changed = true;
-                    let (a, b) = (
-                        self.first_edge[ord] as usize,
-                        self.first_edge[ord + 1] as usize,
-                    );
-                    for r in self.edges[a * ef..b * ef].chunks_exact(ef) {
+                    let ord = ord_of[po as usize] as usize;
+                    let (a, b) = (first_edge[ord] as usize, first_edge[ord + 1] as usize);
+                    for r in edges[a * ef..b * ef].chunks_exact(ef) {
                         let ty = r[e_type];
                         if ty != weak && (ty != shortcut || ord == 0) {
                             affected[po_of[r[e_to] as usize] as usize] = 1;
@@ -1298,15 +1307,12 @@ impl HeapSnapshot {
             }
             ret[d] += ret[po];
         }
-        let mut idom = vec![0u32; n];
-        let mut retained = vec![0u64; n];
-        for ord in 0..n {
-            let po = po_of[ord] as usize;
-            idom[ord] = ord_of[dom[po] as usize];
-            retained[ord] = ret[po];
-        }
-        self.idom = idom;
-        self.retained = retained;
+        self.po_of = po_of;
+        self.ord_of = ord_of;
+        self.first_ret = first_ret;
+        self.retainers = retainers;
+        self.dom = dom;
+        self.retained = ret;
     }
 
     fn compute_distances(&mut self) {
@@ -1345,7 +1351,7 @@ impl HeapSnapshot {
 
     /// Total of all self sizes (the root's retained size).
     pub fn total_size(&self) -> u64 {
-        self.retained[0]
+        self.retained[self.po_of[0] as usize]
     }
 
     /// Retainer path from the root to `i`, following the retainer closest to
@@ -1356,7 +1362,7 @@ impl HeapSnapshot {
         while cur != 0 && out.len() < max_len {
             let dcur = self.distance[cur as usize];
             let mut best: Option<NodeIx> = None;
-            for &r in self.retainers(cur) {
+            for r in self.retainers(cur) {
                 let dr = self.distance[r as usize];
                 if dr < dcur && best.is_none_or(|b| dr < self.distance[b as usize]) {
                     best = Some(r);
@@ -1458,6 +1464,61 @@ mod tests {
         assert_eq!(s.retained_size(0), 100);
         let p = s.retainer_path(3, 10);
         assert_eq!(p.len(), 2);
+    }
+
+    fn scan(text: &str, cap: usize) -> Result<Vec<u32>, String> {
+        let mut sc = Scanner {
+            r: BufReader::with_capacity(cap, text.as_bytes()),
+            pos: 0,
+        };
+        let mut v = Vec::new();
+        let mut ov = HashMap::new();
+        sc.u32_array(&mut v, Some(&mut ov)).map_err(|e| e.msg)?;
+        if let Some((&k, &big)) = ov.iter().next() {
+            assert_eq!(v[k], u32::MAX);
+            assert!(big > u32::MAX as u64);
+        }
+        Ok(v)
+    }
+
+    #[test]
+    fn number_arrays() {
+        for cap in [1, 2, 3, 7, 1024] {
+            assert_eq!(scan("[1, 23 ,456\n,7]", cap).unwrap(), vec![1, 23, 456, 7]);
+            assert_eq!(scan(" [ ] ", cap).unwrap(), Vec::<u32>::new());
+            assert_eq!(scan("[0]", cap).unwrap(), vec![0]);
+            assert_eq!(scan("[4294967296,1]", cap).unwrap(), vec![u32::MAX, 1]);
+            for bad in [
+                "[1 2]",
+                "[1,]",
+                "[,1]",
+                "[1,,2]",
+                "[-1]",
+                "[1.5]",
+                "[99999999999999999999]",
+                "[1",
+            ] {
+                assert!(scan(bad, cap).is_err(), "{bad} with capacity {cap}");
+            }
+        }
+    }
+
+    #[test]
+    fn strings_with_escapes() {
+        let mut sc = Scanner {
+            r: BufReader::with_capacity(
+                3,
+                r#"["a\"b", "\u00e9\ud83d\ude00", "\ud800x", ""]"#.as_bytes(),
+            ),
+            pos: 0,
+        };
+        let mut st = Strings::default();
+        sc.strings(&mut st).map_err(|e| e.msg).unwrap();
+        assert_eq!(st.len(), 4);
+        assert_eq!(st.get(0), "a\"b");
+        assert_eq!(st.get(1), "é😀");
+        assert_eq!(st.get(2), "\u{FFFD}x");
+        assert_eq!(st.get(3), "");
     }
 
     #[test]
