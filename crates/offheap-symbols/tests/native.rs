@@ -302,3 +302,68 @@ fn rust_names_are_demangled() {
     );
     assert_eq!(frames[0].kind, FrameKind::Native);
 }
+
+#[test]
+fn split_debug_info_through_gnu_debuglink() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("walk.c"), WALK).unwrap();
+    std::fs::write(
+        d.join("lib.c"),
+        "void walk_stack(int depth);\n\
+         __attribute__((noinline)) void linked_fn(int depth) {\n\
+         \x20   walk_stack(depth);\n\
+         \x20   __asm__ volatile(\"\");\n\
+         }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("main.c"),
+        "void linked_fn(int); void dump_maps(void);\n\
+         int main(void) { linked_fn(1); dump_maps(); return 0; }\n",
+    )
+    .unwrap();
+    let flags = ["-g", "-O1", "-fno-omit-frame-pointer"];
+    let lib = d.join("liblinked.so");
+    run(Command::new("gcc")
+        .args(flags)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(d.join("lib.c"))
+        .arg(d.join("walk.c")));
+    // Move the DWARF out: liblinked.so keeps only the symtab and a debuglink.
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&lib)
+        .arg(d.join("liblinked.so.debug")));
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(format!(
+            "--add-gnu-debuglink={}",
+            d.join("liblinked.so.debug").display()
+        ))
+        .arg(&lib));
+    let sections = run(Command::new("readelf").arg("-S").arg(&lib));
+    assert!(
+        !sections.contains(".debug_info") && sections.contains(".gnu_debuglink"),
+        "{sections}"
+    );
+    run(Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(d.join("prog"))
+        .arg(d.join("main.c"))
+        .arg(format!("-L{}", d.display()))
+        .arg("-llinked")
+        .arg(format!("-Wl,-rpath,{}", d.display())));
+    let (rets, maps) = parse(&run(&mut Command::new(d.join("prog"))));
+    let mut syms = ProcessSymbols::new(&modules_from_proc_maps(&maps), None);
+    let frames = syms.symbolize(&rets, 0.0);
+    eprintln!("{frames:#?}");
+    assert_eq!(frames[0].function, "linked_fn");
+    assert!(
+        frames[0].file.as_deref().unwrap().ends_with("lib.c"),
+        "{frames:?}"
+    );
+    assert_eq!(frames[0].line, Some(3));
+}
