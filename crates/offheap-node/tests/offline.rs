@@ -199,3 +199,88 @@ fn corrupt_snapshot_is_a_clear_error() {
     let e = analyze_file(&dir.path().join("nope"), &AnalyzeOptions::default()).unwrap_err();
     assert!(matches!(e, Error::File { .. }), "{e}");
 }
+
+/// Rewrite a Node 20 snapshot into another layout (fields reordered, the
+/// optional `trace_node_id`/`detachedness` dropped, node types reordered, an
+/// `extra_native_bytes` header) as other V8 versions write it: the analysis
+/// must not change.
+#[test]
+fn layout_is_read_from_meta() {
+    use serde_json::{Value, json};
+    let dir = tempfile::tempdir().unwrap();
+    node(
+        dir.path(),
+        "global.kept = []; for (let i = 0; i < 5; i++) kept.push(Buffer.alloc(1 << 20).subarray(0, 4));
+         setImmediate(() => snap('o.heapsnapshot'));",
+    );
+    let orig = dir.path().join("o.heapsnapshot");
+    let v: Value = serde_json::from_slice(&std::fs::read(&orig).unwrap()).unwrap();
+    let meta = &v["snapshot"]["meta"];
+    let nf_names: Vec<String> = serde_json::from_value(meta["node_fields"].clone()).unwrap();
+    let ef_names: Vec<String> = serde_json::from_value(meta["edge_fields"].clone()).unwrap();
+    let types: Vec<String> = serde_json::from_value(meta["node_types"][0].clone()).unwrap();
+    let (nf, ef) = (nf_names.len(), ef_names.len());
+    let pos = |names: &[String], k: &str| names.iter().position(|x| x == k).unwrap();
+    let new_nf = ["name", "type", "id", "edge_count", "self_size"];
+    let new_ef = ["to_node", "type", "name_or_index"];
+    let new_types: Vec<String> = types.iter().rev().cloned().collect();
+    let nodes: Vec<u64> = serde_json::from_value(v["nodes"].clone()).unwrap();
+    let edges: Vec<u64> = serde_json::from_value(v["edges"].clone()).unwrap();
+    let mut nn = Vec::new();
+    for rec in nodes.chunks(nf) {
+        for f in new_nf {
+            let x = rec[pos(&nf_names, f)];
+            nn.push(if f == "type" {
+                (types.len() - 1) as u64 - x
+            } else {
+                x
+            });
+        }
+    }
+    let mut ne = Vec::new();
+    for rec in edges.chunks(ef) {
+        for f in new_ef {
+            let x = rec[pos(&ef_names, f)];
+            ne.push(if f == "to_node" {
+                x / nf as u64 * new_nf.len() as u64
+            } else {
+                x
+            });
+        }
+    }
+    let mut w = v.clone();
+    w["snapshot"]["meta"]["node_fields"] = json!(new_nf);
+    w["snapshot"]["meta"]["edge_fields"] = json!(new_ef);
+    let mut nt = meta["node_types"].clone();
+    nt[0] = json!(new_types);
+    nt.as_array_mut().unwrap().truncate(new_nf.len());
+    w["snapshot"]["meta"]["node_types"] = nt;
+    w["snapshot"]["extra_native_bytes"] = json!(12345);
+    w["nodes"] = json!(nn);
+    w["edges"] = json!(ne);
+    let other = dir.path().join("other.heapsnapshot");
+    std::fs::write(&other, serde_json::to_vec(&w).unwrap()).unwrap();
+
+    let a = analyze_file(&orig, &AnalyzeOptions::default()).unwrap();
+    let b = analyze_file(&other, &AnalyzeOptions::default()).unwrap();
+    assert_eq!(b.extra_native_bytes, Some(12345));
+    assert_eq!(a.node_count, b.node_count);
+    assert_eq!(a.total_bytes, b.total_bytes);
+    assert_eq!(a.array_buffer_bytes, b.array_buffer_bytes);
+    assert_eq!(a.global_handles, b.global_handles);
+    let sizes = |r: &offheap_node::SnapshotReport| {
+        r.top_retainers
+            .iter()
+            .map(|x| (x.node_id, x.retained_size, x.held_by.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sizes(&a), sizes(&b));
+    let h = |r: &offheap_node::SnapshotReport| {
+        r.hostage_buffers
+            .iter()
+            .map(|g| (g.held_by.clone(), g.count, g.parent_bytes))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(h(&a), h(&b));
+    assert_eq!(h(&b), vec![("kept[]".to_string(), 5, 5 << 20)]);
+}
