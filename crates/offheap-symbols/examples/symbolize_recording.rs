@@ -51,11 +51,19 @@ fn main() {
         let mut by_live: Vec<_> = stream
             .series
             .iter()
-            .map(|s| (s.last().live_bytes, s.stack as usize))
+            .map(|s| {
+                // SORT=alloc ranks by allocated bytes instead of live bytes.
+                let c = s.last();
+                let alloc = std::env::var("SORT").as_deref() == Ok("alloc");
+                (
+                    if alloc { c.alloc_bytes } else { c.live_bytes },
+                    s.stack as usize,
+                )
+            })
             .collect();
         by_live.sort_unstable_by(|a, b| b.cmp(a));
         for (live, i) in by_live.into_iter().take(top) {
-            println!("\n  {live} live bytes, stack {i}:");
+            println!("\n  {live} bytes, stack {i}:");
             if std::env::var_os("SHOW_RAW").is_some() {
                 println!("    raw: {:x?}", stream.stacks[i].frames);
                 for m in &stream.modules {
