@@ -994,6 +994,10 @@ pub fn is_allocator_frame(f: &Frame) -> bool {
         "node::DebuggingArrayBufferAllocator::",
         "node::ArrayBufferAllocator::",
         "v8::ArrayBuffer::Allocator::",
+        "v8::ArrayBuffer::NewBackingStore",
+        "v8::SharedArrayBuffer::NewBackingStore",
+        "v8::internal::BackingStore::Allocate",
+        "v8::internal::Heap::AllocateExternalBackingStore",
         "v8::internal::Malloced::",
         "v8::internal::AlignedAllocWithRetry",
         "v8::internal::AllocWithRetry",
@@ -1055,6 +1059,18 @@ mod tests {
         assert!(is_allocator_frame(&f(
             "anything",
             "/tmp/rec/liboffheap_agent.so"
+        )));
+        assert!(is_allocator_frame(&f(
+            "v8::internal::Heap::AllocateExternalBackingStore(std::function<void* (unsigned long)> const&, unsigned long)",
+            "/usr/bin/node"
+        )));
+        assert!(is_allocator_frame(&f(
+            "v8::ArrayBuffer::NewBackingStoreForNodeLTS(v8::Isolate*, unsigned long)",
+            "/usr/bin/node"
+        )));
+        assert!(!is_allocator_frame(&f(
+            "node::Buffer::(anonymous namespace)::CreateUnsafeArrayBuffer(v8::FunctionCallbackInfo<v8::Value> const&)",
+            "/usr/bin/node"
         )));
         assert!(!is_allocator_frame(&f("leak_bytes", "/tmp/leak.node")));
         assert!(!is_allocator_frame(&f("deflateInit2_", "/usr/bin/node")));
