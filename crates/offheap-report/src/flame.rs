@@ -53,6 +53,46 @@ impl Tree {
     }
 }
 
+/// A small fast hasher (FxHash's mixing) for the hot maps keyed by ids
+/// and frames; the keys come from our own Model, so hash flooding is moot.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A HashMap with [`FastHasher`].
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
 /// Label shown for a stack without frames.
 pub const NO_STACK: &str = "[no stack]";
 
@@ -62,18 +102,23 @@ struct Arena {
     children: Vec<usize>,
 }
 
-/// Builds the tree of `model.profile.stacks` weighed by `weight`. Stacks of
-/// weight 0 are left out. Frames merge when label, kind and module agree.
-pub fn build(model: &Model, weight: Weight) -> Tree {
+/// The stacks of a Model with their frames interned once, so that several
+/// trees (one per weight) are built without looking at strings again.
+pub struct Interned<'a> {
+    pub frames: Vec<FrameInfo>,
+    /// Per stack of `model.profile.stacks`: frame ids, outermost first.
+    stacks: Vec<Vec<u32>>,
+    model: &'a Model,
+}
+
+/// Interns the frames of `model.profile.stacks`. Frames merge when label,
+/// kind and module agree. A stack without frames gets [`NO_STACK`].
+pub fn intern(model: &Model) -> Interned<'_> {
     let mut frames: Vec<FrameInfo> = Vec::new();
-    let mut frame_ids: HashMap<(String, FrameKind, String), usize> = HashMap::new();
-    let mut arena = vec![Arena {
-        frame: None,
-        value: 0,
-        children: Vec::new(),
-    }];
-    let mut edges: HashMap<(usize, usize), usize> = HashMap::new();
-    let mut intern = |f: &Frame, frames: &mut Vec<FrameInfo>| -> usize {
+    let mut frame_ids: HashMap<(String, FrameKind, String), u32> = HashMap::new();
+    // Most frames repeat: look them up by content first, without allocating.
+    let mut by_frame: FastMap<&Frame, u32> = FastMap::default();
+    let mut intern_one = |f: &Frame, frames: &mut Vec<FrameInfo>| -> u32 {
         let label = frame_label(f);
         let key = (label.clone(), f.kind, f.module.clone());
         *frame_ids.entry(key).or_insert_with(|| {
@@ -83,37 +128,80 @@ pub fn build(model: &Model, weight: Weight) -> Tree {
                 module: f.module.clone(),
                 location: format::file_line(f),
             });
-            frames.len() - 1
+            (frames.len() - 1) as u32
         })
     };
-    let no_stack = Frame {
-        function: NO_STACK.into(),
-        module: String::new(),
-        file: None,
-        line: None,
-        kind: FrameKind::Unknown,
-        address: 0,
-        inlined: false,
-    };
+    let mut no_stack_id = None;
+    let mut stacks = Vec::with_capacity(model.profile.stacks.len());
     for s in &model.profile.stacks {
+        if s.frames.is_empty() {
+            let id = *no_stack_id.get_or_insert_with(|| {
+                frames.push(FrameInfo {
+                    label: NO_STACK.into(),
+                    kind: FrameKind::Unknown,
+                    module: String::new(),
+                    location: String::new(),
+                });
+                (frames.len() - 1) as u32
+            });
+            stacks.push(vec![id]);
+            continue;
+        }
+        let mut ids = Vec::with_capacity(s.frames.len());
+        for f in s.frames.iter().rev() {
+            let id = match by_frame.get(f) {
+                Some(&id) => id,
+                None => {
+                    let id = intern_one(f, &mut frames);
+                    by_frame.insert(f, id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        stacks.push(ids);
+    }
+    Interned {
+        frames,
+        stacks,
+        model,
+    }
+}
+
+impl Interned<'_> {
+    /// Frame ids of stack `i` of `model.profile.stacks`, outermost first.
+    pub fn stack(&self, i: usize) -> &[u32] {
+        &self.stacks[i]
+    }
+}
+
+/// Builds the tree of `model.profile.stacks` weighed by `weight`. Stacks of
+/// weight 0 are left out.
+pub fn build(model: &Model, weight: Weight) -> Tree {
+    build_from(&intern(model), weight)
+}
+
+/// Like [`build`], from interned stacks.
+pub fn build_from(interned: &Interned, weight: Weight) -> Tree {
+    let mut arena = vec![Arena {
+        frame: None,
+        value: 0,
+        children: Vec::new(),
+    }];
+    let mut edges: FastMap<(usize, u32), usize> = FastMap::default();
+    for (s, ids) in interned.model.profile.stacks.iter().zip(&interned.stacks) {
         let w = weight.of(s);
         if w == 0 {
             continue;
         }
         arena[0].value += w;
         let mut cur = 0usize;
-        let path: Vec<&Frame> = if s.frames.is_empty() {
-            vec![&no_stack]
-        } else {
-            s.frames.iter().rev().collect()
-        };
-        for f in path {
-            let fid = intern(f, &mut frames);
+        for &fid in ids {
             let next = match edges.get(&(cur, fid)) {
                 Some(&n) => n,
                 None => {
                     arena.push(Arena {
-                        frame: Some(fid),
+                        frame: Some(fid as usize),
                         value: 0,
                         children: Vec::new(),
                     });
@@ -127,6 +215,7 @@ pub fn build(model: &Model, weight: Weight) -> Tree {
             cur = next;
         }
     }
+    let frames = interned.frames.clone();
     let root = materialize(&arena, 0, &frames);
     Tree {
         weight,
@@ -157,5 +246,38 @@ fn materialize(arena: &[Arena], i: usize, frames: &[FrameInfo]) -> Node {
 
 /// Maximum depth of the tree (root = 0).
 pub fn depth(n: &Node) -> usize {
-    n.children.iter().map(|c| 1 + depth(c)).max().unwrap_or(0)
+    depth_above(n, 0)
+}
+
+/// Maximum depth counting only nodes of value `min` or more.
+pub fn depth_above(n: &Node, min: u64) -> usize {
+    n.children
+        .iter()
+        .filter(|c| c.value >= min)
+        .map(|c| 1 + depth_above(c, min))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The smallest node value to keep so that at most about `max_nodes` nodes
+/// remain, and never below `floor`: the lightest nodes are dropped first.
+pub fn threshold(root: &Node, floor: u64, max_nodes: usize) -> u64 {
+    fn count(n: &Node, min: u64, left: &mut usize) {
+        if *left == 0 {
+            return;
+        }
+        *left -= 1;
+        for c in n.children.iter().filter(|c| c.value >= min) {
+            count(c, min, left);
+        }
+    }
+    let mut min = floor.max(1);
+    loop {
+        let mut left = max_nodes + 1;
+        count(root, min, &mut left);
+        if left > 0 || min >= root.value.max(1) {
+            return min;
+        }
+        min = min.saturating_mul(2);
+    }
 }

@@ -3,8 +3,7 @@
 
 use crate::Weight;
 use crate::escape::folded_frame;
-use crate::flame::NO_STACK;
-use crate::format::frame_label;
+use crate::flame;
 use offheap_analysis::Model;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,24 +12,32 @@ use std::fmt::Write;
 /// sorted, identical stacks merged, zero weights left out. Frame names are
 /// [`frame_label`]s with `;` and line breaks removed.
 pub fn folded(model: &Model, weight: Weight) -> String {
+    let interned = flame::intern(model);
+    let names: Vec<String> = interned
+        .frames
+        .iter()
+        .map(|f| folded_frame(&f.label))
+        .collect();
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
-    for s in &model.profile.stacks {
+    let mut key = String::new();
+    for (i, s) in model.profile.stacks.iter().enumerate() {
         let w = weight.of(s);
         if w == 0 {
             continue;
         }
-        let key = if s.frames.is_empty() {
-            NO_STACK.to_string()
-        } else {
-            let names: Vec<String> = s
-                .frames
-                .iter()
-                .rev()
-                .map(|f| folded_frame(&frame_label(f)))
-                .collect();
-            names.join(";")
-        };
-        *lines.entry(key).or_default() += w;
+        key.clear();
+        for (j, &id) in interned.stack(i).iter().enumerate() {
+            if j > 0 {
+                key.push(';');
+            }
+            key.push_str(&names[id as usize]);
+        }
+        match lines.get_mut(key.as_str()) {
+            Some(v) => *v += w,
+            None => {
+                lines.insert(key.clone(), w);
+            }
+        }
     }
     let mut out = String::new();
     for (k, v) in lines {

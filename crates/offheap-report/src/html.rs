@@ -36,6 +36,11 @@ const SERIES: [(&str, &str, &str); 7] = [
 
 /// Renders the whole report.
 pub fn render_html(model: &Model) -> String {
+    render_html_with(model, &flame::intern(model))
+}
+
+/// [`render_html`] with the Model's stacks already interned.
+pub fn render_html_with(model: &Model, interned: &flame::Interned) -> String {
     let mut o = String::with_capacity(256 * 1024);
     let cmd = model.meta.command.join(" ");
     let title = if cmd.is_empty() {
@@ -69,11 +74,11 @@ pub fn render_html(model: &Model) -> String {
          (<code>go tool pprof -top profile.pb.gz</code>)</footer>",
         esc(&model.meta.offheap_version)
     );
-    let data = data_json(model);
+    let data = data_json(model, interned);
     let _ = writeln!(
         o,
         "<script type=\"application/json\" id=\"offheap-data\">{}</script>",
-        json_for_script(&data)
+        data
     );
     let _ = write!(o, "<script>{}</script>\n</body>\n</html>\n", SCRIPT);
     o
@@ -355,7 +360,7 @@ fn chart(o: &mut String, m: &Model, idx: usize, s: &Series, title: &str, colour:
     for g in &tl.gc {
         let rank = match g.kind.as_str() {
             "major" => 0u8,
-            "minor" => 2,
+            "minor" | "minor-mc" | "scavenge" => 2,
             _ => 1,
         };
         let e = cols
@@ -421,7 +426,19 @@ fn fmt_t(t: f64) -> String {
 }
 
 /// Keeps at most about 2 points (min and max) per pixel column, in time order.
+/// Non-finite points are dropped.
 fn decimate(points: &[(f64, f64)], columns: usize) -> Vec<(f64, f64)> {
+    let finite: Vec<(f64, f64)>;
+    let points = if points.iter().all(|p| p.0.is_finite() && p.1.is_finite()) {
+        points
+    } else {
+        finite = points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
+        &finite
+    };
     if points.len() <= columns * 2 || columns == 0 {
         return points.to_vec();
     }
@@ -583,80 +600,77 @@ fn flames(o: &mut String, m: &Model) {
     o.push_str("<div id=\"ftip\" class=\"ftip\" hidden></div></section>\n");
 }
 
-fn tree_json(n: &Node, min: u64) -> Value {
-    let kids: Vec<Value> = n
-        .children
-        .iter()
-        .filter(|c| c.value >= min)
-        .map(|c| tree_json(c, min))
-        .collect();
-    let f = n.frame.map(|i| i as i64).unwrap_or(-1);
-    if kids.is_empty() {
-        json!([f, n.value])
-    } else {
-        json!([f, n.value, kids])
+/// Writes a tree as nested JSON arrays `[frame, value, [children...]]`
+/// (frame -1 for the root), leaving out nodes lighter than `min`. Frames are
+/// added to the shared table as nodes use them. Only integers are written.
+fn tree_json(out: &mut String, t: &flame::Tree, n: &Node, min: u64, table: &mut FrameTable) {
+    let f = n.frame.map(|i| table.id(&t.frames[i]) as i64).unwrap_or(-1);
+    let _ = write!(out, "[{f},{}", n.value);
+    let mut first = true;
+    for c in n.children.iter().filter(|c| c.value >= min) {
+        out.push_str(if first { ",[" } else { "," });
+        first = false;
+        tree_json(out, t, c, min, table);
+    }
+    out.push_str(if first { "]" } else { "]]" });
+}
+
+/// Frames shared by the three trees: `[label, kind, module, file:line, colour]`.
+#[derive(Default)]
+struct FrameTable {
+    rows: Vec<Value>,
+    index: std::collections::HashMap<(String, &'static str, String), usize>,
+}
+
+impl FrameTable {
+    fn id(&mut self, f: &flame::FrameInfo) -> usize {
+        let key = (f.label.clone(), kind_str(f.kind), f.module.clone());
+        let rows = &mut self.rows;
+        *self.index.entry(key).or_insert_with(|| {
+            rows.push(json!([
+                f.label,
+                kind_str(f.kind),
+                f.module,
+                f.location,
+                color(f.kind, &f.label)
+            ]));
+            rows.len() - 1
+        })
     }
 }
 
-fn data_json(m: &Model) -> Value {
-    // One frame table for the three trees: build each tree, then remap.
+/// Most nodes a tree of the HTML report carries; lighter nodes go first.
+const MAX_HTML_NODES: usize = 60_000;
+
+/// The embedded data, already safe for a `<script>` element.
+fn data_json(m: &Model, interned: &flame::Interned) -> String {
     let weights = [
         ("live", Weight::LiveBytes),
         ("leaked", Weight::LeakedBytes),
         ("alloc", Weight::AllocBytes),
     ];
-    let mut frames: Vec<Value> = Vec::new();
-    let mut index: std::collections::HashMap<(String, String, String), usize> =
-        std::collections::HashMap::new();
-    let mut trees = serde_json::Map::new();
-    for (name, w) in weights {
-        let mut t = flame::build(m, w);
-        let map: Vec<usize> = t
-            .frames
-            .iter()
-            .map(|f| {
-                let key = (
-                    f.label.clone(),
-                    kind_str(f.kind).to_string(),
-                    f.module.clone(),
-                );
-                *index.entry(key).or_insert_with(|| {
-                    frames.push(json!([
-                        f.label,
-                        kind_str(f.kind),
-                        f.module,
-                        f.location,
-                        color(f.kind, &f.label)
-                    ]));
-                    frames.len() - 1
-                })
-            })
-            .collect();
-        remap(&mut t.root, &map);
-        let min = (t.total() / 100_000).max(1);
-        trees.insert(name.into(), tree_json(&t.root, min));
+    let mut table = FrameTable::default();
+    let mut trees = String::from("{");
+    for (i, (name, w)) in weights.into_iter().enumerate() {
+        let t = flame::build_from(interned, w);
+        let min = flame::threshold(&t.root, (t.total() / 50_000).max(1), MAX_HTML_NODES);
+        let _ = write!(trees, "{}\"{name}\":", if i > 0 { "," } else { "" });
+        tree_json(&mut trees, &t, &t.root, min, &mut table);
     }
+    trees.push('}');
     let series: Vec<Value> = m
         .timeline
         .series
         .iter()
         .map(|s| json!({"name": s.name, "points": decimate(&s.points, 1200).iter().map(|p| json!([p.0, p.1])).collect::<Vec<_>>()}))
         .collect();
-    json!({
-        "series": series,
-        "trees": trees,
-        "frames": frames,
-        "interval": m.profile.sample_interval,
-    })
-}
-
-fn remap(n: &mut Node, map: &[usize]) {
-    if let Some(f) = n.frame {
-        n.frame = Some(map[f]);
-    }
-    for c in &mut n.children {
-        remap(c, map);
-    }
+    format!(
+        "{{\"series\":{},\"frames\":{},\"interval\":{},\"trees\":{}}}",
+        json_for_script(&Value::Array(series)),
+        json_for_script(&Value::Array(table.rows)),
+        m.profile.sample_interval,
+        trees
+    )
 }
 
 // ---------------------------------------------------------------- heap + notes
@@ -672,6 +686,30 @@ const MAX_ROWS: usize = 50;
 
 fn human_key(k: &str) -> String {
     k.replace('_', " ")
+}
+
+/// A cell: byte-like keys (`*size*`, `*bytes*`) read as sizes.
+fn cell(key: &str, v: &Value) -> String {
+    let k = key.to_ascii_lowercase();
+    if (k.contains("size") || k.contains("bytes")) && !k.contains("count") {
+        if let Some(n) = v.as_i64() {
+            return format::bytes_f(n as f64);
+        }
+        if let Some(n) = v.as_f64() {
+            return format::bytes_f(n);
+        }
+    }
+    match v {
+        Value::Number(n) if n.is_u64() || n.is_i64() => {
+            let i = n.as_i64().unwrap_or(0);
+            let c = format::count(i.unsigned_abs());
+            if i < 0 { format!("-{c}") } else { c }
+        }
+        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            a.iter().map(scalar).collect::<Vec<_>>().join(" → ")
+        }
+        other => scalar(other),
+    }
 }
 
 fn scalar(v: &Value) -> String {
@@ -728,6 +766,15 @@ fn value_block(o: &mut String, v: &Value, depth: usize) {
                     }
                 }
             }
+            // Text columns (names) first, then the figures.
+            let texty = |c: &String| {
+                items
+                    .iter()
+                    .any(|it| it.get(c).is_some_and(|v| v.is_string()))
+            };
+            let (mut first, rest): (Vec<String>, Vec<String>) = cols.into_iter().partition(texty);
+            first.extend(rest);
+            let cols = first;
             o.push_str("<div class=\"scroll\"><table class=\"generic\"><thead><tr>");
             for c in &cols {
                 let _ = write!(o, "<th>{}</th>", esc(&human_key(c)));
@@ -758,7 +805,12 @@ fn value_block(o: &mut String, v: &Value, depth: usize) {
         Value::Array(items) => {
             o.push_str("<ul class=\"generic\">");
             for it in items.iter().take(MAX_ROWS) {
-                if it.is_object() || it.is_array() {
+                if it
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|x| !x.is_object() && !x.is_array()))
+                {
+                    let _ = write!(o, "<li>{}</li>", esc(&cell("", it)));
+                } else if it.is_object() || it.is_array() {
                     o.push_str("<li>");
                     value_block(o, it, depth + 1);
                     o.push_str("</li>");

@@ -119,8 +119,12 @@ pub fn write_all(model: &Model, dir: &Path) -> io::Result<Written> {
         folded: dir.join(FOLDED_FILE),
         pprof: dir.join(PPROF_FILE),
     };
-    write_atomic(&w.html, render_html(model).as_bytes())?;
-    write_atomic(&w.svg, flamegraph_svg(model, Weight::LiveBytes).as_bytes())?;
+    let interned = flame::intern(model);
+    write_atomic(&w.html, html::render_html_with(model, &interned).as_bytes())?;
+    write_atomic(
+        &w.svg,
+        svg::flamegraph_svg_with(model, &interned, Weight::LiveBytes).as_bytes(),
+    )?;
     write_atomic(&w.folded, folded(model, Weight::LiveBytes).as_bytes())?;
     write_atomic(&w.pprof, &pprof(model))?;
     Ok(w)

@@ -235,12 +235,22 @@ pub fn pprof_message(model: &Model) -> Profile {
             .unwrap_or(0)
     };
 
+    let nf = Frame {
+        function: crate::flame::NO_STACK.into(),
+        module: String::new(),
+        file: None,
+        line: None,
+        kind: FrameKind::Unknown,
+        address: 0,
+        inlined: false,
+    };
     let mut b = Builder {
         st,
+        by_frame: Default::default(),
         functions: Vec::new(),
         function_ids: HashMap::new(),
         locations: Vec::new(),
-        location_ids: HashMap::new(),
+        location_ids: Default::default(),
     };
     let mut samples = Vec::with_capacity(model.profile.stacks.len());
     let kind_key = b.st.id("alloc_kind");
@@ -268,15 +278,6 @@ pub fn pprof_message(model: &Model) -> Profile {
             loc_ids.push(b.location(&group, mapping_of));
         }
         if loc_ids.is_empty() {
-            let nf = Frame {
-                function: crate::flame::NO_STACK.into(),
-                module: String::new(),
-                file: None,
-                line: None,
-                kind: FrameKind::Unknown,
-                address: 0,
-                inlined: false,
-            };
             loc_ids.push(b.location(&[&nf], &|_| 0));
         }
         let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
@@ -338,22 +339,31 @@ pub fn pprof_message(model: &Model) -> Profile {
 /// (address, mapping id, lines as (function id, line)) of a Location.
 type LocationKey = (u64, u64, Vec<(u64, i64)>);
 
-struct Builder {
+struct Builder<'a> {
     st: Strings,
+    /// Frame (by content) -> Function id, to skip building keys for repeats.
+    by_frame: crate::flame::FastMap<&'a Frame, u64>,
     functions: Vec<Function>,
     /// (name, file, start line) -> Function id.
     function_ids: HashMap<(String, String, i64), u64>,
     locations: Vec<Location>,
-    location_ids: HashMap<LocationKey, u64>,
+    location_ids: crate::flame::FastMap<LocationKey, u64>,
 }
 
-impl Builder {
+impl<'a> Builder<'a> {
     /// The Location of a frame group: inlined frames innermost first, then
     /// the frame they were inlined into (whose address and mapping it takes).
-    fn location(&mut self, group: &[&Frame], mapping_of: &dyn Fn(&Frame) -> u64) -> u64 {
+    fn location(&mut self, group: &[&'a Frame], mapping_of: &dyn Fn(&Frame) -> u64) -> u64 {
         let outer = group[group.len() - 1];
         let mut lines = Vec::with_capacity(group.len());
-        for f in group {
+        for &f in group {
+            if let Some(&fid) = self.by_frame.get(f) {
+                lines.push(Line {
+                    function_id: fid,
+                    line: f.line.unwrap_or(0) as i64,
+                });
+                continue;
+            }
             let name = function_name(f);
             let file = f.file.clone().unwrap_or_default();
             // JS functions of the same name in different scripts stay apart.
@@ -380,6 +390,7 @@ impl Builder {
                     id
                 }
             };
+            self.by_frame.insert(f, fid);
             lines.push(Line {
                 function_id: fid,
                 line: f.line.unwrap_or(0) as i64,

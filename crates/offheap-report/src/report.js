@@ -42,7 +42,7 @@
   var TITLES = { live: 'live bytes', leaked: 'leaked bytes', alloc: 'allocated bytes' };
   var state = { w: null, path: [] }, drawn = [];
   // node: [frameIndex (-1 = root), value, children?]
-  function label(n) { return n[0] < 0 ? 'all' : F[n[0]][0]; }
+  function label(n) { return n[0] < 0 ? 'all (' + fmtBytes(n[1]) + ')' : F[n[0]][0]; }
   function kids(n) { return n[2] || []; }
   function selfOf(n) { var s = n[1]; kids(n).forEach(function (c) { s -= c[1]; }); return Math.max(s, 0); }
 

@@ -20,11 +20,18 @@ const TOP: f64 = 54.0;
 const BOTTOM: f64 = 34.0;
 const CHAR_W: f64 = 6.6;
 /// Frames narrower than this (in px at full view) are left out.
-const MIN_W: f64 = 0.1;
+const MIN_W: f64 = 0.25;
+/// Most frames the SVG carries; the narrowest go first.
+const MAX_NODES: usize = 30_000;
 
 /// The flame graph of `model.profile.stacks` weighed by `weight`, as SVG.
 pub fn flamegraph_svg(model: &Model, weight: Weight) -> String {
-    let tree = flame::build(model, weight);
+    flamegraph_svg_with(model, &flame::intern(model), weight)
+}
+
+/// [`flamegraph_svg`] with the Model's stacks already interned.
+pub fn flamegraph_svg_with(model: &Model, interned: &flame::Interned, weight: Weight) -> String {
+    let tree = flame::build_from(interned, weight);
     render(
         &tree,
         &format!("Flame graph: {}", weight.title()),
@@ -51,7 +58,11 @@ fn subtitle(model: &Model) -> String {
 
 /// Renders a tree as an SVG document.
 pub fn render(tree: &Tree, title: &str, subtitle: &str) -> String {
-    let depth = flame::depth(&tree.root) + 1;
+    let full = WIDTH - 2.0 * PAD;
+    let total = tree.total();
+    let floor = (total as f64 * MIN_W / full).ceil() as u64;
+    let min = flame::threshold(&tree.root, floor, MAX_NODES);
+    let depth = flame::depth_above(&tree.root, min) + 1;
     let height = TOP + depth as f64 * FRAME_H + BOTTOM;
     let mut o = String::with_capacity(64 * 1024);
     let _ = write!(
@@ -84,7 +95,6 @@ text {{ font-family: ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospac
         title = esc(title),
         sub = esc(subtitle),
     );
-    let total = tree.total();
     if total == 0 {
         let _ = writeln!(
             o,
@@ -94,7 +104,7 @@ text {{ font-family: ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospac
         );
     } else {
         let root_info = FrameInfo {
-            label: "all".into(),
+            label: format!("all ({})", tree.weight.fmt_value(total)),
             kind: FrameKind::Unknown,
             module: String::new(),
             location: String::new(),
@@ -103,7 +113,7 @@ text {{ font-family: ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospac
             tree,
             total: total as f64,
             height,
-            depth,
+            min,
         };
         node(&mut o, &ctx, &tree.root, &root_info, 0, 0.0);
     }
@@ -122,15 +132,15 @@ struct Ctx<'a> {
     tree: &'a Tree,
     total: f64,
     height: f64,
-    #[allow(dead_code)]
-    depth: usize,
+    /// Nodes lighter than this are left out.
+    min: u64,
 }
 
 fn node(o: &mut String, ctx: &Ctx, n: &Node, info: &FrameInfo, d: usize, offset: f64) {
     let full = WIDTH - 2.0 * PAD;
     let x = PAD + offset / ctx.total * full;
     let w = n.value as f64 / ctx.total * full;
-    if w < MIN_W {
+    if n.value < ctx.min {
         return;
     }
     let y = ctx.height - BOTTOM - (d as f64 + 1.0) * FRAME_H;

@@ -198,43 +198,65 @@ fn suspect_text(o: &mut String, s: &Suspect) {
 /// whose innermost frame it is) and `cum` (weight of stacks it appears in),
 /// heaviest flat first, at most `limit` rows.
 pub fn top_text(model: &Model, weight: Weight, limit: usize) -> String {
-    #[derive(Default)]
     struct Row {
+        name: String,
         flat: u64,
         cum: u64,
+        /// Index of the last stack counted in `cum` (+1; 0 = none).
+        seen: usize,
     }
-    let mut rows: HashMap<String, Row> = HashMap::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut by_frame: crate::flame::FastMap<&offheap_symbols::Frame, usize> = Default::default();
+    let mut row_of = |name: String, rows: &mut Vec<Row>| -> usize {
+        *by_name.entry(name).or_insert_with_key(|k| {
+            rows.push(Row {
+                name: k.clone(),
+                flat: 0,
+                cum: 0,
+                seen: 0,
+            });
+            rows.len() - 1
+        })
+    };
     let mut total = 0u64;
     let mut nstacks = 0usize;
-    for s in &model.profile.stacks {
+    for (si, s) in model.profile.stacks.iter().enumerate() {
         let w = weight.of(s);
         if w == 0 {
             continue;
         }
         total += w;
         nstacks += 1;
-        let mut seen: Vec<String> = Vec::new();
         for (i, f) in s.frames.iter().enumerate() {
-            let mut name = frame_label(f);
-            if f.kind != offheap_symbols::FrameKind::Js && !f.module.is_empty() {
-                let _ = write!(name, " [{}]", basename(&f.module));
-            }
-            let r = rows.entry(name.clone()).or_default();
+            let r = match by_frame.get(f) {
+                Some(&r) => r,
+                None => {
+                    let mut name = frame_label(f);
+                    if f.kind != offheap_symbols::FrameKind::Js && !f.module.is_empty() {
+                        let _ = write!(name, " [{}]", basename(&f.module));
+                    }
+                    let r = row_of(name, &mut rows);
+                    by_frame.insert(f, r);
+                    r
+                }
+            };
+            let row = &mut rows[r];
             if i == 0 {
-                r.flat += w;
+                row.flat += w;
             }
-            if !seen.contains(&name) {
-                r.cum += w;
-                seen.push(name);
+            if row.seen != si + 1 {
+                row.cum += w;
+                row.seen = si + 1;
             }
         }
         if s.frames.is_empty() {
-            let r = rows.entry(crate::flame::NO_STACK.to_string()).or_default();
-            r.flat += w;
-            r.cum += w;
+            let r = row_of(crate::flame::NO_STACK.to_string(), &mut rows);
+            rows[r].flat += w;
+            rows[r].cum += w;
         }
     }
-    let mut list: Vec<(String, Row)> = rows.into_iter().collect();
+    let mut list: Vec<(String, Row)> = rows.into_iter().map(|r| (r.name.clone(), r)).collect();
     list.sort_by(|a, b| {
         b.1.flat
             .cmp(&a.1.flat)
