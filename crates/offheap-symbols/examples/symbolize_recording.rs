@@ -62,7 +62,16 @@ fn main() {
             })
             .collect();
         by_live.sort_unstable_by(|a, b| b.cmp(a));
-        for (live, i) in by_live.into_iter().take(top) {
+        // ONLY=text keeps the stacks with a frame whose module or function contains it.
+        let only = std::env::var("ONLY").ok();
+        let keep = |i: &usize| {
+            only.as_deref().is_none_or(|o| {
+                frames[*i]
+                    .iter()
+                    .any(|f| f.module.contains(o) || f.function.contains(o))
+            })
+        };
+        for (live, i) in by_live.into_iter().filter(|x| keep(&x.1)).take(top) {
             println!("\n  {live} bytes, stack {i}:");
             if std::env::var_os("SHOW_RAW").is_some() {
                 println!("    raw: {:x?}", stream.stacks[i].frames);
