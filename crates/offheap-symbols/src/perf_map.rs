@@ -10,6 +10,9 @@
 
 use std::path::Path;
 
+/// Entries larger than this are treated as corrupt lines.
+const MAX_ENTRY_SIZE: u64 = 256 << 20;
+
 /// One perf-map line.
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
@@ -87,6 +90,12 @@ impl PerfMap {
                 continue;
             };
             if size == 0 {
+                continue;
+            }
+            if size > MAX_ENTRY_SIZE {
+                // No code object is that big: a corrupt line. Keeping it
+                // would also make every lookup scan back to it.
+                map.bad_lines += 1;
                 continue;
             }
             let live_from_ms = match times {
@@ -430,6 +439,11 @@ mod tests {
         );
         assert!(m.lookup(0x2010, 0.0).is_none());
         let m = PerfMap::parse(text.to_vec(), None);
+        let bad = PerfMap::parse(
+            b"0 ffffffffffff JS:~huge /a.js:1:1\nzz 10 x\n1000 10 JS:~ok /a.js:1:1\n".to_vec(),
+            None,
+        );
+        assert_eq!((bad.len(), bad.bad_lines), (1, 2));
         assert_eq!(
             m.name(m.lookup(0x1010, 0.0).unwrap().seq),
             "JS:*b /a.js:2:1"
