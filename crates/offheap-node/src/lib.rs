@@ -1,6 +1,18 @@
 //! What is specific to Node.js: the JS agent injected with `--require`,
 //! the inspector (CDP) client used by `attach` and `snapshot`, and the
 //! streaming `.heapsnapshot` analyser.
+//!
+//! Entry points for the CLI:
+//! - [`analyze_file`]: one snapshot file, offline (hostage buffers are estimates);
+//! - [`compare_files`]: what grew between two snapshots of one process;
+//! - [`snapshot_pid`]: open the inspector of a running process (SIGUSR1), stream a
+//!   snapshot to disk, analyse it, confirm hostage buffers live, close the inspector;
+//! - [`snapshot_session`]: the same over an [`Inspector`] the caller keeps open
+//!   (e.g. `attach`, which also polls telemetry through [`Inspector::evaluate`]).
+//!
+//! Reports serialize (serde) with the names `summary.json` uses under `"heap"`:
+//! [`SnapshotReport::hostage_buffers`], [`SnapshotReport::top_retainers`] and
+//! [`CompareReport::growing`]; `to_text()` renders them for the terminal.
 
 /// The JS agent, embedded in the binary and written into each recording.
 pub const JS_AGENT: &str = include_str!("agent.js");
