@@ -113,8 +113,8 @@ pub(crate) fn find_embedded_blob(path: &Path) -> Option<EmbeddedBlob> {
     let file_offset = |va: u64| {
         segments
             .iter()
-            .find(|s| va >= s.vaddr && va < s.vaddr + s.filesz)
-            .map(|s| va - s.vaddr + s.offset)
+            .find(|s| va >= s.vaddr && va - s.vaddr < s.filesz)
+            .map(|s| (va - s.vaddr).wrapping_add(s.offset))
     };
     let size = u32_at(&read_at(&f, file_offset(size_vaddr)?, 4)?, 0)? as u64;
     if size == 0 || size > (256 << 20) {

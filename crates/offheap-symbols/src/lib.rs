@@ -410,7 +410,7 @@ impl ProcessSymbols {
             .find(|r| a >= r.0 && a < r.1)
             .map_or_else(
                 || a.wrapping_sub(self.modules[m].rec.bias),
-                |r| a - r.0 + r.2,
+                |r| (a - r.0).wrapping_add(r.2),
             )
     }
 
@@ -629,7 +629,15 @@ impl ProcessSymbols {
         if blob.vaddr % PAGE != 0 {
             residues.push(0);
         }
-        let addrs: Vec<u64> = self.unresolved.iter().copied().take(1 << 14).collect();
+        // User-space addresses only (x86-64/arm64 canonical lower half), so
+        // a copy's end never overflows.
+        let addrs: Vec<u64> = self
+            .unresolved
+            .iter()
+            .copied()
+            .filter(|&x| x < 1 << 56)
+            .take(1 << 14)
+            .collect();
         let mut votes: HashMap<u64, u32> = HashMap::new();
         for &x in &addrs {
             let lo = x.saturating_sub(size - 1);
@@ -819,15 +827,15 @@ pub fn modules_from_proc_maps(maps: &str) -> Vec<ModuleRecord> {
         if rec.bias == u64::MAX
             && let Some(&(vaddr, offset, _)) = loads
                 .iter()
-                .find(|&&(_, offset, filesz)| off >= offset && off < offset + filesz.max(1))
+                .find(|&&(_, offset, filesz)| off >= offset && off - offset < filesz.max(1))
         {
-            rec.bias = start.wrapping_sub(vaddr + (off - offset));
+            rec.bias = start.wrapping_sub(vaddr.wrapping_add(off - offset));
         }
         rec.ranges.push((start, end, off));
     }
     for r in &mut out {
         if r.bias == u64::MAX {
-            r.bias = r.ranges.first().map_or(0, |x| x.0 - x.2);
+            r.bias = r.ranges.first().map_or(0, |x| x.0.wrapping_sub(x.2));
         }
     }
     out
@@ -1096,5 +1104,72 @@ mod tests {
         assert_eq!(fr[1].function, "0x1234");
         assert_eq!(fr[1].module, UNKNOWN_MODULE);
         assert_eq!(s.notes().len(), 1, "{:?}", s.notes());
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    #[test]
+    fn garbage_inputs_give_unknown_frames_and_notes() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("libjunk.so");
+        let bytes: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(&junk, &bytes).unwrap();
+        let mut elfish = b"\x7fELF\x02\x01\x01".to_vec();
+        elfish.extend_from_slice(&bytes[..5000]);
+        let trunc = dir.path().join("libtrunc.so");
+        std::fs::write(&trunc, &elfish).unwrap();
+        let perf = dir.path().join("perf-1.map");
+        std::fs::write(
+            &perf,
+            b"zz zz zz\n\xff\xfe 10 JS:~x\n7000 ffffffffffffffff JS:~big /a.js:1:1\n7000 10 JS:\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("perf-1.map.times"), b"garbage\n0 nan\n").unwrap();
+        let modules = vec![
+            ModuleRecord {
+                path: junk.to_string_lossy().into_owned(),
+                bias: u64::MAX - 10,
+                ranges: vec![(0x1000, 0x2000, u64::MAX), (0x3000, 0x2000, 0)],
+                build_id: Some(vec![]),
+                ..Default::default()
+            },
+            ModuleRecord {
+                path: trunc.to_string_lossy().into_owned(),
+                bias: 0x4000,
+                ranges: vec![(0x4000, 0x5000, 0)],
+                ..Default::default()
+            },
+            ModuleRecord {
+                path: "".into(),
+                ranges: vec![(0x5000, 0x6000, 0)],
+                ..Default::default()
+            },
+        ];
+        let mut s = ProcessSymbols::new(&modules, Some(&perf));
+        let addrs = [0, 1, 0x1800, 0x4800, 0x5800, 0x7005, u64::MAX, 1 << 60];
+        let out = s.symbolize_stacks(&[(&addrs, f64::NAN), (&addrs, 0.0)]);
+        for frames in &out {
+            assert_eq!(frames.len(), addrs.len(), "{frames:?}");
+            assert_eq!(frames[5].kind, FrameKind::Js);
+            assert_eq!(frames[5].function, "(anonymous)");
+            for (f, &a) in frames.iter().zip(&addrs) {
+                assert_eq!(f.address, a);
+            }
+        }
+        assert!(
+            s.notes().iter().any(|n| n.contains("libjunk.so")),
+            "{:?}",
+            s.notes()
+        );
+        assert!(
+            s.notes().iter().any(|n| n.contains("unparsable")),
+            "{:?}",
+            s.notes()
+        );
     }
 }
