@@ -19,6 +19,9 @@ pub struct AnalyzeOptions {
     pub native_min: u64,
     /// Longest retainer path reported.
     pub max_path: usize,
+    /// In a comparison, the byte growth from which engine internals (code,
+    /// maps, feedback vectors) are reported.
+    pub min_growth_internal: u64,
 }
 
 impl Default for AnalyzeOptions {
@@ -28,6 +31,7 @@ impl Default for AnalyzeOptions {
             hostage_min_parent: 64 * 1024,
             native_min: 4096,
             max_path: 24,
+            min_growth_internal: 1 << 20,
         }
     }
 }
@@ -1158,7 +1162,20 @@ pub fn compare(
         .iter()
         .filter(|(k, c)| {
             let (bc, bb) = a.ctor.get(*k).copied().unwrap_or((0, 0));
-            c.new_count > 0 && (c.count > bc || c.bytes > bb)
+            let (dc, db) = (c.count.saturating_sub(bc), c.bytes.saturating_sub(bb));
+            // Engine internals (code, maps, feedback) grow as code warms up: only
+            // large growth counts. Objects count from 10 new ones or 16 KiB.
+            let internal = k.0 == "code"
+                || k.0 == "hidden"
+                || k.0 == "object shape"
+                || k.1.starts_with('(')
+                || (k.1.starts_with("system / ") && k.1 != "system / JSArrayBufferData");
+            c.new_count > 0
+                && if internal {
+                    db >= opts.min_growth_internal
+                } else {
+                    dc >= 10 || db >= 16 * 1024
+                }
         })
         .collect();
     let delta = |k: &(String, String), c: &C| {
@@ -1197,6 +1214,7 @@ pub fn compare(
         });
     }
     // Retainers whose retained size grew (same id in both snapshots).
+    retained_delta.retain(|x| x.1 >= 16 * 1024);
     retained_delta.sort_by_key(|x| std::cmp::Reverse(x.1));
     retained_delta.truncate(4000);
     let dmap: HashMap<NodeIx, u64> = retained_delta.iter().copied().collect();
@@ -1231,21 +1249,25 @@ pub fn compare(
     if let (Some(x), Some(y)) = (a.global_handles, gh_after)
         && y > x
     {
-        growing.push(Growing {
-            kind: "global_handles".into(),
-            name: "(Global handles)".into(),
-            count_before: x,
-            count_after: y,
-            bytes_before: 0,
-            bytes_after: 0,
-            new_objects: y - x,
-            new_bytes: 0,
-            node_id: None,
-            held_by: "native code (napi_create_reference / v8::Persistent)".into(),
-            path_text: String::new(),
-            path: Vec::new(),
-            allocated_by: None,
-        });
+        // First: the clearest sign of a native-side leak.
+        growing.insert(
+            0,
+            Growing {
+                kind: "global_handles".into(),
+                name: "(Global handles)".into(),
+                count_before: x,
+                count_after: y,
+                bytes_before: 0,
+                bytes_after: 0,
+                new_objects: y - x,
+                new_bytes: 0,
+                node_id: None,
+                held_by: "native code (napi_create_reference / v8::Persistent)".into(),
+                path_text: String::new(),
+                path: Vec::new(),
+                allocated_by: None,
+            },
+        );
     }
     let mut warnings = a.warnings.clone();
     warnings.extend(s.warnings.iter().cloned());

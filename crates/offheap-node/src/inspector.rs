@@ -941,7 +941,9 @@ impl Inspector {
             // The reply may never come: the inspector shuts down under us.
             let _ = self.send(
                 "Runtime.evaluate",
-                json!({"expression": "setImmediate(() => require('inspector').close()); 0",
+                // `require` is the command-line API's: resolve it now, not in the
+                // later callback (where it does not exist and would throw into the target).
+                json!({"expression": "(function () { const i = require('inspector'); setImmediate(() => { try { i.close(); } catch (_) {} }); return 0; })()",
                        "includeCommandLineAPI": true, "silent": true}),
             );
             let deadline = Instant::now() + Duration::from_secs(5);

@@ -284,3 +284,73 @@ fn layout_is_read_from_meta() {
     assert_eq!(h(&a), h(&b));
     assert_eq!(h(&b), vec![("kept[]".to_string(), 5, 5 << 20)]);
 }
+
+/// Forgotten N-API references (a real C addon that never deletes its refs)
+/// show up as growing global handles.
+#[test]
+fn forgotten_napi_references_grow_global_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = dir.path().join("refs.c");
+    std::fs::write(
+        &c,
+        r#"
+#include <node_api.h>
+static napi_value remember(napi_env env, napi_callback_info info) {
+  size_t argc = 1; napi_value argv[1]; napi_ref ref;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_create_reference(env, argv[0], 1, &ref); /* never napi_delete_reference'd */
+  return NULL;
+}
+NAPI_MODULE_INIT() {
+  napi_value fn;
+  napi_create_function(env, "remember", NAPI_AUTO_LENGTH, remember, NULL, &fn);
+  napi_set_named_property(env, exports, "remember", fn);
+  return exports;
+}
+"#,
+    )
+    .unwrap();
+    let so = dir.path().join("refs.node");
+    let st = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O1", "-I/usr/include/node", "-o"])
+        .arg(&so)
+        .arg(&c)
+        .status()
+        .expect("gcc runs");
+    assert!(st.success());
+    node(
+        dir.path(),
+        &format!(
+            "const addon = require({:?});
+             class Listener {{ constructor(i) {{ this.i = i; }} }}
+             setImmediate(() => {{
+               snap('a.heapsnapshot');
+               for (let i = 0; i < 500; i++) addon.remember(new Listener(i));
+               snap('b.heapsnapshot');
+             }});",
+            so.display().to_string()
+        ),
+    );
+    let a = dir.path().join("a.heapsnapshot");
+    let b = dir.path().join("b.heapsnapshot");
+    let ra = analyze_file(&a, &AnalyzeOptions::default()).unwrap();
+    let rb = analyze_file(&b, &AnalyzeOptions::default()).unwrap();
+    let (ga, gb) = (ra.global_handles.unwrap(), rb.global_handles.unwrap());
+    assert!(gb >= ga + 500, "global handles {ga} -> {gb}");
+    let r = compare_files(&a, &b, &AnalyzeOptions::default()).unwrap();
+    let text = r.to_text();
+    let g = r
+        .growing
+        .iter()
+        .find(|g| g.kind == "global_handles")
+        .unwrap_or_else(|| panic!("no global-handle growth:\n{text}"));
+    assert!(g.count_after >= g.count_before + 500, "{text}");
+    // The objects held only by those references: new Listener objects held by a global handle.
+    let l = r
+        .growing
+        .iter()
+        .find(|g| g.kind == "constructor" && g.name == "Listener")
+        .unwrap();
+    assert_eq!(l.new_objects, 500, "{text}");
+    assert!(l.held_by.contains("global handle"), "{text}");
+}
