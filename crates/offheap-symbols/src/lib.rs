@@ -47,18 +47,40 @@
 //!   symbolized and a note says so. C++ and Rust names are demangled (once
 //!   per unique symbol).
 //! * **JS**: the recording's copy of V8's perf map (`perf-PID.map`, plus
-//!   `perf-PID.map.times`, see [`perf_map`](self) docs in the source).
-//!   `JS:`/`LazyCompile:`/`Eval:`/`Script:` → [`FrameKind::Js`] with the
-//!   function, script file, line; `RegExp:` → Js; `Builtin:`,
-//!   `BytecodeHandler:` and other V8 stubs → [`FrameKind::Builtin`].
+//!   `perf-PID.map.times`). `JS:`/`LazyCompile:`/`Function:`/`Eval:`/
+//!   `Script:` → [`FrameKind::Js`] with function (`(anonymous)` or
+//!   `(script)` when unnamed), script file (also the frame's module; `[jit]`
+//!   if none) and line; the tier marker (`~ ^ + *`) is dropped so that one
+//!   function's tiers aggregate. `RegExp:` → Js. `Builtin:X` →
+//!   [`FrameKind::Builtin`] `Builtins_X`; `BytecodeHandler:` and other V8
+//!   stubs → Builtin. A JIT address resolves against the entry live at
+//!   `t_ms`: the latest line covering it whose first-seen time (from
+//!   `.times`) is ≤ `t_ms`; if none was seen by then, the covering line seen
+//!   soonest after `t_ms` (the copier lags the writer). Without `.times`
+//!   every line counts as live from the start, so the latest line wins.
+//!   Lines with absurd sizes (> 256 MiB) or unparsable ones are skipped and
+//!   counted in a note; a cut last line is ignored.
 //! * **Builtins remapped into anonymous memory** (V8 "short builtin
-//!   calls" when the copy is not file-backed, or when the agent did not
-//!   record the second mapping): addresses in no module and no perf-map
-//!   entry are clustered; for each cluster the copy's start is searched
-//!   among page-aligned positions such that every address maps into node's
-//!   embedded blob (`v8_Default_embedded_blob_code_`) right after a call
-//!   instruction, avoiding recorded JIT code. A unique fit resolves the
-//!   whole cluster to `Builtins_*` names; an ambiguous one stays Unknown.
+//!   calls"; node 20 maps a second copy of its embedded blob near the JIT
+//!   code range, and the agent's `dl_iterate_phdr` module table does not
+//!   include it): addresses in no module and no perf-map entry vote for
+//!   every page-aligned copy start that puts them inside node's embedded
+//!   blob (`v8_Default_embedded_blob_code_`, from node's `.symtab`) right
+//!   after a call instruction (a `call rel32` must target a `Builtins_*`
+//!   entry). A start with ≥ 2 votes, strictly more than any overlapping
+//!   start, no failing addresses to speak of, and no overlap with modules or
+//!   JIT code is accepted; its addresses resolve to `Builtins_*` names and
+//!   a note says so. One lone address is ambiguous and stays Unknown (never
+//!   named wrongly); later calls reuse what was found. If the module table
+//!   does record the second mapping (as [`modules_from_proc_maps`] does), it
+//!   resolves through the file offset instead.
+//!
+//! # Allocator frames
+//!
+//! [`is_allocator_frame`] tells which frames reports should collapse:
+//! malloc and friends, glibc internals, `operator new/delete`, std
+//! allocators, mmap, libuv/OpenSSL/zlib wrappers, V8/node ArrayBuffer
+//! backing-store glue, and offheap's own agent.
 
 mod elf;
 mod perf_map;
