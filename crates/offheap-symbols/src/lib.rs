@@ -49,7 +49,7 @@
 //! * **JS**: the recording's copy of V8's perf map (`perf-PID.map`, plus
 //!   `perf-PID.map.times`). `JS:`/`LazyCompile:`/`Function:`/`Eval:`/
 //!   `Script:` → [`FrameKind::Js`] with function (`(anonymous)` or
-//!   `(script)` when unnamed), script file (also the frame's module; `[jit]`
+//!   `(script)` when unnamed), script file (also the frame's module; `"[jit]"`
 //!   if none) and line; the tier marker (`~ ^ + *`) is dropped so that one
 //!   function's tiers aggregate. `RegExp:` → Js. `Builtin:X` →
 //!   [`FrameKind::Builtin`] `Builtins_X`; `BytecodeHandler:` and other V8
@@ -111,7 +111,7 @@ pub enum FrameKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Frame {
     pub function: String,
-    /// Module path (for JS frames: the script, if known, else "[jit]").
+    /// Module path (for JS frames: the script, if known, else `"[jit]"`).
     pub module: String,
     pub file: Option<String>,
     pub line: Option<u32>,
