@@ -49,6 +49,10 @@ pub enum InspectorError {
         pid: u32,
         detail: String,
     },
+    /// The process is in another network namespace (a container): its 127.0.0.1 is not ours.
+    OtherNetNamespace {
+        pid: u32,
+    },
     /// Nothing answers as a Node inspector on this port.
     NoInspector {
         port: u16,
@@ -102,6 +106,11 @@ impl fmt::Display for InspectorError {
             NotLoopback { pid, detail } => write!(
                 f,
                 "process {pid}'s inspector is not reachable on 127.0.0.1 ({detail}); offheap connects only to 127.0.0.1"
+            ),
+            OtherNetNamespace { pid } => write!(
+                f,
+                "process {pid} runs in another network namespace (a container?): its inspector on 127.0.0.1 \
+                 is not reachable from here; run offheap inside the same namespace"
             ),
             NoInspector { port, detail } => {
                 write!(f, "no Node inspector answers on 127.0.0.1:{port}: {detail}")
@@ -235,10 +244,11 @@ struct Listen {
     inode: u64,
 }
 
-fn listening_sockets() -> Vec<Listen> {
+/// Listening TCP sockets in the network namespace of `pid`.
+fn listening_sockets(pid: u32) -> Vec<Listen> {
     let mut out = Vec::new();
-    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        let Ok(text) = std::fs::read_to_string(file) else {
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
             continue;
         };
         for line in text.lines().skip(1) {
@@ -294,7 +304,7 @@ fn reachable_on_loopback(l: &Listen) -> bool {
 /// TCP ports the process listens on.
 fn pid_listening(pid: u32) -> Vec<Listen> {
     let inodes = socket_inodes(pid);
-    listening_sockets()
+    listening_sockets(pid)
         .into_iter()
         .filter(|l| inodes.contains(&l.inode))
         .collect()
@@ -570,6 +580,12 @@ impl Inspector {
     /// Open the inspector of a running Node process (SIGUSR1) and connect to it.
     pub fn open(pid: u32, timeout: Duration) -> Result<Inspector> {
         check_target(pid)?;
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/net")).ok();
+        if let (Some(a), Some(b)) = (ns("self"), ns(&pid.to_string()))
+            && a != b
+        {
+            return Err(InspectorError::OtherNetNamespace { pid });
+        }
         let (want, active) = inspect_settings(pid);
         let before = pid_listening(pid);
         // Probing sends `GET /json/list`: only to ports that may be the inspector's,
@@ -635,7 +651,7 @@ impl Inspector {
         // Is the port the target wants held by someone else?
         let ours = socket_inodes(pid);
         let taken = want != 0
-            && listening_sockets()
+            && listening_sockets(pid)
                 .into_iter()
                 .any(|l| l.port == want && !ours.contains(&l.inode));
         if taken {
