@@ -1402,3 +1402,65 @@ mod tests {
         assert_eq!(fold_indices("kept[12].x[3]"), "kept[].x[]");
     }
 }
+
+// ---------------------------------------------------------------- summary.json
+
+/// What `summary.json` carries under `"heap"`: the findings of the last
+/// snapshot plus, when two were taken, what grew between them.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeapSummary {
+    /// Snapshot files the findings come from (first, last).
+    pub snapshots: Vec<String>,
+    pub hostage_buffers: Vec<HostageGroup>,
+    pub top_retainers: Vec<RetainerFinding>,
+    pub external: Vec<ExternalGroup>,
+    pub growing: Vec<Growing>,
+    pub global_handles: Option<u64>,
+    pub global_handles_before: Option<u64>,
+    pub js_heap_bytes: u64,
+    pub array_buffer_bytes: u64,
+    pub native_bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+impl HeapSummary {
+    /// Combine the report of the last snapshot with the comparison against the first.
+    pub fn new(last: &SnapshotReport, compare: Option<&CompareReport>) -> HeapSummary {
+        let mut snapshots = Vec::new();
+        if let Some(c) = compare {
+            snapshots.push(c.before.clone());
+        }
+        snapshots.push(last.source.clone());
+        let mut warnings = last.warnings.clone();
+        if let Some(c) = compare {
+            for w in &c.warnings {
+                if !warnings.contains(w) {
+                    warnings.push(w.clone());
+                }
+            }
+        }
+        HeapSummary {
+            snapshots,
+            hostage_buffers: last.hostage_buffers.clone(),
+            top_retainers: last.top_retainers.clone(),
+            external: last.external.clone(),
+            growing: compare.map(|c| c.growing.clone()).unwrap_or_default(),
+            global_handles: last.global_handles,
+            global_handles_before: compare.and_then(|c| c.global_handles_before),
+            js_heap_bytes: last.js_heap_bytes,
+            array_buffer_bytes: last.array_buffer_bytes,
+            native_bytes: last.native_bytes,
+            warnings,
+        }
+    }
+
+    /// Terminal rendering: the last snapshot's findings, then what grew.
+    pub fn to_text(&self, last: &SnapshotReport, compare: Option<&CompareReport>) -> String {
+        let mut o = last.to_text();
+        if let Some(c) = compare {
+            o.push('\n');
+            o.push_str(&c.to_text());
+        }
+        o
+    }
+}

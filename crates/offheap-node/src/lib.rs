@@ -12,7 +12,8 @@
 //!
 //! Reports serialize (serde) with the names `summary.json` uses under `"heap"`:
 //! [`SnapshotReport::hostage_buffers`], [`SnapshotReport::top_retainers`] and
-//! [`CompareReport::growing`]; `to_text()` renders them for the terminal.
+//! [`CompareReport::growing`]; [`HeapSummary::new`] puts them together in that
+//! shape. `to_text()` renders them for the terminal.
 
 /// The JS agent, embedded in the binary and written into each recording.
 pub const JS_AGENT: &str = include_str!("agent.js");
@@ -27,7 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use analysis::{
-    AnalyzeOptions, CompareReport, Growing, HostageGroup, RetainerFinding, SnapshotReport,
+    AnalyzeOptions, CompareReport, Growing, HeapSummary, HostageGroup, RetainerFinding,
+    SnapshotReport,
 };
 pub use heapsnapshot::{HeapSnapshot, SnapshotError};
 pub use inspector::{Inspector, InspectorError};

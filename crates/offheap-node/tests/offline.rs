@@ -121,6 +121,18 @@ fn compare_finds_growing_constructor() {
         .find(|g| g.kind == "retainer")
         .unwrap_or_else(|| panic!("no growing retainer:\n{text}"));
     assert_eq!(ret.held_by, "registry.leaks", "{text}");
+    // The shape summary.json carries under "heap".
+    let last = analyze_file(
+        &dir.path().join("b.heapsnapshot"),
+        &AnalyzeOptions::default(),
+    )
+    .unwrap();
+    let heap = serde_json::to_value(offheap_node::HeapSummary::new(&last, Some(&r))).unwrap();
+    for k in ["hostage_buffers", "top_retainers", "growing"] {
+        assert!(heap[k].is_array(), "{k}");
+    }
+    assert_eq!(heap["growing"][0]["name"], "LeakyThing");
+    assert_eq!(heap["top_retainers"][0]["held_by"], "registry.leaks");
     assert!(ret.bytes_after > ret.bytes_before + 20000 * 16, "{text}");
 }
 
