@@ -72,6 +72,19 @@ pub fn seconds(s: f64) -> String {
     }
 }
 
+/// True if the Model has the figure `name` ("heap_used", "external",
+/// "array_buffers"): a series of that name, or a non-zero growth or peak.
+/// Keeps Node-only rows out of reports on non-Node targets.
+pub fn has_js_figure(m: &offheap_analysis::Model, name: &str) -> bool {
+    let (g, p) = match name {
+        "heap_used" => (m.growth.heap_used, m.peak.heap_used),
+        "external" => (m.growth.external, m.peak.external),
+        "array_buffers" => (m.growth.array_buffers, m.peak.array_buffers),
+        _ => return true,
+    };
+    m.meta.node || m.timeline.series(name).is_some() || g != 0.0 || p != 0
+}
+
 /// `part/total` as a percentage with one decimal.
 pub fn pct(part: u64, total: u64) -> String {
     if total == 0 {

@@ -201,12 +201,21 @@ fn verdict(o: &mut String, m: &Model) {
     // Key figures.
     let g = &m.growth;
     let p = &m.peak;
-    let mut cards: Vec<(&str, Option<f64>, Option<u64>)> = vec![
-        ("RSS", Some(g.rss), Some(p.rss)),
-        ("V8 heap used", Some(g.heap_used), Some(p.heap_used)),
-        ("external", Some(g.external), Some(p.external)),
-        ("arrayBuffers", Some(g.array_buffers), Some(p.array_buffers)),
-    ];
+    let mut cards: Vec<(&str, Option<f64>, Option<u64>)> = vec![("RSS", Some(g.rss), Some(p.rss))];
+    for (key, name, rate, peak) in [
+        ("heap_used", "V8 heap used", g.heap_used, p.heap_used),
+        ("external", "external", g.external, p.external),
+        (
+            "array_buffers",
+            "arrayBuffers",
+            g.array_buffers,
+            p.array_buffers,
+        ),
+    ] {
+        if format::has_js_figure(m, key) {
+            cards.push((name, Some(rate), Some(peak)));
+        }
+    }
     if g.native_live.is_some() || p.native_live.is_some() {
         cards.push(("native live", g.native_live, p.native_live));
     }
@@ -640,7 +649,7 @@ impl FrameTable {
 }
 
 /// Most nodes a tree of the HTML report carries; lighter nodes go first.
-const MAX_HTML_NODES: usize = 60_000;
+const MAX_HTML_NODES: usize = 40_000;
 
 /// The embedded data, already safe for a `<script>` element.
 fn data_json(m: &Model, interned: &flame::Interned) -> String {
@@ -736,7 +745,7 @@ fn value_block(o: &mut String, v: &Value, depth: usize) {
                         o,
                         "<tr><th>{}</th><td>{}</td></tr>",
                         esc(&human_key(k)),
-                        esc(&scalar(v))
+                        esc(&cell(k, v))
                     );
                 }
                 o.push_str("</table>");
@@ -783,13 +792,9 @@ fn value_block(o: &mut String, v: &Value, depth: usize) {
             for it in items.iter().take(MAX_ROWS) {
                 o.push_str("<tr>");
                 for c in &cols {
-                    let cell = it.get(c).unwrap_or(&Value::Null);
-                    let cls = if cell.is_number() {
-                        " class=\"num\""
-                    } else {
-                        ""
-                    };
-                    let _ = write!(o, "<td{cls}>{}</td>", esc(&scalar(cell)));
+                    let v = it.get(c).unwrap_or(&Value::Null);
+                    let cls = if v.is_number() { " class=\"num\"" } else { "" };
+                    let _ = write!(o, "<td{cls}>{}</td>", esc(&cell(c, v)));
                 }
                 o.push_str("</tr>");
             }

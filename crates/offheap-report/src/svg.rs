@@ -22,7 +22,7 @@ const CHAR_W: f64 = 6.6;
 /// Frames narrower than this (in px at full view) are left out.
 const MIN_W: f64 = 0.25;
 /// Most frames the SVG carries; the narrowest go first.
-const MAX_NODES: usize = 30_000;
+const MAX_NODES: usize = 12_000;
 
 /// The flame graph of `model.profile.stacks` weighed by `weight`, as SVG.
 pub fn flamegraph_svg(model: &Model, weight: Weight) -> String {

@@ -101,13 +101,15 @@ pub fn render_text(model: &Model) -> String {
         let _ = writeln!(o, "{}", line.trim_end());
     };
     row("rss", Some(g.rss), Some(p.rss));
-    row("heap_used", Some(g.heap_used), Some(p.heap_used));
-    row("external", Some(g.external), Some(p.external));
-    row(
-        "array_buffers",
-        Some(g.array_buffers),
-        Some(p.array_buffers),
-    );
+    for (name, rate, peak) in [
+        ("heap_used", g.heap_used, p.heap_used),
+        ("external", g.external, p.external),
+        ("array_buffers", g.array_buffers, p.array_buffers),
+    ] {
+        if format::has_js_figure(model, name) {
+            row(name, Some(rate), Some(peak));
+        }
+    }
     row("native_live", g.native_live, p.native_live);
     row("allocator_free", g.allocator_free, None);
 

@@ -330,6 +330,48 @@ fn snapshot_text() {
     check_snapshot("text.txt", &render_text(&m));
 }
 
+/// A non-Node target (a C program): no V8 rows, no JS frames.
+#[test]
+fn snapshot_text_non_node() {
+    let mut m = common::model();
+    m.meta.node = false;
+    m.meta.command = vec!["./leaky".into(), "--iterations".into(), "100".into()];
+    m.timeline.series.retain(|s| {
+        matches!(
+            s.name.as_str(),
+            "rss" | "native_live" | "allocator_retained"
+        )
+    });
+    m.timeline.gc.clear();
+    m.growth.heap_used = 0.0;
+    m.growth.external = 0.0;
+    m.growth.array_buffers = 0.0;
+    m.peak.heap_used = 0;
+    m.peak.external = 0;
+    m.peak.array_buffers = 0;
+    m.suspects.truncate(1);
+    m.suspects[0]
+        .frames
+        .retain(|f| f.kind == offheap_symbols::FrameKind::Native);
+    m.end = Some(offheap_format::End {
+        end_ms: 0.0,
+        exit_code: Some(0),
+        signal: None,
+        exit_status: 0,
+        reason: "exited".into(),
+    });
+    m.heap = None;
+    m.notes.clear();
+    let text = render_text(&m);
+    assert!(
+        !text.contains("heap_used") && !text.contains("array_buffers"),
+        "{text}"
+    );
+    check_snapshot("text-non-node.txt", &text);
+    let html = render_html(&m);
+    assert!(!html.contains("V8 heap used"));
+}
+
 #[test]
 fn snapshot_top() {
     let m = common::model();
