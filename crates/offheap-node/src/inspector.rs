@@ -58,6 +58,10 @@ pub enum InspectorError {
         port: u16,
         detail: String,
     },
+    /// The process neither catches nor ignores SIGUSR1: sending it would terminate it.
+    NoSigusr1Handler {
+        pid: u32,
+    },
     /// Sending the signal failed.
     Signal {
         pid: u32,
@@ -115,6 +119,11 @@ impl fmt::Display for InspectorError {
             NoInspector { port, detail } => {
                 write!(f, "no Node inspector answers on 127.0.0.1:{port}: {detail}")
             }
+            NoSigusr1Handler { pid } => write!(
+                f,
+                "process {pid} has no SIGUSR1 handler (Node built without the inspector, or the handler was \
+                 removed), so SIGUSR1 would terminate it; not sent. Start it with --inspect=127.0.0.1:0 instead"
+            ),
             Signal { pid, err } => write!(f, "cannot send SIGUSR1 to process {pid}: {err}"),
             Io(e) => write!(f, "inspector I/O error: {e}"),
             WebSocket(e) => write!(f, "inspector WebSocket error: {e}"),
@@ -233,6 +242,22 @@ pub fn check_target(pid: u32) -> Result<()> {
             exe: if exe.is_empty() { argv0 } else { exe },
         })
     }
+}
+
+/// Whether the process catches or ignores SIGUSR1 (`SigCgt`/`SigIgn` in /proc/PID/status).
+fn sigusr1_handled(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let bit = 1u64 << (libc::SIGUSR1 - 1);
+    (mask("SigCgt:") | mask("SigIgn:")) & bit != 0
 }
 
 /// A listening TCP socket.
@@ -602,6 +627,10 @@ impl Inspector {
             return Self::connect_inner(p, Some(pid), false, Duration::from_secs(5));
         }
         let before_set: HashSet<Listen> = before.into_iter().collect();
+        // The default action of SIGUSR1 is to terminate: only send it when handled.
+        if !sigusr1_handled(pid) {
+            return Err(InspectorError::NoSigusr1Handler { pid });
+        }
         // SAFETY: kill with a valid signal number; the pid was checked to be ours.
         let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
         if rc != 0 {

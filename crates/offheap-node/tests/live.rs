@@ -172,6 +172,18 @@ fn not_node_and_not_running_are_clear_errors() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("not running"), "{e}");
+    // A program called `node` that does not handle SIGUSR1: the signal would kill it, so
+    // it is not sent (the process survives).
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("node");
+    std::fs::copy("/bin/sleep", &fake).unwrap();
+    let mut p = Command::new(&fake).arg("30").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let e = Inspector::open(p.id(), Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(e, InspectorError::NoSigusr1Handler { .. }), "{e}");
+    assert!(p.try_wait().unwrap().is_none(), "the process must survive");
+    let _ = p.kill();
+    let _ = p.wait();
     // pid 1 belongs to root or is not node: either way a clear refusal, no signal sent.
     let e = Inspector::open(1, Duration::from_secs(1)).unwrap_err();
     assert!(
