@@ -223,8 +223,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo(args) => crate::demo::demo(args),
         Command::Report(args) => crate::reporting::report(args),
         Command::Diff(args) => crate::reporting::diff(args),
-        Command::Attach(args) => crate::run::attach(args),
-        Command::Snapshot(args) => crate::reporting::snapshot(args),
+        Command::Attach(args) => crate::attach::attach(args),
+        Command::Snapshot(args) => crate::attach::snapshot(args),
     }
 }
 

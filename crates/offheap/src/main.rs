@@ -4,6 +4,7 @@
 //! collecting into the recording, the live status line, and wiring the
 //! analysis to the reporters. It computes no verdict itself.
 
+mod attach;
 mod cli;
 mod collect;
 mod demo;

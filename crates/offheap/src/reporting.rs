@@ -1,7 +1,7 @@
 //! `report`, `diff` and `snapshot`, and the end of `run`: read a recording,
 //! analyse it, write summary.json and the reports, print the verdict.
 
-use crate::cli::{DiffArgs, ReportArgs, SnapshotArgs};
+use crate::cli::{DiffArgs, ReportArgs};
 use crate::user_error;
 use anyhow::{Context, Result};
 use offheap_analysis::{Model, Options, analyze};
@@ -20,8 +20,21 @@ fn open(dir: &Path) -> Result<Recording> {
     Recording::open(dir).map_err(|e| user_error(e.to_string()))
 }
 
+/// Analyses a recording (writes nothing).
+pub fn build_model(dir: &Path, min_age_s: f64) -> Result<Model> {
+    let rec = open(dir)?;
+    if rec.proc.is_empty() && rec.node.is_empty() && rec.native.is_empty() {
+        return Err(user_error(format!(
+            "{}: the recording holds no samples (the target ended before the first interval?)",
+            dir.display()
+        )));
+    }
+    Ok(analyze(&rec, &Options { min_age_s, top: 10, window: None }))
+}
+
 /// Analyses a recording and writes summary.json and every report into it.
-pub fn build(dir: &Path, opts: &AnalyzeOpts) -> Result<Model> {
+/// Only offheap's own outputs are (re)written; the recording is never touched.
+pub fn build(dir: &Path, opts: &AnalyzeOpts, heap: Option<serde_json::Value>) -> Result<Model> {
     let rec = open(dir)?;
     if rec.proc.is_empty() && rec.node.is_empty() && rec.native.is_empty() {
         return Err(user_error(format!(
@@ -31,10 +44,17 @@ pub fn build(dir: &Path, opts: &AnalyzeOpts) -> Result<Model> {
     }
     let mut model = analyze(&rec, &Options { min_age_s: opts.min_age_s, top: opts.top, window: None });
     model.notes.extend(opts.extra_notes.iter().cloned());
-    // The recording may belong to someone else's directory listing; never
-    // overwrite anything but our own outputs.
+    model.heap = heap.or_else(|| previous_heap(dir));
     write_outputs(dir, &model)?;
     Ok(model)
+}
+
+/// Heap findings are computed while the target is alive; `report` keeps
+/// the ones a previous summary.json recorded.
+fn previous_heap(dir: &Path) -> Option<serde_json::Value> {
+    let text = fs::read(dir.join(layout::SUMMARY)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v.get("heap").filter(|h| !h.is_null()).cloned()
 }
 
 fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
@@ -48,7 +68,11 @@ fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
 
 /// Prints the verdict (and suspects) to stderr: stdout belongs to the target.
 pub fn finish(dir: &Path, opts: &AnalyzeOpts, quiet: bool) -> Result<Model> {
-    let model = build(dir, opts)?;
+    finish_with_heap(dir, opts, quiet, None)
+}
+
+pub fn finish_with_heap(dir: &Path, opts: &AnalyzeOpts, quiet: bool, heap: Option<serde_json::Value>) -> Result<Model> {
+    let model = build(dir, opts, heap)?;
     if !quiet {
         eprint!("{}", render_text(&model));
         eprintln!("report: {}", dir.join(offheap_report::HTML_FILE).display());
@@ -71,7 +95,7 @@ pub fn render_text(model: &Model) -> String {
 
 pub fn report(args: ReportArgs) -> Result<u8> {
     let opts = AnalyzeOpts { min_age_s: args.min_age.as_secs_f64(), top: args.top, extra_notes: Vec::new() };
-    let model = build(&args.dir, &opts)?;
+    let model = build(&args.dir, &opts, None)?;
     if args.debug_stacks {
         let rec = open(&args.dir)?;
         for native in &rec.native {
@@ -130,8 +154,4 @@ pub fn report(args: ReportArgs) -> Result<u8> {
 
 pub fn diff(_args: DiffArgs) -> Result<u8> {
     Err(user_error("diff is not available in this build"))
-}
-
-pub fn snapshot(_args: SnapshotArgs) -> Result<u8> {
-    Err(user_error("snapshot is not available in this build"))
 }

@@ -1,7 +1,7 @@
 //! `offheap run`: launch the target with the agents, collect until it ends,
 //! then hand the recording to the analysis and the reporters.
 
-use crate::cli::{AttachArgs, RecordOpts, RunArgs};
+use crate::cli::{RecordOpts, RunArgs};
 use crate::collect::{Collector, now_ms};
 use crate::elf::{self, Linkage};
 use crate::signals::Signals;
@@ -231,7 +231,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     Ok(outcome.exit_status.clamp(0, 255) as u8)
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value)?;
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -311,10 +311,6 @@ fn supervise(mut child: Child, dir: &Path, rec: &RecordOpts, grace: Duration, si
         exit_status: exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
         reason: reason.into(),
     })
-}
-
-pub fn attach(_args: AttachArgs) -> Result<u8> {
-    Err(user_error("attach is not available in this build"))
 }
 
 #[cfg(test)]
