@@ -520,6 +520,51 @@ fn report_html_opens_in_chromium_without_errors() {
         "console messages from flamegraph.svg: {console:#?}"
     );
 
+    // The interactive parts work: zoom, tooltip, search, tabs, chart read-out.
+    let driven = dir.join("report-selftest.html");
+    std::fs::write(
+        &driven,
+        html.replace(
+            "</body>",
+            &format!("<script>{HTML_SELFTEST}</script></body>"),
+        ),
+    )
+    .unwrap();
+    let (dom, console) = load_in_chromium(
+        &chrome,
+        &driven,
+        &["--dump-dom".into(), "--window-size=1400,2400".into()],
+    );
+    assert!(
+        console.is_empty(),
+        "console messages while driving report.html: {console:#?}"
+    );
+    assert!(
+        dom.contains("data-selftest=\"ok\""),
+        "interactive check failed: {}",
+        selftest_result(&dom)
+    );
+    let driven = dir.join("flamegraph-selftest.svg");
+    let svg = offheap_report::flamegraph_svg(&m, Weight::LiveBytes);
+    std::fs::write(
+        &driven,
+        svg.replace(
+            "</svg>",
+            &format!("<script><![CDATA[{SVG_SELFTEST}]]></script></svg>"),
+        ),
+    )
+    .unwrap();
+    let (dom, console) = load_in_chromium(&chrome, &driven, &["--dump-dom".into()]);
+    assert!(
+        console.is_empty(),
+        "console messages while driving flamegraph.svg: {console:#?}"
+    );
+    assert!(
+        dom.contains("data-selftest=\"ok\""),
+        "SVG interactive check failed: {}",
+        selftest_result(&dom)
+    );
+
     // Screenshot artefact.
     let shot = dir.join("report.png");
     let _ = std::fs::remove_file(&shot);
@@ -547,3 +592,76 @@ fn report_html_opens_in_chromium_without_errors() {
     );
     eprintln!("artefacts in {}", dir.display());
 }
+
+fn selftest_result(dom: &str) -> &str {
+    match dom.find("data-selftest=") {
+        Some(i) => &dom[i..(i + 300).min(dom.len())],
+        None => "no data-selftest attribute (the check did not run)",
+    }
+}
+
+/// Drives report.html like a user and records what went wrong in
+/// `data-selftest` on the root element ("ok" when nothing did).
+const HTML_SELFTEST: &str = r#"(function () {
+  var out = [];
+  function fail(m) { out.push(m); }
+  function nodes() { return Array.prototype.slice.call(document.querySelectorAll('#fgraph .n')); }
+  function starts(e, t) { return e.textContent.indexOf(t) === 0; }
+  try {
+    if (!document.documentElement.getAttribute('data-ready')) fail('report script not ready');
+    var leak = nodes().filter(function (e) { return starts(e, 'leakMore'); })[0];
+    if (!leak) fail('no leakMore frame in the leaked-bytes flame graph');
+    else {
+      leak.dispatchEvent(new MouseEvent('click', { bubbles: true }));
+      var info = document.getElementById('finfo').textContent;
+      if (info.indexOf('zoomed into leakMore') < 0) fail('zoom info: ' + info);
+      if (nodes().some(function (e) { return starts(e, 'deflateInit2_'); })) fail('zoom kept a sibling branch');
+      if (!nodes().some(function (e) { return starts(e, 'leak_bytes'); })) fail('zoom lost the callee');
+    }
+    var n = nodes()[3];
+    n.dispatchEvent(new MouseEvent('mousemove', { bubbles: true, clientX: 100, clientY: 100 }));
+    var tip = document.getElementById('ftip');
+    if (tip.hidden || tip.textContent.length < 5) fail('no tooltip');
+    document.getElementById('freset').click();
+    if (!nodes().some(function (e) { return starts(e, 'deflateInit2_'); })) fail('reset did not unzoom');
+    var s = document.getElementById('fsearch');
+    s.value = 'deflate';
+    s.dispatchEvent(new Event('input'));
+    if (document.querySelectorAll('#fgraph .n.hit').length < 1) fail('search found nothing');
+    if (document.getElementById('finfo').textContent.indexOf('Matched') < 0) fail('no match summary');
+    s.value = '';
+    s.dispatchEvent(new Event('input'));
+    document.querySelector('.tabs button[data-w="alloc"]').click();
+    if (!nodes().some(function (e) { return starts(e, 'operator new'); })) fail('allocated-bytes tab lacks operator new');
+    document.querySelector('.tabs button[data-w="live"]').click();
+    if (document.getElementById('finfo').textContent.indexOf('live bytes') < 0) fail('live tab info');
+    var hit = document.querySelector('figure.chart rect.hit');
+    var r = hit.getBoundingClientRect();
+    hit.dispatchEvent(new MouseEvent('mousemove', { clientX: r.left + r.width / 2, clientY: r.top + 5 }));
+    var ro = document.querySelector('figure.chart .readout');
+    if (ro.style.display !== 'block' || ro.textContent.indexOf('MiB') < 0) fail('no chart read-out: ' + ro.textContent);
+  } catch (e) { fail('exception: ' + e); }
+  document.documentElement.setAttribute('data-selftest', out.length ? out.join(' | ') : 'ok');
+})();"#;
+
+/// Drives flamegraph.svg: a click zooms (siblings hidden, the frame full
+/// width), "Reset zoom" restores.
+const SVG_SELFTEST: &str = r#"(function () {
+  var out = [];
+  function fail(m) { out.push(m); }
+  try {
+    var gs = Array.prototype.slice.call(document.querySelectorAll('.f'));
+    var leak = gs.filter(function (g) { return g.getAttribute('data-n').indexOf('leakMore') === 0; })[0];
+    var zlib = gs.filter(function (g) { return g.getAttribute('data-n') === 'deflateInit2_'; })[0];
+    if (!leak || !zlib) fail('frames missing');
+    else {
+      leak.dispatchEvent(new MouseEvent('click', { bubbles: true }));
+      if (!zlib.classList.contains('hide')) fail('sibling branch not hidden');
+      var w = parseFloat(leak.querySelector('rect').getAttribute('width'));
+      if (w < 1100) fail('zoomed frame not full width: ' + w);
+      document.getElementById('reset').dispatchEvent(new MouseEvent('click', { bubbles: true }));
+      if (zlib.classList.contains('hide')) fail('reset did not restore');
+    }
+  } catch (e) { fail('exception: ' + e); }
+  document.documentElement.setAttribute('data-selftest', out.length ? out.join(' | ') : 'ok');
+})();"#;
