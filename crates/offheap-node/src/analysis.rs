@@ -909,6 +909,13 @@ impl SnapshotReport {
             human(self.array_buffer_bytes),
             human(self.native_bytes)
         );
+        if let Some(x) = self.extra_native_bytes.filter(|&x| x > 0) {
+            let _ = writeln!(
+                o,
+                "  extra native bytes reported by V8 (not attributed to objects): {}",
+                human(x)
+            );
+        }
         if let Some(g) = self.global_handles {
             let _ = writeln!(
                 o,

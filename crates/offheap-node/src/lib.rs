@@ -158,7 +158,23 @@ pub fn snapshot_session(
         source,
     })?;
     drop(w);
-    let s = load(out_path)?;
+    let report = analyze_live(insp, out_path, opts)?;
+    Ok(LiveSnapshot {
+        path: out_path.to_path_buf(),
+        bytes,
+        report,
+    })
+}
+
+/// Analyse a snapshot file taken from the process behind `insp`, confirming
+/// hostage buffers with the live view geometry (the process must still hold
+/// the objects: call it right after taking the snapshot).
+pub fn analyze_live(
+    insp: &mut Inspector,
+    path: &Path,
+    opts: &AnalyzeOptions,
+) -> Result<SnapshotReport, Error> {
+    let s = load(path)?;
     let mut live_err: Option<InspectorError> = None;
     let mut geo = |ids: &[u64]| match insp.query_view_geometry(ids) {
         Ok(m) => m,
@@ -167,17 +183,13 @@ pub fn snapshot_session(
             Default::default()
         }
     };
-    let mut report = analysis::analyze(&s, &out_path.display().to_string(), opts, Some(&mut geo));
+    let mut report = analysis::analyze(&s, &path.display().to_string(), opts, Some(&mut geo));
     if let Some(e) = live_err {
         report.warnings.push(format!(
             "could not read view geometry from the live process: {e}"
         ));
     }
-    Ok(LiveSnapshot {
-        path: out_path.to_path_buf(),
-        bytes,
-        report,
-    })
+    Ok(report)
 }
 
 /// Open the inspector of process `pid` (SIGUSR1), stream a heap snapshot to
