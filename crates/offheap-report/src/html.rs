@@ -195,7 +195,7 @@ fn verdict(o: &mut String, m: &Model) {
             o.push_str("</div>");
         }
         None => o.push_str(
-            "<div class=\"verdict k-none\"><h1>No verdict: too little data was recorded</h1></div>",
+            "<div class=\"verdict\"><h1>No verdict: too little data was recorded</h1></div>",
         ),
     }
     // Key figures.
@@ -593,20 +593,24 @@ fn suspect_row(o: &mut String, s: &Suspect, open: bool) {
 // ---------------------------------------------------------------- flame graphs
 
 fn flames(o: &mut String, m: &Model) {
+    o.push_str("<section id=\"flame\"><h2>Flame graphs</h2>");
+    if m.profile.stacks.is_empty() {
+        o.push_str(
+            "<p class=\"muted\">No allocation stacks were recorded \
+             (the native agent records them: <code>offheap run</code> on a Node or native target).</p></section>\n",
+        );
+        return;
+    }
     o.push_str(
-        "<section id=\"flame\"><h2>Flame graphs</h2>\
-         <div class=\"ftools\"><div class=\"tabs\" role=\"tablist\">\
+        "<div class=\"ftools\"><div class=\"tabs\" role=\"tablist\">\
          <button data-w=\"leaked\">Leaked bytes</button><button data-w=\"live\">Live bytes</button><button data-w=\"alloc\">Allocated bytes</button></div>\
          <input id=\"fsearch\" type=\"search\" placeholder=\"Search functions…\" aria-label=\"search\"><button id=\"freset\">Reset zoom</button>\
          <span id=\"finfo\" class=\"muted\"></span></div>\
          <div class=\"fkeys\"><span><i class=\"t-native\"></i>native</span><span><i class=\"t-js\"></i>JavaScript</span><span><i class=\"t-builtin\"></i>V8 builtin</span><span><i class=\"t-unknown\"></i>unknown</span>\
-         <span class=\"muted\">Root at the top; click a frame to zoom, hover for details.</span></div>\
-         <div id=\"fgraph\" class=\"fgraph\"></div>",
+         <span class=\"muted\">Root at the top; click a frame to zoom, hover for details. \
+         Leaked = growth of live bytes over the analysis window.</span></div>\
+         <div id=\"fgraph\" class=\"fgraph\"></div><div id=\"ftip\" class=\"ftip\" hidden></div></section>\n",
     );
-    if m.profile.stacks.is_empty() {
-        o.push_str("<p class=\"muted\">No allocation stacks were recorded.</p>");
-    }
-    o.push_str("<div id=\"ftip\" class=\"ftip\" hidden></div></section>\n");
 }
 
 /// Writes a tree as nested JSON arrays `[frame, value, [children...]]`

@@ -520,6 +520,19 @@ fn report_html_opens_in_chromium_without_errors() {
         "console messages from flamegraph.svg: {console:#?}"
     );
 
+    // An empty Model (a recording with nothing in it) renders without errors too.
+    let empty = dir.join("report-empty.html");
+    std::fs::write(&empty, render_html(&offheap_analysis::Model::default())).unwrap();
+    let (dom, console) = load_in_chromium(&chrome, &empty, &["--dump-dom".into()]);
+    assert!(
+        console.is_empty(),
+        "console messages from an empty report: {console:#?}"
+    );
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the empty report's script did not finish"
+    );
+
     // The interactive parts work: zoom, tooltip, search, tabs, chart read-out.
     let driven = dir.join("report-selftest.html");
     std::fs::write(
