@@ -984,11 +984,13 @@ impl Inspector {
         let mut result = Ok(());
         if self.opened_by_us {
             // The reply may never come: the inspector shuts down under us.
+            // Closed synchronously inside the evaluation, so it works even when the
+            // target's event loop is blocked by busy JS (a setImmediate would never run).
             let _ = self.send(
                 "Runtime.evaluate",
                 // `require` is the command-line API's: resolve it now, not in the
                 // later callback (where it does not exist and would throw into the target).
-                json!({"expression": "(function () { const i = require('inspector'); setImmediate(() => { try { i.close(); } catch (_) {} }); return 0; })()",
+                json!({"expression": "(function () { require('inspector').close(); return 0; })()",
                        "includeCommandLineAPI": true, "silent": true}),
             );
             let deadline = Instant::now() + Duration::from_secs(5);

@@ -238,3 +238,38 @@ fn allocation_tracking_names_the_allocating_function() {
     );
     assert!(http_ok(t.port).contains("ok"));
 }
+
+#[test]
+fn busy_target_is_snapshotted_and_left_without_inspector() {
+    // The event loop never turns again: only interrupts reach the JS thread.
+    let mut child = Command::new("node")
+        .args([
+            "--inspect-port=0",
+            "-e",
+            "global.x = []; console.log('ready'); setTimeout(() => { for (;;) { x.push(1); if (x.length > 1e5) x.length = 0; } }, 50)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = child.id();
+    let dir = tempfile::tempdir().unwrap();
+    let r = snapshot_pid(
+        pid,
+        &dir.path().join("busy.heapsnapshot"),
+        &AnalyzeOptions::default(),
+    );
+    let ports = inspector::listening_ports(pid);
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let live = r.unwrap();
+    assert!(live.bytes > 100_000);
+    assert!(alive, "the target must survive");
+    assert!(ports.is_empty(), "inspector port left open: {ports:?}");
+}
