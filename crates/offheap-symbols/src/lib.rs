@@ -68,8 +68,8 @@
 //!   blob (`v8_Default_embedded_blob_code_`, from node's `.symtab`) right
 //!   after a call instruction (a `call rel32` must target a `Builtins_*`
 //!   entry). A start with ≥ 2 votes, strictly more than any overlapping
-//!   start, no failing addresses to speak of, and no overlap with modules or
-//!   JIT code is accepted; its addresses resolve to `Builtins_*` names and
+//!   start, no failing addresses to speak of, and no overlap with a module
+//!   is accepted; its addresses resolve to `Builtins_*` names and
 //!   a note says so. One lone address is ambiguous and stays Unknown (never
 //!   named wrongly); later calls reuse what was found. If the module table
 //!   does record the second mapping (as [`modules_from_proc_maps`] does), it
@@ -636,7 +636,7 @@ impl ProcessSymbols {
     /// ~400 starts that could contain it; the true start gets every vote of
     /// the copy's addresses). A start is accepted when it has ≥ 2 votes,
     /// strictly more than any overlapping start, nearly no address in its
-    /// window fails the test, and it overlaps no module or JIT code. Cost:
+    /// window fails the test, and it overlaps no module. Cost:
     /// O(unresolved × blob pages), capped at 16k addresses.
     fn find_blob_copies(&mut self) {
         self.unresolved_at_last_search = self.unresolved.len();
@@ -718,15 +718,13 @@ impl ProcessSymbols {
         }
     }
 
-    /// True if `[start, end)` overlaps a module range or a perf-map entry
-    /// (a blob copy cannot sit on top of either).
+    /// True if `[start, end)` overlaps a module range (a blob copy cannot
+    /// sit on top of one). JIT entries of the perf map are not used: when
+    /// worker isolates come and go, a new copy may land where an old
+    /// worker's code was, and stale lines would hide it.
     fn overlaps_known_code(&self, start: u64, end: u64) -> bool {
         let i = self.ranges.partition_point(|r| r.0 < end);
-        (i > 0 && self.ranges[..i].iter().any(|r| r.1 > start))
-            || self.perf.as_ref().is_some_and(|p| {
-                // Only JIT entries matter; builtins entries sit in the binary.
-                p.overlaps(start, end)
-            })
+        i > 0 && self.ranges[..i].iter().any(|r| r.1 > start)
     }
 
     fn blob_copy_frames(&mut self, c: BlobCopy, a: u64) -> Vec<Frame> {

@@ -167,21 +167,6 @@ impl PerfMap {
         }
         best_live.or(best_next)
     }
-
-    /// True if any entry overlaps `[start, end)`.
-    pub fn overlaps(&self, start: u64, end: u64) -> bool {
-        let mut i = self.entries.partition_point(|e| e.start < end);
-        while i > 0 {
-            i -= 1;
-            if self.max_end[i] <= start {
-                return false;
-            }
-            if self.entries[i].end > start {
-                return true;
-            }
-        }
-        false
-    }
 }
 
 /// `START SIZE name` -> (start, size, byte range of the trimmed name).
@@ -448,7 +433,5 @@ mod tests {
             m.name(m.lookup(0x1010, 0.0).unwrap().seq),
             "JS:*b /a.js:2:1"
         );
-        assert!(m.overlaps(0x1f00, 0x2001));
-        assert!(!m.overlaps(0x1100, 0x2000));
     }
 }
