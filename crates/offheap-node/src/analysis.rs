@@ -217,6 +217,8 @@ fn edge_label(s: &HeapSnapshot, e: &Edge) -> String {
         None => format!("{{{}}}", e.name_or_index),
         Some(n) if e.ty == t.e_property => format!(".{}", short(n, 60)),
         Some(n) if e.ty == t.e_context => format!("{} (closure variable)", short(n, 60)),
+        // Root -> user global shortcuts are named by an index ("2"): show just `~`.
+        Some(n) if e.ty == t.e_shortcut && n.bytes().all(|b| b.is_ascii_digit()) => "~".to_string(),
         Some(n) if e.ty == t.e_shortcut => format!("~{}", short(n, 60)),
         Some(n) => format!("{{{}}}", short(n, 60)),
     }
