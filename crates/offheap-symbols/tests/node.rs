@@ -73,12 +73,22 @@ function hotCall() { let last; for (let i = 0; i < 20000; i++) last = namedJsCal
 function hotApply() { let last; for (let i = 0; i < 20000; i++) last = Reflect.apply(namedJsCaller, null, [i]); return last; }
 function hotMap() { let last; for (let i = 0; i < 20000; i++) last = [i].map(namedJsCaller)[0]; return last; }
 stacks.push(hotLoop(), hotCall(), hotApply(), hotMap());
-new Promise((resolve) => resolve()).then(() => {
-  stacks.push(namedJsCaller(5));
+// A worker isolate: its own code range, so its own copy of the builtins.
+const { Worker } = require('worker_threads');
+const worker = new Worker(
+  `const { parentPort } = require('worker_threads');
+   const addon = require(${JSON.stringify(addonPath)});
+   function namedJsCaller(n) { return addon.capture(n); }
+   parentPort.postMessage(namedJsCaller(6));
+   parentPort.once('message', () => process.exit(0));`,
+  { eval: true });
+worker.once('message', (workerStack) => {
+  stacks.push(namedJsCaller(5), workerStack);
   const t = Date.now();
   fs.copyFileSync(`/tmp/perf-${process.pid}.map`, `${out}/perf.map`);
   fs.writeFileSync(`${out}/maps`, fs.readFileSync('/proc/self/maps'));
   fs.writeFileSync(`${out}/stacks.json`, JSON.stringify({ pid: process.pid, t, stacks }));
+  worker.postMessage('done');
 });
 "#;
 
@@ -182,9 +192,15 @@ fn check_stack(frames: &[Frame], script: &Path) {
         ),
         "{s}"
     );
-    assert_eq!(js.file.as_deref(), Some(script.to_str().unwrap()));
-    assert_eq!(js.module, script.to_str().unwrap());
-    if js.function == "namedJsCaller" {
+    // The worker's script is an eval string.
+    let want = if js.file.as_deref() == Some("[worker eval]") {
+        "[worker eval]"
+    } else {
+        script.to_str().unwrap()
+    };
+    assert_eq!(js.file.as_deref(), Some(want), "{s}");
+    assert_eq!(js.module, want);
+    if js.function == "namedJsCaller" && want != "[worker eval]" {
         assert_eq!(js.line, Some(4));
     }
     // node's API glue between the addon and JS is named.
@@ -250,9 +266,9 @@ fn js_addon_and_builtin_frames_from_real_node() {
     assert_eq!(syms.symbolize(&c.stacks[0], c.t), all[0]);
 }
 
-/// The agent might record only the ELF's PT_LOAD segments (dl_iterate_phdr):
-/// then the remapped builtins sit in "no module" and are found by fitting
-/// node's embedded blob.
+/// The agent records only the ELF's PT_LOAD segments (dl_iterate_phdr):
+/// then the remapped builtins (one copy per isolate: main thread and
+/// worker) sit in "no module" and are found by fitting node's embedded blob.
 #[test]
 fn remapped_builtins_without_the_second_mapping() {
     let c = capture();
@@ -262,22 +278,25 @@ fn remapped_builtins_without_the_second_mapping() {
         .find(|m| m.path.ends_with("/node"))
         .unwrap();
     let bias = node.bias;
-    // The copy: a range whose address is not explained by the ELF layout.
-    let Some(&copy) = node
+    // The copies: ranges whose address the ELF layout does not explain.
+    let copies: Vec<(u64, u64, u64)> = node
         .ranges
         .iter()
-        .find(|r| r.0.wrapping_sub(bias) >= 0x1_0000_0000)
-    else {
+        .copied()
+        .filter(|r| r.0.wrapping_sub(bias) >= 0x1_0000_0000)
+        .collect();
+    if copies.is_empty() {
         eprintln!(
             "node did not remap its builtins here (short builtin calls off?); nothing to test"
         );
         return;
-    };
+    }
+    eprintln!("copies: {copies:x?}");
     let perf = c.dir.join("perf.map");
     let stacks: Vec<(&[u64], f64)> = c.stacks.iter().map(|s| (&s[..], c.t)).collect();
     let reference = ProcessSymbols::new(&full_modules, Some(&perf)).symbolize_stacks(&stacks);
 
-    // More return addresses in the copy: the real builtin return addresses
+    // More return addresses in each copy: the real builtin return addresses
     // the stacks hold at node's own mapping, moved into the copy (the same
     // code, called through the copy, returns there).
     let mut moved: Vec<(u64, String)> = Vec::new();
@@ -286,30 +305,28 @@ fn remapped_builtins_without_the_second_mapping() {
             continue;
         }
         let a = f.address;
-        if a >= copy.0 && a < copy.1 {
+        if copies.iter().any(|r| a >= r.0 && a < r.1) {
             moved.push((a, f.function.clone()));
-        } else if let Some(r) = node
-            .ranges
-            .iter()
-            .find(|r| a >= r.0 && a < r.1 && r.0 != copy.0)
-        {
+        } else if let Some(r) = node.ranges.iter().find(|r| a >= r.0 && a < r.1) {
             let off = a - r.0 + r.2;
-            if off >= copy.2 && off < copy.2 + (copy.1 - copy.0) {
-                moved.push((copy.0 + off - copy.2, f.function.clone()));
+            for copy in &copies {
+                if off >= copy.2 && off < copy.2 + (copy.1 - copy.0) {
+                    moved.push((copy.0 + off - copy.2, f.function.clone()));
+                }
             }
         }
     }
     moved.sort();
     moved.dedup();
-    eprintln!("addresses in the copy: {moved:x?}");
-    assert!(moved.len() >= 3, "{moved:x?}");
+    eprintln!("addresses in the copies: {moved:x?}");
+    assert!(moved.len() >= 3 * copies.len(), "{moved:x?}");
 
     let mut modules: Vec<ModuleRecord> = full_modules.clone();
     let node = modules
         .iter_mut()
         .find(|m| m.path.ends_with("/node"))
         .unwrap();
-    node.ranges.retain(|r| r.0 != copy.0);
+    node.ranges.retain(|r| !copies.contains(r));
     let moved_addrs: Vec<u64> = moved.iter().map(|m| m.0).collect();
 
     // One address alone fits several places: it must stay unknown, not be
@@ -321,14 +338,18 @@ fn remapped_builtins_without_the_second_mapping() {
         "{lone:?}"
     );
 
-    // All of them together fit in exactly one place.
+    // All of them together fit in exactly one place per copy.
     let mut syms = ProcessSymbols::new(&modules, Some(&perf));
     let mut all_stacks = stacks.clone();
     all_stacks.push((&moved_addrs[..], c.t));
     let all = syms.symbolize_stacks(&all_stacks);
     eprintln!("{:?}", syms.notes());
-    assert!(
-        syms.notes().iter().any(|n| n.contains("remapped")),
+    assert_eq!(
+        syms.notes()
+            .iter()
+            .filter(|n| n.contains("remapped"))
+            .count(),
+        copies.len(),
         "{:?}",
         syms.notes()
     );
@@ -343,12 +364,12 @@ fn remapped_builtins_without_the_second_mapping() {
         last.iter()
             .all(|f| f.kind == FrameKind::Builtin && f.module.ends_with("/node"))
     );
-    // The real stacks come out as with the second mapping recorded.
+    // The real stacks come out as with the second mappings recorded.
     assert_eq!(&all[..all.len() - 1], &reference[..]);
     for frames in &all[..all.len() - 1] {
         check_stack(frames, &c.script);
     }
-    // Later single stacks in the copy resolve through what was found.
+    // Later single stacks in a copy resolve through what was found.
     assert_eq!(
         syms.symbolize(&moved_addrs[..1], c.t)[0].function,
         moved[0].1
