@@ -367,3 +367,43 @@ fn split_debug_info_through_gnu_debuglink() {
     );
     assert_eq!(frames[0].line, Some(3));
 }
+
+#[test]
+fn cpp_inlined_member_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("walk.c"), WALK).unwrap();
+    std::fs::write(
+        d.join("main.cpp"),
+        r#"extern "C" void walk_stack(int); extern "C" void dump_maps(void);
+namespace shop {
+struct Cart {
+    int n;
+    __attribute__((always_inline)) inline void checkout(int d) { walk_stack(d); n++; }
+    __attribute__((noinline)) void run(int d) { checkout(d); __asm__ volatile(""); }
+};
+}
+int main(int argc, char **) { shop::Cart c{0}; c.run(argc); dump_maps(); return c.n == 1 ? 0 : 1; }
+"#,
+    )
+    .unwrap();
+    run(Command::new("gcc")
+        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-c", "-o"])
+        .arg(d.join("walk.o"))
+        .arg(d.join("walk.c")));
+    run(Command::new("g++")
+        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"])
+        .arg(d.join("prog"))
+        .arg(d.join("main.cpp"))
+        .arg(d.join("walk.o")));
+    let (rets, maps) = parse(&run(&mut Command::new(d.join("prog"))));
+    let mut syms = ProcessSymbols::new(&modules_from_proc_maps(&maps), None);
+    let frames = syms.symbolize(&rets, 0.0);
+    eprintln!("{frames:#?}");
+    assert_eq!(frames.len(), 2, "{frames:#?}");
+    assert!(frames[0].inlined);
+    assert_eq!(frames[0].function, "shop::Cart::checkout(int)");
+    assert_eq!(frames[0].line, Some(5));
+    assert_eq!(frames[1].function, "shop::Cart::run(int)");
+    assert_eq!(frames[1].line, Some(6));
+}
