@@ -47,10 +47,19 @@ fn main() {
         let mods: Vec<String> = st
             .frames
             .iter()
-            .take(if std::env::var_os("ALLFRAMES").is_some() { 64 } else { 4 })
+            .take(if std::env::var_os("ALLFRAMES").is_some() {
+                64
+            } else {
+                4
+            })
             .map(|&f| {
                 let m = s.modules.iter().find(|m| m.contains(f));
-                format!("{:#x}({})", f, m.map(|m| m.path.rsplit('/').next().unwrap_or("")).unwrap_or("?"))
+                format!(
+                    "{:#x}({})",
+                    f,
+                    m.map(|m| m.path.rsplit('/').next().unwrap_or(""))
+                        .unwrap_or("?")
+                )
             })
             .collect();
         println!(

@@ -26,7 +26,10 @@ mod writer;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use libc::{c_char, c_int, c_void, off_t, size_t};
 use offheap_format::native::AllocKind;
-use sys::{__libc_calloc, __libc_free, __libc_malloc, __libc_memalign, __libc_pvalloc, __libc_realloc, __libc_valloc};
+use sys::{
+    __libc_calloc, __libc_free, __libc_malloc, __libc_memalign, __libc_pvalloc, __libc_realloc,
+    __libc_valloc,
+};
 use tls::{TLS, Tls};
 
 // ---------------------------------------------------------------------------
@@ -207,7 +210,15 @@ fn weights(size: usize, period: u64) -> (u64, u64) {
 }
 
 #[inline(never)]
-fn record(t: &Tls, p: usize, size: usize, kind: AllocKind, bytes: u64, count: u64, max_depth: usize) {
+fn record(
+    t: &Tls,
+    p: usize,
+    size: usize,
+    kind: AllocKind,
+    bytes: u64,
+    count: u64,
+    max_depth: usize,
+) {
     let mut frames = [0u64; unwind::MAX_FRAMES];
     let (n, truncated) = unwind::capture(t, &mut frames, max_depth);
     let Some(id) = stacks::intern(kind, truncated, &frames[..n]) else {
@@ -217,7 +228,15 @@ fn record(t: &Tls, p: usize, size: usize, kind: AllocKind, bytes: u64, count: u6
     stacks::add(id, bytes, count);
     let born_ms = sys::mono_ms().saturating_sub(START_MONO.load(Ordering::Relaxed)) as u32;
     match kind {
-        AllocKind::Malloc => live::insert(p, live::Live { stack: id, born_ms, bytes, count }),
+        AllocKind::Malloc => live::insert(
+            p,
+            live::Live {
+                stack: id,
+                born_ms,
+                bytes,
+                count,
+            },
+        ),
         AllocKind::Mmap => live::add_region(live::Region {
             start: p,
             end: p + size,
@@ -288,7 +307,11 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
         // SAFETY: realloc(NULL, n) is malloc(n).
         return unsafe { malloc(size) };
     }
-    let old = if live::maybe_tracked(p as usize) { live::remove(p as usize) } else { None };
+    let old = if live::maybe_tracked(p as usize) {
+        live::remove(p as usize)
+    } else {
+        None
+    };
     // SAFETY: forwarding the caller's pointer to glibc.
     let q = unsafe { __libc_realloc(p, size) };
     if q.is_null() {
@@ -341,9 +364,13 @@ pub unsafe extern "C" fn aligned_alloc(align: size_t, size: size_t) -> *mut c_vo
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: size_t, size: size_t) -> c_int {
+pub unsafe extern "C" fn posix_memalign(
+    out: *mut *mut c_void,
+    align: size_t,
+    size: size_t,
+) -> c_int {
     let w = core::mem::size_of::<*mut c_void>();
-    if align % w != 0 || !(align / w).is_power_of_two() || align == 0 {
+    if !align.is_multiple_of(w) || !(align / w).is_power_of_two() || align == 0 {
         return libc::EINVAL;
     }
     let saved = sys::errno();
@@ -390,9 +417,7 @@ fn page_round(n: usize) -> usize {
 }
 
 fn forget_range(start: usize, len: usize) {
-    live::unmap_range(start, start.saturating_add(page_round(len)), |stack, bytes, count| {
-        stacks::sub(stack, bytes, count)
-    });
+    live::unmap_range(start, start.saturating_add(page_round(len)), stacks::sub);
 }
 
 fn enabled() -> bool {
@@ -400,7 +425,14 @@ fn enabled() -> bool {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
     // SAFETY: the raw syscall has mmap's own contract, which the caller upholds.
     let r = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
     if r == -1 {
@@ -419,7 +451,14 @@ pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
     // SAFETY: same contract as mmap.
     unsafe { mmap(addr, len, prot, flags, fd, off) }
 }
@@ -438,7 +477,13 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
 /// argument (new address, with MREMAP_FIXED) is read as a plain argument,
 /// which the x86-64 calling convention allows.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mremap(old: *mut c_void, old_size: size_t, new_size: size_t, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_size: size_t,
+    new_size: size_t,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
     // SAFETY: the raw syscall has mremap's contract, which the caller upholds.
     let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_size, new_size, flags, new_addr) };
     if r == -1 {
@@ -451,7 +496,11 @@ pub unsafe extern "C" fn mremap(old: *mut c_void, old_size: size_t, new_size: si
             Some(reg) => {
                 // Keep the original stack; the growth (or shrink) is counted on it.
                 let had = reg.bytes();
-                let moved = live::Region { start: q as usize, end: q as usize + ns, ..reg };
+                let moved = live::Region {
+                    start: q as usize,
+                    end: q as usize + ns,
+                    ..reg
+                };
                 let now = moved.bytes();
                 forget_range(old as usize, os);
                 if now >= had {
@@ -499,7 +548,9 @@ fn with_busy(f: impl FnOnce()) {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dlopen(file: *const c_char, mode: c_int) -> *mut c_void {
-    let Some(real) = real_dlopen() else { return core::ptr::null_mut() };
+    let Some(real) = real_dlopen() else {
+        return core::ptr::null_mut();
+    };
     writer::DLOPEN_DEPTH.fetch_add(1, Ordering::Relaxed);
     // RTLD_DEEPBIND would let the library bypass our hooks (its frees would
     // miss sampled records), so it is dropped, as heaptrack does.
@@ -588,7 +639,10 @@ fn strip_ld_preload() {
 }
 
 extern "C" fn init() {
-    if STATE.compare_exchange(UNINIT, INITIALIZING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+    if STATE
+        .compare_exchange(UNINIT, INITIALIZING, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
         return;
     }
     TLS.with(|t| t.busy.set(true));
@@ -611,6 +665,10 @@ extern "C" fn init() {
     cfg.min_age_ms = sys::env_u64(c"OFFHEAP_MIN_AGE_MS", 5000);
     cfg.follow_fork = sys::env_bool(c"OFFHEAP_FOLLOW_FORK", true);
     cfg.follow_exec = sys::env_bool(c"OFFHEAP_FOLLOW_EXEC", false);
+    unwind::DEBUG.store(
+        sys::env_bool(c"OFFHEAP_DEBUG_UNWIND", false),
+        Ordering::Relaxed,
+    );
     PID.store(sys::getpid(), Ordering::Relaxed);
     // SAFETY: getppid has no preconditions.
     PPID.store(unsafe { libc::getppid() } as u32, Ordering::Relaxed);
@@ -621,9 +679,19 @@ extern "C" fn init() {
     }
     // SAFETY: dlsym with RTLD_NEXT from this library; names are NUL-terminated.
     unsafe {
-        REAL_DLOPEN.store(libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) as u64, Ordering::Relaxed);
-        REAL_DLCLOSE.store(libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) as u64, Ordering::Relaxed);
-        libc::pthread_atfork(Some(writer::fork_prepare), Some(writer::fork_parent), Some(writer::fork_child));
+        REAL_DLOPEN.store(
+            libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) as u64,
+            Ordering::Relaxed,
+        );
+        REAL_DLCLOSE.store(
+            libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) as u64,
+            Ordering::Relaxed,
+        );
+        libc::pthread_atfork(
+            Some(writer::fork_prepare),
+            Some(writer::fork_parent),
+            Some(writer::fork_child),
+        );
         libc::atexit(writer::on_exit);
     }
     modules::init(real_dlopen());

@@ -77,12 +77,21 @@ pub struct Shard {
 
 impl Shard {
     const fn new() -> Self {
-        Self { keys: Vec::new(), vals: Vec::new(), used: 0, tombs: 0 }
+        Self {
+            keys: Vec::new(),
+            vals: Vec::new(),
+            used: 0,
+            tombs: 0,
+        }
     }
 
     fn grow(&mut self) {
         let cap = (self.keys.len() * 2).max(64);
-        let cap = if self.used * 4 < self.keys.len() { self.keys.len().max(64) } else { cap };
+        let cap = if self.used * 4 < self.keys.len() {
+            self.keys.len().max(64)
+        } else {
+            cap
+        };
         let old_k = core::mem::replace(&mut self.keys, vec![EMPTY; cap]);
         let old_v = core::mem::replace(&mut self.vals, vec![Live::default(); cap]);
         self.used = 0;
@@ -104,11 +113,7 @@ impl Shard {
         loop {
             match self.keys[i] {
                 EMPTY => break,
-                TOMB => {
-                    if first_tomb == usize::MAX {
-                        first_tomb = i;
-                    }
-                }
+                TOMB if first_tomb == usize::MAX => first_tomb = i,
                 x if x == k => {
                     // Same address twice: the old record is stale (a free we
                     // never saw). Replace it.
@@ -198,7 +203,12 @@ pub fn for_each(mut f: impl FnMut(&Live)) {
     }
     let r = REGIONS.lock();
     for reg in r.iter() {
-        f(&Live { stack: reg.stack, born_ms: reg.born_ms, bytes: reg.bytes(), count: reg.count })
+        f(&Live {
+            stack: reg.stack,
+            born_ms: reg.born_ms,
+            bytes: reg.bytes(),
+            count: reg.count,
+        })
     }
 }
 
@@ -250,8 +260,8 @@ pub fn unmap_range(start: usize, end: usize, mut sub: impl FnMut(u32, u64, u64))
         let cut_s = r.start.max(start);
         let cut_e = r.end.min(end);
         let bytes = ((cut_e - cut_s) as f64 * r.ratio) as u64;
-        let left = (r.start < cut_s).then(|| Region { end: cut_s, ..r });
-        let right = (cut_e < r.end).then(|| Region { start: cut_e, ..r });
+        let left = (r.start < cut_s).then_some(Region { end: cut_s, ..r });
+        let right = (cut_e < r.end).then_some(Region { start: cut_e, ..r });
         let gone = left.is_none() && right.is_none();
         sub(r.stack, bytes, if gone { r.count } else { 0 });
         match (left, right) {

@@ -9,7 +9,9 @@
 
 use crate::sys::{self, SpinLock, map_anon, unmap};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use framehop::{ExplicitModuleSectionInfo, MayAllocateDuringUnwind, Module, Unwinder, UnwinderNative};
+use framehop::{
+    ExplicitModuleSectionInfo, MayAllocateDuringUnwind, Module, Unwinder, UnwinderNative,
+};
 use libc::{c_char, c_int, c_void, dl_phdr_info, size_t};
 use std::sync::Arc;
 
@@ -92,7 +94,12 @@ pub struct Table {
     subs: u64,
 }
 
-pub static TABLE: SpinLock<Table> = SpinLock::new(Table { recs: Vec::new(), generation: 0, adds: 0, subs: 0 });
+pub static TABLE: SpinLock<Table> = SpinLock::new(Table {
+    recs: Vec::new(),
+    generation: 0,
+    adds: 0,
+    subs: 0,
+});
 pub static UNWINDER: SpinLock<Option<Arc<Unw>>> = SpinLock::new(None);
 
 /// Address range of the agent itself (its frames are skipped).
@@ -295,8 +302,14 @@ unsafe extern "C" fn scan_cb(info: *mut dl_phdr_info, _size: size_t, data: *mut 
                     // SAFETY: pinned modules stay mapped for the life of the process.
                     unsafe {
                         (
-                            Bytes::Static(core::slice::from_raw_parts(hdr_avma as *const u8, hdr_len as usize)),
-                            Bytes::Static(core::slice::from_raw_parts(ehf_avma as *const u8, ehf_len as usize)),
+                            Bytes::Static(core::slice::from_raw_parts(
+                                hdr_avma as *const u8,
+                                hdr_len as usize,
+                            )),
+                            Bytes::Static(core::slice::from_raw_parts(
+                                ehf_avma as *const u8,
+                                ehf_len as usize,
+                            )),
                         )
                     }
                 } else {
@@ -352,23 +365,46 @@ fn loader_counts() -> (u64, u64) {
 fn exe_path() -> Vec<u8> {
     let mut buf = [0u8; 4096];
     // SAFETY: buf is writable for its length.
-    let n = unsafe { libc::readlink(c"/proc/self/exe".as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len()) };
-    if n > 0 { buf[..n as usize].to_vec() } else { Vec::new() }
+    let n = unsafe {
+        libc::readlink(
+            c"/proc/self/exe".as_ptr(),
+            buf.as_mut_ptr() as *mut c_char,
+            buf.len(),
+        )
+    };
+    if n > 0 {
+        buf[..n as usize].to_vec()
+    } else {
+        Vec::new()
+    }
 }
 
 /// Rescans loaded modules if the loader's counters changed (or `force`).
 /// Must be called with no agent lock held.
 pub fn refresh(force: bool) {
     let (adds, subs) = loader_counts();
-    if !force && LAST_ADDS.load(Ordering::Relaxed) == adds && LAST_SUBS.load(Ordering::Relaxed) == subs {
+    if !force
+        && LAST_ADDS.load(Ordering::Relaxed) == adds
+        && LAST_SUBS.load(Ordering::Relaxed) == subs
+    {
         return;
     }
     let known: Vec<(u64, u64)> = {
         let t = TABLE.lock();
-        t.recs.iter().filter(|r| r.unloaded_ms.is_none()).map(|r| r.key).collect()
+        t.recs
+            .iter()
+            .filter(|r| r.unloaded_ms.is_none())
+            .map(|r| r.key)
+            .collect()
     };
-    let mut ctx =
-        ScanCtx { known, pinned: Vec::new(), copy_unpinned: true, out: Vec::new(), adds: 0, subs: 0 };
+    let mut ctx = ScanCtx {
+        known,
+        pinned: Vec::new(),
+        copy_unpinned: true,
+        out: Vec::new(),
+        adds: 0,
+        subs: 0,
+    };
     // SAFETY: scan_cb matches the callback type; ctx outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(scan_cb), &mut ctx as *mut _ as *mut c_void) };
     merge(ctx);
@@ -399,10 +435,17 @@ fn merge(ctx: ScanCtx) {
             if s.known {
                 continue;
             }
-            if t.recs.iter().any(|r| r.key == s.key && r.unloaded_ms.is_none()) {
+            if t.recs
+                .iter()
+                .any(|r| r.key == s.key && r.unloaded_ms.is_none())
+            {
                 continue;
             }
-            let path = if s.path.is_empty() { exe_path() } else { s.path };
+            let path = if s.path.is_empty() {
+                exe_path()
+            } else {
+                s.path
+            };
             if path.windows(9).any(|w| w == b"libstdc++") {
                 new_stdcxx = true;
             }
@@ -439,7 +482,7 @@ fn merge(ctx: ScanCtx) {
         LAST_SUBS.store(ctx.subs, Ordering::Relaxed);
         Arc::new(u)
     };
-    let old = core::mem::replace(&mut *UNWINDER.lock(), Some(unw));
+    let old = UNWINDER.lock().replace(unw);
     drop(old);
     if new_stdcxx {
         find_wrappers();
@@ -469,12 +512,24 @@ pub fn init(dlopen_real: Option<crate::DlopenFn>) {
         let mut name = s.path.clone();
         name.push(0);
         // SAFETY: name is NUL-terminated; RTLD_NOLOAD never loads anything new.
-        let h = unsafe { real(name.as_ptr() as *const c_char, libc::RTLD_LAZY | RTLD_NOLOAD | libc::RTLD_NODELETE) };
+        let h = unsafe {
+            real(
+                name.as_ptr() as *const c_char,
+                libc::RTLD_LAZY | RTLD_NOLOAD | libc::RTLD_NODELETE,
+            )
+        };
         if !h.is_null() {
             pinned.push(s.key);
         }
     }
-    let mut ctx = ScanCtx { known: Vec::new(), pinned, copy_unpinned: true, out: Vec::new(), adds: 0, subs: 0 };
+    let mut ctx = ScanCtx {
+        known: Vec::new(),
+        pinned,
+        copy_unpinned: true,
+        out: Vec::new(),
+        adds: 0,
+        subs: 0,
+    };
     // SAFETY: as above.
     unsafe { libc::dl_iterate_phdr(Some(scan_cb), &mut ctx as *mut _ as *mut c_void) };
     merge(ctx);
@@ -491,7 +546,10 @@ pub fn init(dlopen_real: Option<crate::DlopenFn>) {
             AGENT_HI.store(hi, Ordering::Relaxed);
         }
     }
-    let stdcxx = t.recs.iter().any(|r| r.path.windows(9).any(|w| w == b"libstdc++"));
+    let stdcxx = t
+        .recs
+        .iter()
+        .any(|r| r.path.windows(9).any(|w| w == b"libstdc++"));
     drop(t);
     if stdcxx {
         find_wrappers();
@@ -532,15 +590,33 @@ fn find_wrappers() {
         let mut sym: *const libc::Elf64_Sym = core::ptr::null();
         // SAFETY: valid out pointers; RTLD_DL_SYMENT stores an ElfW(Sym)* in the extra arg.
         let ok = unsafe {
-            libc::dladdr1(p, &mut info, &mut sym as *mut _ as *mut *mut c_void, RTLD_DL_SYMENT)
+            libc::dladdr1(
+                p,
+                &mut info,
+                &mut sym as *mut _ as *mut *mut c_void,
+                RTLD_DL_SYMENT,
+            )
         };
         if ok == 0 || sym.is_null() {
             continue;
         }
-        // SAFETY: dladdr1 returned a pointer into the module's symbol table.
-        let size = unsafe { (*sym).st_size };
+        // SAFETY: dladdr1 returned a pointer into the module's symbol table,
+        // and dli_fname is null or a NUL-terminated path.
+        let (size, fname) = unsafe {
+            let f = if info.dli_fname.is_null() {
+                &b""[..]
+            } else {
+                core::ffi::CStr::from_ptr(info.dli_fname).to_bytes()
+            };
+            ((*sym).st_size, f)
+        };
         let start = info.dli_saddr as u64;
-        if size == 0 || start == 0 {
+        // Only libstdc++'s own, small functions (never a whole module).
+        if size == 0
+            || size > 4096
+            || start != p as u64
+            || !fname.windows(9).any(|w| w == b"libstdc++")
+        {
             continue;
         }
         WRAPPERS[n].0.store(start, Ordering::Relaxed);
@@ -552,7 +628,9 @@ fn find_wrappers() {
 
 pub fn is_wrapper(a: u64) -> bool {
     let n = WRAPPER_COUNT.load(Ordering::Acquire);
-    WRAPPERS[..n].iter().any(|(s, e)| a >= s.load(Ordering::Relaxed) && a < e.load(Ordering::Relaxed))
+    WRAPPERS[..n]
+        .iter()
+        .any(|(s, e)| a >= s.load(Ordering::Relaxed) && a < e.load(Ordering::Relaxed))
 }
 
 /// The current unwinder snapshot.

@@ -42,8 +42,11 @@ pub struct Table {
     pub frames: Vec<u64>,
 }
 
-pub static TABLE: SpinLock<Table> =
-    SpinLock::new(Table { index: Vec::new(), entries: Vec::new(), frames: Vec::new() });
+pub static TABLE: SpinLock<Table> = SpinLock::new(Table {
+    index: Vec::new(),
+    entries: Vec::new(),
+    frames: Vec::new(),
+});
 
 fn hash_frames(kind: AllocKind, frames: &[u64]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;
@@ -108,7 +111,7 @@ pub fn intern(kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
     if id >= MAX_STACKS {
         return None;
     }
-    if id % CHUNK == 0 && CHUNKS[id >> CHUNK_BITS].load(Ordering::Relaxed).is_null() {
+    if id.is_multiple_of(CHUNK) && CHUNKS[id >> CHUNK_BITS].load(Ordering::Relaxed).is_null() {
         // A fresh kernel mapping is zeroed: all-zero atomics are valid counters.
         let p = map_anon(CHUNK * core::mem::size_of::<Counters>());
         if p.is_null() {
@@ -118,7 +121,13 @@ pub fn intern(kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
     }
     let start = t.frames.len() as u32;
     t.frames.extend_from_slice(frames);
-    t.entries.push(Entry { hash: h, start, len: frames.len() as u16, kind, truncated });
+    t.entries.push(Entry {
+        hash: h,
+        start,
+        len: frames.len() as u16,
+        kind,
+        truncated,
+    });
     t.index[i] = id as u32;
     if t.entries.len() * 2 > t.index.len() {
         t.rehash();

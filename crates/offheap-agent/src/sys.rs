@@ -32,7 +32,10 @@ pub struct Guard<'a, T> {
 
 impl<T> SpinLock<T> {
     pub const fn new(v: T) -> Self {
-        Self { locked: AtomicBool::new(false), value: UnsafeCell::new(v) }
+        Self {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(v),
+        }
     }
 
     pub fn raw_lock(&self) {
@@ -140,7 +143,10 @@ pub fn set_errno(v: c_int) {
 
 /// Unix time in ms.
 pub fn now_ms() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
@@ -148,14 +154,20 @@ pub fn now_ms() -> f64 {
 
 /// Monotonic ms (coarse, a few ns to read).
 pub fn mono_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -172,7 +184,10 @@ pub fn gettid() -> u32 {
 }
 
 pub fn sleep_ms(ms: u64) {
-    let ts = libc::timespec { tv_sec: (ms / 1000) as _, tv_nsec: ((ms % 1000) * 1_000_000) as _ };
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as _,
+        tv_nsec: ((ms % 1000) * 1_000_000) as _,
+    };
     // SAFETY: ts is valid; a null remainder is allowed.
     unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
 }
@@ -248,7 +263,11 @@ pub fn map_anon(len: usize) -> *mut u8 {
             0usize,
         )
     };
-    if p < 0 { core::ptr::null_mut() } else { p as *mut u8 }
+    if p < 0 {
+        core::ptr::null_mut()
+    } else {
+        p as *mut u8
+    }
 }
 
 pub fn unmap(p: *mut u8, len: usize) {
@@ -264,7 +283,10 @@ pub struct Fmt<const N: usize> {
 
 impl<const N: usize> Fmt<N> {
     pub const fn new() -> Self {
-        Self { buf: [0; N], len: 0 }
+        Self {
+            buf: [0; N],
+            len: 0,
+        }
     }
     pub fn s(&mut self, s: &[u8]) -> &mut Self {
         let n = s.len().min(N - self.len);

@@ -60,6 +60,10 @@ impl Tls {
         // u in (0, 1]
         let u = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
         let v = -u.ln() * mean as f64;
-        if v >= i64::MAX as f64 { i64::MAX } else { v as i64 }
+        if v >= i64::MAX as f64 {
+            i64::MAX
+        } else {
+            v as i64
+        }
     }
 }

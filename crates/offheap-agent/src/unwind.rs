@@ -7,7 +7,7 @@ use crate::modules::{self, AGENT_HI, AGENT_LO};
 use crate::sys::SpinLock;
 use crate::tls::Tls;
 use core::sync::atomic::{AtomicU64, Ordering};
-use framehop::{CacheNative, FrameAddress, MayAllocateDuringUnwind, Unwinder, UnwindRegsNative};
+use framehop::{CacheNative, FrameAddress, MayAllocateDuringUnwind, UnwindRegsNative, Unwinder};
 
 /// Hard cap on recorded frames, whatever OFFHEAP_MAX_DEPTH says.
 pub const MAX_FRAMES: usize = 256;
@@ -22,6 +22,7 @@ pub static CACHES: [SpinLock<Option<Box<Cache>>>; POOL] = [SLOT; POOL];
 
 pub static UNWIND_ERRORS: AtomicU64 = AtomicU64::new(0);
 pub static OFF_STACK: AtomicU64 = AtomicU64::new(0);
+pub static DEBUG: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// The bounds of the stack `sp` is on: the thread's stack, the alternate
 /// signal stack, or (unknown stack) just the current page.
@@ -35,9 +36,15 @@ fn bounds(t: &Tls, sp: u64) -> (u64, u64) {
     if sp >= lo && sp < hi {
         return (sp, hi);
     }
-    let mut ss: libc::stack_t = libc::stack_t { ss_sp: core::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
+    let mut ss: libc::stack_t = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
     // SAFETY: querying only (null new stack).
-    if unsafe { libc::sigaltstack(core::ptr::null(), &mut ss) } == 0 && ss.ss_flags & libc::SS_ONSTACK != 0 {
+    if unsafe { libc::sigaltstack(core::ptr::null(), &mut ss) } == 0
+        && ss.ss_flags & libc::SS_ONSTACK != 0
+    {
         let s = ss.ss_sp as u64;
         if sp >= s && sp < s + ss.ss_size as u64 {
             return (sp, s + ss.ss_size as u64);
@@ -88,7 +95,9 @@ fn regs() -> (u64, u64, u64) {
 /// (frames, truncated).
 #[inline(never)]
 pub fn capture(t: &Tls, out: &mut [u64; MAX_FRAMES], max_depth: usize) -> (usize, bool) {
-    let Some(unw) = modules::unwinder() else { return (0, false) };
+    let Some(unw) = modules::unwinder() else {
+        return (0, false);
+    };
     let (ip, sp, bp) = regs();
     let (lo, hi) = bounds(t, sp);
     let mut read = |addr: u64| -> Result<u64, ()> {
@@ -114,7 +123,10 @@ pub fn capture(t: &Tls, out: &mut [u64; MAX_FRAMES], max_depth: usize) -> (usize
     // SAFETY: we hold this slot's lock.
     let cache = unsafe { guard.get_unchecked() };
     let cache = cache.get_or_insert_with(|| Box::new(Cache::new()));
-    let agent = (AGENT_LO.load(Ordering::Relaxed), AGENT_HI.load(Ordering::Relaxed));
+    let agent = (
+        AGENT_LO.load(Ordering::Relaxed),
+        AGENT_HI.load(Ordering::Relaxed),
+    );
     let max_depth = max_depth.min(MAX_FRAMES);
     let mut n = 0usize;
     let mut truncated = false;
@@ -138,6 +150,20 @@ pub fn capture(t: &Tls, out: &mut [u64; MAX_FRAMES], max_depth: usize) -> (usize
             FrameAddress::InstructionPointer(_) => continue,
             FrameAddress::ReturnAddress(r) => r.get(),
         };
+        if DEBUG.load(Ordering::Relaxed) {
+            let mut m = crate::sys::Fmt::<128>::new();
+            m.s(b"frame ")
+                .u(a)
+                .s(b" ")
+                .u(agent.0)
+                .s(b"-")
+                .u(agent.1)
+                .s(b" w")
+                .u(modules::is_wrapper(a) as u64)
+                .s(if skipping { b" skip?\n" } else { b"\n" });
+            // SAFETY: writing a valid buffer to stderr.
+            unsafe { libc::write(2, m.bytes().as_ptr() as *const libc::c_void, m.len) };
+        }
         if skipping {
             if a >= agent.0 && a < agent.1 {
                 continue;

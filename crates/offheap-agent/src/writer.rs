@@ -76,7 +76,11 @@ fn open_stream(w: &mut WState) -> bool {
             let mut exe = [0u8; 4096];
             // SAFETY: exe is writable for its length.
             let n = unsafe {
-                libc::readlink(c"/proc/self/exe".as_ptr(), exe.as_mut_ptr() as *mut libc::c_char, exe.len())
+                libc::readlink(
+                    c"/proc/self/exe".as_ptr(),
+                    exe.as_mut_ptr() as *mut libc::c_char,
+                    exe.len(),
+                )
             };
             let exe = if n > 0 { &exe[..n as usize] } else { &exe[..0] };
             let mut s = VecSink(&mut w.buf);
@@ -284,7 +288,9 @@ extern "C" fn writer_main(_: *mut c_void) -> *mut c_void {
             break;
         }
         let elapsed = sys::mono_ms().saturating_sub(LAST_SNAP_MONO.load(Ordering::Relaxed));
-        let grown = ALLOCATED.load(Ordering::Relaxed).wrapping_sub(ALLOC_AT_LAST.load(Ordering::Relaxed));
+        let grown = ALLOCATED
+            .load(Ordering::Relaxed)
+            .wrapping_sub(ALLOC_AT_LAST.load(Ordering::Relaxed));
         if elapsed >= cfg.interval_ms || grown >= cfg.snapshot_bytes {
             snapshot(false);
         }
@@ -297,7 +303,10 @@ pub fn maybe_spawn() {
     if WRITER_STARTED.load(Ordering::Relaxed) || DLOPEN_DEPTH.load(Ordering::Relaxed) > 0 {
         return;
     }
-    if WRITER_STARTED.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+    if WRITER_STARTED
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
         return;
     }
     // SAFETY: plain pthread calls with valid, initialised arguments; the new
@@ -321,7 +330,9 @@ pub fn maybe_spawn() {
 
 /// The last snapshot of the process (exit, `_exit`, atexit).
 pub fn final_snapshot() {
-    if STATE.load(Ordering::Acquire) != crate::ENABLED || sys::getpid() != PID.load(Ordering::Relaxed) {
+    if STATE.load(Ordering::Acquire) != crate::ENABLED
+        || sys::getpid() != PID.load(Ordering::Relaxed)
+    {
         return;
     }
     if FINAL_DONE.swap(true, Ordering::AcqRel) {

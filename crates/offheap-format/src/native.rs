@@ -170,7 +170,10 @@ impl<'s, S: Sink> Rec<'s, S> {
     fn begin(sink: &'s mut S, tag: u8, len: usize) -> Self {
         sink.put(&(len as u32).to_le_bytes());
         sink.put(&[tag]);
-        Rec { sink, sum: fnv(FNV_OFFSET, &[tag]) }
+        Rec {
+            sink,
+            sum: fnv(FNV_OFFSET, &[tag]),
+        }
     }
     fn raw(&mut self, b: &[u8]) {
         self.sum = fnv(self.sum, b);
@@ -560,7 +563,8 @@ pub fn decode(bytes: &[u8]) -> std::io::Result<NativeStream> {
         }
         let t = rest[4];
         let payload = &rest[5..5 + len as usize];
-        let check = u32::from_le_bytes(rest[5 + len as usize..total].try_into().unwrap_or_default());
+        let check =
+            u32::from_le_bytes(rest[5 + len as usize..total].try_into().unwrap_or_default());
         if fnv(fnv(FNV_OFFSET, &[t]), payload) != check {
             d.out.notes.push(format!(
                 "corrupt record at byte {pos} (bad checksum): {} bytes skipped",
@@ -584,7 +588,9 @@ pub fn decode(bytes: &[u8]) -> std::io::Result<NativeStream> {
         ));
     }
     if !d.saw_header {
-        d.out.notes.push("no header record: pid and configuration unknown".into());
+        d.out
+            .notes
+            .push("no header record: pid and configuration unknown".into());
     }
     d.finish();
     Ok(d.out)
@@ -642,7 +648,11 @@ impl Decoder {
                 let nr = c.u16().ok_or(bad)? as usize;
                 let mut ranges = Vec::with_capacity(nr);
                 for _ in 0..nr {
-                    ranges.push((c.u64().ok_or(bad)?, c.u64().ok_or(bad)?, c.u64().ok_or(bad)?));
+                    ranges.push((
+                        c.u64().ok_or(bad)?,
+                        c.u64().ok_or(bad)?,
+                        c.u64().ok_or(bad)?,
+                    ));
                 }
                 if id > 1 << 24 {
                     return Err("module id out of range");
@@ -673,7 +683,8 @@ impl Decoder {
             }
             tag::STACK => {
                 let id = c.u32().ok_or(bad)? as usize;
-                let kind = AllocKind::from_u8(c.u8().ok_or(bad)?).ok_or("unknown allocation kind")?;
+                let kind =
+                    AllocKind::from_u8(c.u8().ok_or(bad)?).ok_or("unknown allocation kind")?;
                 let truncated = c.u8().ok_or(bad)? != 0;
                 let n = c.u16().ok_or(bad)? as usize;
                 let mut frames = Vec::with_capacity(n);
@@ -689,7 +700,11 @@ impl Decoder {
                     }
                     self.out.stacks.resize(id + 1, StackRecord::default());
                 }
-                self.out.stacks[id] = StackRecord { frames, kind, truncated };
+                self.out.stacks[id] = StackRecord {
+                    frames,
+                    kind,
+                    truncated,
+                };
             }
             tag::SNAPSHOT_BEGIN => {
                 let index = c.u32().ok_or(bad)?;
@@ -700,7 +715,12 @@ impl Decoder {
                         p.index
                     ));
                 }
-                self.pending = Some(Pending { index, time_ms, allocator: None, points: Vec::new() });
+                self.pending = Some(Pending {
+                    index,
+                    time_ms,
+                    allocator: None,
+                    points: Vec::new(),
+                });
             }
             tag::COUNTERS => {
                 let n = c.u32().ok_or(bad)? as usize;
@@ -754,7 +774,10 @@ impl Decoder {
                 self.out.allocator.push(p.allocator);
                 for (stack, sc) in p.points {
                     let si = *self.series_of.entry(stack).or_insert_with(|| {
-                        self.out.series.push(StackSeries { stack, points: Vec::new() });
+                        self.out.series.push(StackSeries {
+                            stack,
+                            points: Vec::new(),
+                        });
                         self.out.series.len() - 1
                     });
                     let pts = &mut self.out.series[si].points;
@@ -778,12 +801,16 @@ impl Decoder {
         let before = self.out.series.len();
         self.out.series.retain(|s| s.stack < n);
         if self.out.series.len() != before {
-            self.out
-                .notes
-                .push(format!("{} series refer to unknown stacks and were dropped", before - self.out.series.len()));
+            self.out.notes.push(format!(
+                "{} series refer to unknown stacks and were dropped",
+                before - self.out.series.len()
+            ));
         }
         if self.gaps > 0 {
-            self.out.notes.push(format!("{} gaps in module/stack ids (records missing)", self.gaps));
+            self.out.notes.push(format!(
+                "{} gaps in module/stack ids (records missing)",
+                self.gaps
+            ));
         }
     }
 }
@@ -829,9 +856,21 @@ mod tests {
         );
         write_stack(&mut s, 0, AllocKind::Malloc, false, &[0x1100, 0x1200]);
         write_snapshot_begin(&mut s, 0, 2000.0);
-        let c = StackCounters { alloc_bytes: 10, alloc_count: 1, live_bytes: 10, live_count: 1, aged_live_bytes: 0 };
+        let c = StackCounters {
+            alloc_bytes: 10,
+            alloc_count: 1,
+            live_bytes: 10,
+            live_count: 1,
+            aged_live_bytes: 0,
+        };
         write_counters(&mut s, &[(0, c)]);
-        write_allocator(&mut s, &AllocatorStats { arenas: 1, ..Default::default() });
+        write_allocator(
+            &mut s,
+            &AllocatorStats {
+                arenas: 1,
+                ..Default::default()
+            },
+        );
         write_snapshot_end(&mut s, 0);
         write_note(&mut s, b"hello");
         write_module_unloaded(&mut s, 0, 2, 2500.0);
@@ -882,7 +921,11 @@ mod tests {
         v[n - 20] ^= 0xff;
         let s = decode(&v).unwrap();
         assert_eq!(s.snapshot_times_ms.len(), 1);
-        assert!(s.notes.iter().any(|n| n.contains("corrupt")), "{:?}", s.notes);
+        assert!(
+            s.notes.iter().any(|n| n.contains("corrupt")),
+            "{:?}",
+            s.notes
+        );
         assert!(decode(b"garbage!").is_err());
     }
 

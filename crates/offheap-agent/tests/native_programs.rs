@@ -1,0 +1,522 @@
+//! Real C programs (compiled with gcc in the test) run with and without the
+//! agent: same output, and a decodable recording that says the right thing.
+
+mod common;
+
+use common::*;
+use offheap_format::native::AllocKind;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LEAK_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static void *volatile sink;
+__attribute__((noinline)) void *leaky_function(size_t n) { void *p = malloc(n); memset(p, 1, n); return p; }
+__attribute__((noinline)) void churn(int i) { void *p = malloc(64 + (i % 2000)); sink = p; memset(p, 2, 8); free(p); }
+int main(int argc, char **argv) {
+  int iters = argc > 1 ? atoi(argv[1]) : 2000000;
+  long total = 0;
+  for (int i = 0; i < iters; i++) {
+    churn(i);
+    if (i % 100 == 0) { leaky_function(1000); total += 1000; }
+  }
+  printf("leaked %ld\n", total);
+  fflush(stdout);
+  if (argc > 2) _exit(3);
+  return 0;
+}
+"#;
+
+#[test]
+fn c_leak_is_the_top_stack_and_lands_in_the_leaking_function() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("leak", LEAK_C, &[]);
+    let plain = run(Command::new(&exe), None, &[]);
+    let rec = sb.rec("rec");
+    let traced = run(
+        Command::new(&exe),
+        Some(&rec),
+        &[("OFFHEAP_MIN_AGE_MS", "0")],
+    );
+    assert_eq!(stdout(&plain), stdout(&traced));
+    assert!(traced.status.success());
+    let ss = streams(&rec);
+    assert_eq!(ss.len(), 1, "one process, one stream");
+    let s = &ss[0].1;
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+    assert_eq!(s.pid, traced_pid(&ss[0].0));
+    assert!(!s.snapshot_times_ms.is_empty());
+    assert!(s.allocator.iter().any(|a| a.is_some()));
+    let top = top_by(s, |x| x.last().live_bytes as i128)[0];
+    let st = &s.stacks[top as usize];
+    assert_eq!(st.kind, AllocKind::Malloc);
+    let (lo, hi) = symbol_range(s, &exe, "leaky_function");
+    assert!(
+        st.frames.first().is_some_and(|&f| f > lo && f <= hi),
+        "first frame {:x?} not in leaky_function [{lo:#x},{hi:#x})",
+        st.frames.first()
+    );
+    let (mlo, mhi) = symbol_range(s, &exe, "main");
+    assert!(
+        st.frames.iter().any(|&f| f > mlo && f <= mhi),
+        "main not on the stack"
+    );
+    // 20000 leaks of 1000 bytes: the estimate is unbiased, allow sampling noise.
+    let live = s.series.iter().find(|x| x.stack == top).unwrap().last();
+    assert!(
+        (12_000_000..=30_000_000).contains(&live.live_bytes),
+        "estimated leak {} bytes (true 20000000)",
+        live.live_bytes
+    );
+    assert!(live.aged_live_bytes > 0);
+    // The churn stack allocated far more and is not live.
+    let churn_alloc: u64 = s
+        .series
+        .iter()
+        .filter(|x| x.stack != top)
+        .map(|x| x.last().alloc_bytes)
+        .sum();
+    assert!(churn_alloc > 500_000_000, "churn alloc {churn_alloc}");
+}
+
+fn traced_pid(p: &std::path::Path) -> u32 {
+    let n = p.file_name().unwrap().to_string_lossy();
+    n.trim_start_matches("native-")
+        .trim_end_matches(".bin")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn exact_mode_counts_every_allocation() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("leak", LEAK_C, &[]);
+    let rec = sb.rec("rec");
+    let o = run(
+        Command::new(&exe).arg("20000"),
+        Some(&rec),
+        &[("OFFHEAP_EXACT", "1")],
+    );
+    assert!(o.status.success());
+    let s = &streams(&rec)[0].1;
+    assert!(s.exact);
+    let (lo, hi) = symbol_range(s, &exe, "leaky_function");
+    let leak = s
+        .series
+        .iter()
+        .find(|x| {
+            s.stacks[x.stack as usize]
+                .frames
+                .first()
+                .is_some_and(|&f| f > lo && f <= hi)
+        })
+        .expect("leak stack");
+    assert_eq!(leak.last().live_count, 200);
+    assert_eq!(leak.last().live_bytes, 200_000);
+}
+
+#[test]
+fn underscore_exit_writes_the_final_snapshot() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("leak", LEAK_C, &[]);
+    let rec = sb.rec("rec");
+    let o = run(Command::new(&exe).args(["300000", "x"]), Some(&rec), &[]);
+    assert_eq!(o.status.code(), Some(3));
+    let s = &streams(&rec)[0].1;
+    assert!(
+        s.agent_notes.iter().any(|n| n.starts_with("final:")),
+        "{:?}",
+        s.agent_notes
+    );
+}
+
+const THREADS_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#define T 16
+#define N 20000
+#define Q 4096
+/* Each allocation is swapped into a shared ring; what comes out (allocated
+   by some other thread) is freed here: blocks cross threads all the time. */
+static void *ring[Q];
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_key_t key;
+static long frees[T];
+static void dtor(void *p) { free(p); }  /* free from a TLS destructor */
+static void *worker(void *arg) {
+  long id = (long)arg;
+  unsigned r = (unsigned)id * 2654435761u;
+  pthread_setspecific(key, malloc(100));
+  for (int i = 0; i < N; i++) {
+    char *p = malloc(32 + (i * 7 + id) % 3000);
+    p[0] = (char)i;
+    r = r * 1103515245u + 12345u;
+    pthread_mutex_lock(&mu);
+    char *q = ring[(r >> 8) % Q];
+    ring[(r >> 8) % Q] = p;
+    pthread_mutex_unlock(&mu);
+    if (q) { frees[id]++; free(q); }
+  }
+  return 0;
+}
+int main(void) {
+  pthread_t th[T];
+  pthread_key_create(&key, dtor);
+  for (long i = 0; i < T; i++) pthread_create(&th[i], 0, worker, (void *)i);
+  for (int i = 0; i < T; i++) pthread_join(th[i], 0);
+  long total = 0;
+  for (int i = 0; i < T; i++) total += frees[i];
+  for (int i = 0; i < Q; i++) if (ring[i]) { total++; free(ring[i]); }
+  printf("allocated %d freed %ld\n", T * N, total);
+  return 0;
+}
+"#;
+
+#[test]
+fn sixteen_threads_allocating_and_freeing_across_threads() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("threads", THREADS_C, &["-pthread"]);
+    let plain = run(Command::new(&exe), None, &[]);
+    for exact in ["0", "1"] {
+        let rec = sb.rec(&format!("rec{exact}"));
+        let o = run(Command::new(&exe), Some(&rec), &[("OFFHEAP_EXACT", exact)]);
+        assert!(o.status.success(), "exact={exact}: {:?}", o.status);
+        assert_eq!(stdout(&plain), stdout(&o));
+        let s = &streams(&rec)[0].1;
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        let live: u64 = s.series.iter().map(|x| x.last().live_bytes).sum();
+        let alloc: u64 = s.series.iter().map(|x| x.last().alloc_bytes).sum();
+        assert!(alloc > 100_000_000, "exact={exact} alloc {alloc}");
+        // Everything was freed (stdio's buffer and similar may remain).
+        assert!(live < alloc / 100, "exact={exact}: live {live} of {alloc}");
+    }
+}
+
+const FORK_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+__attribute__((noinline)) void *child_leak(size_t n) { void *p = malloc(n); memset(p, 3, n); return p; }
+int main(void) {
+  for (int k = 0; k < 3; k++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      for (int i = 0; i < 2000; i++) child_leak(4096);
+      printf("child %d done\n", k);
+      exit(0);
+    }
+    int st; waitpid(pid, &st, 0);
+  }
+  for (int i = 0; i < 1000; i++) child_leak(4096);
+  printf("parent done\n");
+  return 0;
+}
+"#;
+
+#[test]
+fn fork_without_exec_follows_children_or_not() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("fork", FORK_C, &[]);
+    let plain = run(Command::new(&exe), None, &[]);
+    let rec = sb.rec("follow");
+    let o = run(Command::new(&exe), Some(&rec), &[]);
+    assert_eq!(stdout(&plain), stdout(&o));
+    let ss = streams(&rec);
+    assert_eq!(ss.len(), 4, "parent + 3 children");
+    let parent = ss
+        .iter()
+        .find(|(_, s)| ss.iter().filter(|(_, c)| c.ppid == s.pid).count() == 3);
+    let parent = &parent.expect("children point at the parent").1;
+    for (_, s) in ss.iter().filter(|(_, s)| s.pid != parent.pid) {
+        assert_eq!(s.ppid, parent.pid);
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        let live: u64 = s.series.iter().map(|x| x.last().live_bytes).sum();
+        // 2000 * 4 KiB in the child, on top of what was inherited.
+        assert!(live >= 4_000_000, "child live {live}");
+        assert!(!s.modules.is_empty() && !s.stacks.is_empty());
+    }
+    let rec = sb.rec("nofollow");
+    let o = run(
+        Command::new(&exe),
+        Some(&rec),
+        &[("OFFHEAP_FOLLOW_FORK", "0")],
+    );
+    assert_eq!(stdout(&plain), stdout(&o));
+    assert_eq!(streams(&rec).len(), 1);
+}
+
+const LIB_C: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+__attribute__((noinline)) void *lib_alloc(size_t n) { void *p = malloc(n); memset(p, 5, n); return p; }
+void lib_leak(int k) { for (int i = 0; i < k; i++) lib_alloc(8192); }
+"#;
+
+const DL_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+  for (int round = 0; round < 3; round++) {
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_DEEPBIND);
+    if (!h) { printf("dlopen failed: %s\n", dlerror()); return 1; }
+    void (*leak)(int) = (void (*)(int))dlsym(h, "lib_leak");
+    leak(1000);
+    if (dlclose(h) != 0) { printf("dlclose failed\n"); return 1; }
+  }
+  for (int i = 0; i < 100000; i++) { void *volatile p = malloc(512); free(p); }
+  printf("ok\n");
+  return 0;
+}
+"#;
+
+#[test]
+fn dlopen_dlclose_keeps_the_unloaded_module_resolvable() {
+    let sb = Sandbox::new();
+    let lib = sb.gcc("libleak.so", LIB_C, &["-shared", "-fPIC"]);
+    let exe = sb.gcc("dl", DL_C, &["-ldl"]);
+    let plain = run(Command::new(&exe).arg(&lib), None, &[]);
+    let rec = sb.rec("rec");
+    let o = run(Command::new(&exe).arg(&lib), Some(&rec), &[]);
+    assert_eq!(stdout(&plain), "ok\n");
+    assert_eq!(stdout(&plain), stdout(&o));
+    let s = &streams(&rec)[0].1;
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+    let canon = std::fs::canonicalize(&lib).unwrap();
+    let mods: Vec<_> = s
+        .modules
+        .iter()
+        .filter(|m| std::path::Path::new(&m.path) == canon)
+        .collect();
+    assert!(!mods.is_empty(), "library never recorded");
+    assert!(
+        mods.iter().all(|m| m.unloaded_at_ms.is_some()),
+        "unload not recorded"
+    );
+    assert!(mods.iter().all(|m| m.build_id.is_some()));
+    // The leak (3 x 1000 x 8 KiB) is the top live stack, its first frame in lib_alloc
+    // of one of the (unloaded) module records.
+    let top = top_by(s, |x| x.last().live_bytes as i128)[0];
+    let f = s.stacks[top as usize].frames[0];
+    let m = mods
+        .iter()
+        .find(|m| m.contains(f))
+        .expect("top frame resolves to the unloaded library");
+    let out = Command::new("nm").arg("-S").arg(&lib).output().unwrap();
+    let nm = String::from_utf8_lossy(&out.stdout);
+    let (a, n) = nm
+        .lines()
+        .find_map(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            (v.len() == 4 && v[3] == "lib_alloc").then(|| {
+                (
+                    u64::from_str_radix(v[0], 16).unwrap(),
+                    u64::from_str_radix(v[1], 16).unwrap(),
+                )
+            })
+        })
+        .unwrap();
+    assert!(
+        f > m.bias + a && f <= m.bias + a + n,
+        "frame {f:#x} not in lib_alloc"
+    );
+}
+
+const LOOP_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((noinline)) void *grow(size_t n) { void *p = malloc(n); memset(p, 1, n); return p; }
+int main(void) {
+  printf("started\n"); fflush(stdout);
+  for (;;) { grow(64 * 1024); usleep(200); }
+}
+"#;
+
+#[test]
+fn sigkill_mid_run_leaves_a_decodable_recording() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("loop", LOOP_C, &[]);
+    let rec = sb.rec("rec");
+    let mut child = Command::new(&exe)
+        .env_remove("LD_PRELOAD")
+        .env("LD_PRELOAD", agent_so())
+        .env("OFFHEAP_DIR", &rec)
+        .env("OFFHEAP_INTERVAL_MS", "100")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let path = rec.join(format!("native-{}.bin", child.id()));
+    let t0 = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let ok = std::fs::metadata(&path).is_ok()
+            && offheap_format::native::read_stream(&path)
+                .is_ok_and(|s| s.snapshot_times_ms.len() >= 3);
+        if ok || t0.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let s = offheap_format::native::read_stream(&path).expect("decodable after SIGKILL");
+    assert!(
+        s.snapshot_times_ms.len() >= 3,
+        "{} snapshots",
+        s.snapshot_times_ms.len()
+    );
+    assert!(
+        !s.agent_notes.iter().any(|n| n.starts_with("final:")),
+        "no final snapshot after SIGKILL"
+    );
+    let live: u64 = s.series.iter().map(|x| x.last().live_bytes).sum();
+    assert!(live > 0);
+    // Any truncation of the file still decodes, stopping at the cut.
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [9usize, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+        let d = offheap_format::native::decode(&bytes[..cut]).unwrap();
+        assert!(d.snapshot_times_ms.len() <= s.snapshot_times_ms.len());
+    }
+}
+
+#[test]
+fn python_workload_output_is_unchanged() {
+    let sb = Sandbox::new();
+    let code = "import json,zlib\nd=[{'k':i,'v':'x'*(i%300)} for i in range(100000)]\ns=json.dumps(d)\nprint(len(s), zlib.crc32(zlib.compress(s.encode())))";
+    // The real interpreter, not a wrapper script (pyenv shims exec it).
+    let exe = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    let python = stdout(&exe).trim().to_string();
+    let mut c = Command::new(&python);
+    c.args(["-c", code]);
+    let plain = run(c, None, &[]);
+    let rec = sb.rec("rec");
+    let mut c = Command::new(&python);
+    c.args(["-c", code]);
+    let o = run(c, Some(&rec), &[]);
+    assert!(plain.status.success());
+    assert_eq!(stdout(&plain), stdout(&o));
+    let ss = streams(&rec);
+    assert!(!ss.is_empty());
+    let s = &ss.last().unwrap().1;
+    assert!(s.exe.contains("python"), "{}", s.exe);
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+    assert!(s.series.iter().map(|x| x.last().alloc_bytes).sum::<u64>() > 10_000_000);
+}
+
+#[test]
+fn gcc_compiling_a_file_works_and_children_follow_exec_only_when_asked() {
+    let sb = Sandbox::new();
+    let src = sb.path().join("prog.c");
+    std::fs::write(&src, LEAK_C).unwrap();
+    let compile = |rec: Option<&std::path::Path>, out: &str, follow: &str| {
+        let mut c = Command::new("gcc");
+        c.arg("-O2").arg("-o").arg(sb.path().join(out)).arg(&src);
+        run(c, rec, &[("OFFHEAP_FOLLOW_EXEC", follow)])
+    };
+    let plain = compile(None, "a", "0");
+    assert!(plain.status.success());
+    let rec = sb.rec("nofollow");
+    let o = compile(Some(&rec), "b", "0");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(sb.path().join("a")).unwrap(),
+        std::fs::read(sb.path().join("b")).unwrap()
+    );
+    let ss = streams(&rec);
+    assert!(
+        ss.len() <= 1,
+        "only the gcc driver is recorded: {}",
+        ss.len()
+    );
+    let rec = sb.rec("follow");
+    let o = compile(Some(&rec), "c", "1");
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read(sb.path().join("a")).unwrap(),
+        std::fs::read(sb.path().join("c")).unwrap()
+    );
+    let ss = streams(&rec);
+    assert!(
+        ss.iter().any(|(_, s)| s.exe.contains("cc1")),
+        "cc1 not followed: {:?}",
+        ss.iter().map(|x| &x.1.exe).collect::<Vec<_>>()
+    );
+    for (_, s) in &ss {
+        assert!(s.notes.is_empty(), "{}: {:?}", s.exe, s.notes);
+    }
+}
+
+#[test]
+fn without_offheap_dir_the_agent_is_a_pass_through() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("leak", LEAK_C, &[]);
+    let o = Command::new(&exe)
+        .arg("10000")
+        .env("LD_PRELOAD", agent_so())
+        .env_remove("OFFHEAP_DIR")
+        .current_dir(sb.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "leaked 100000\n");
+}
+
+const MMAP_C: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <sys/mman.h>
+#include <string.h>
+__attribute__((noinline)) void *map_it(size_t n) {
+  void *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  memset(p, 1, n); return p;
+}
+int main(void) {
+  void *keep[64];
+  for (int i = 0; i < 64; i++) keep[i] = map_it(1 << 20);
+  for (int i = 0; i < 32; i++) munmap(keep[i], 1 << 20);
+  for (int i = 32; i < 48; i++) munmap((char *)keep[i] + (1 << 19), 1 << 19);  /* partial */
+  void *r = mremap(keep[63], 1 << 20, 4 << 20, MREMAP_MAYMOVE);
+  printf("%d\n", r != MAP_FAILED);
+  return 0;
+}
+"#;
+
+#[test]
+fn anonymous_mmaps_are_their_own_kind_with_partial_unmaps() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("mm", MMAP_C, &[]);
+    let rec = sb.rec("rec");
+    let o = run(Command::new(&exe), Some(&rec), &[("OFFHEAP_EXACT", "1")]);
+    assert_eq!(stdout(&o), "1\n");
+    let s = &streams(&rec)[0].1;
+    let (lo, hi) = symbol_range(s, &exe, "map_it");
+    let x = s
+        .series
+        .iter()
+        .find(|x| {
+            let st = &s.stacks[x.stack as usize];
+            st.kind == AllocKind::Mmap && st.frames.first().is_some_and(|&f| f > lo && f <= hi)
+        })
+        .expect("mmap stack");
+    let c = x.last();
+    assert_eq!(c.alloc_count, 64);
+    // 16 whole + 16 halves + 1 grown to 4 MiB (the grown mapping may sit in another region list entry)
+    let mib = 1u64 << 20;
+    assert_eq!(
+        c.live_bytes,
+        15 * mib + 16 * mib / 2 + 4 * mib,
+        "live {}",
+        c.live_bytes
+    );
+}
