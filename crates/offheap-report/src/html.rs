@@ -704,16 +704,20 @@ fn human_key(k: &str) -> String {
 /// A cell: byte-like keys (`*size*`, `*bytes*`) read as sizes.
 fn cell(key: &str, v: &Value) -> String {
     let k = key.to_ascii_lowercase();
-    if (k.contains("size") || k.contains("bytes")) && !k.contains("count") {
-        if let Some(n) = v.as_i64() {
-            return format::bytes_f(n as f64);
-        }
-        if let Some(n) = v.as_f64() {
-            return format::bytes_f(n);
-        }
+    let bytes_like = ["bytes", "size", "byte_length", "retained_external"]
+        .iter()
+        .any(|w| k.contains(w));
+    let count_like = ["count", "objects", "handles"]
+        .iter()
+        .any(|w| k.contains(w));
+    if bytes_like
+        && !count_like
+        && let Some(n) = v.as_f64()
+    {
+        return format::bytes_f(n);
     }
     match v {
-        Value::Number(n) if n.is_u64() || n.is_i64() => {
+        Value::Number(n) if count_like && (n.is_u64() || n.is_i64()) => {
             let i = n.as_i64().unwrap_or(0);
             let c = format::count(i.unsigned_abs());
             if i < 0 { format!("-{c}") } else { c }
@@ -722,6 +726,15 @@ fn cell(key: &str, v: &Value) -> String {
             a.iter().map(scalar).collect::<Vec<_>>().join(" → ")
         }
         other => scalar(other),
+    }
+}
+
+/// True for a value a table cell shows inline (not a nested table).
+fn is_flat(v: &Value) -> bool {
+    match v {
+        Value::Object(_) => false,
+        Value::Array(a) => a.iter().all(|x| !x.is_object() && !x.is_array()),
+        _ => true,
     }
 }
 
@@ -779,15 +792,30 @@ fn value_block(o: &mut String, v: &Value, depth: usize) {
                     }
                 }
             }
-            // Text columns (names) first, then the figures.
-            let texty = |c: &String| {
-                items
+            // Names first, then other text, then figures, then nested data.
+            let rank = |c: &String| -> u8 {
+                let nested = items
                     .iter()
-                    .any(|it| it.get(c).is_some_and(|v| v.is_string()))
+                    .any(|it| it.get(c).is_some_and(|v| !is_flat(v)));
+                let text = items
+                    .iter()
+                    .any(|it| it.get(c).is_some_and(|v| v.is_string()));
+                match c.as_str() {
+                    "name" | "kind" | "class" | "constructor" => 0,
+                    _ if nested => 4,
+                    _ if text
+                        && (c.ends_with("_text")
+                            || c == "holder"
+                            || c == "evidence"
+                            || c == "fix") =>
+                    {
+                        3
+                    }
+                    _ if text => 1,
+                    _ => 2,
+                }
             };
-            let (mut first, rest): (Vec<String>, Vec<String>) = cols.into_iter().partition(texty);
-            first.extend(rest);
-            let cols = first;
+            cols.sort_by_key(|c| rank(c));
             o.push_str("<div class=\"scroll\"><table class=\"generic\"><thead><tr>");
             for c in &cols {
                 let _ = write!(o, "<th>{}</th>", esc(&human_key(c)));
@@ -797,8 +825,29 @@ fn value_block(o: &mut String, v: &Value, depth: usize) {
                 o.push_str("<tr>");
                 for c in &cols {
                     let v = it.get(c).unwrap_or(&Value::Null);
-                    let cls = if v.is_number() { " class=\"num\"" } else { "" };
-                    let _ = write!(o, "<td{cls}>{}</td>", esc(&cell(c, v)));
+                    if is_flat(v) {
+                        let text = cell(c, v);
+                        let cls = if v.is_number() {
+                            " class=\"num\""
+                        } else if text.chars().count() <= 28 {
+                            " class=\"short\""
+                        } else {
+                            " class=\"long\""
+                        };
+                        let _ = write!(o, "<td{cls}>{}</td>", esc(&text));
+                    } else {
+                        let n = v
+                            .as_array()
+                            .map(|a| a.len())
+                            .unwrap_or_else(|| v.as_object().map(|m| m.len()).unwrap_or(0));
+                        let _ = write!(
+                            o,
+                            "<td><details><summary>{n} {}</summary>",
+                            esc(&human_key(c))
+                        );
+                        value_block(o, v, depth + 1);
+                        o.push_str("</details></td>");
+                    }
                 }
                 o.push_str("</tr>");
             }

@@ -453,7 +453,13 @@ fn report_html_opens_in_chromium_without_errors() {
         eprintln!("SKIPPED: chromium is not installed; report.html was not checked in a browser");
         return;
     };
-    let m = common::model();
+    let mut m = common::model();
+    // Heap findings shaped like offheap-node's (trimmed from a real run),
+    // with the hostile name in them.
+    let mut heap: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/heap.json")).unwrap();
+    heap["growing"][1]["name"] = serde_json::Value::String(common::EVIL.into());
+    m.heap = Some(heap);
     let dir = artifacts();
     let page = dir.join("report.html");
     let html = render_html(&m);
