@@ -257,7 +257,8 @@ struct State {
     strings: Strings,
     strings_done: bool,
     trace_function_infos: Vec<u32>,
-    trace_tree: Option<Value>,
+    /// trace node id -> function_info_index, flattened from `trace_tree`.
+    trace_func_of: HashMap<u32, u32>,
     locations: Vec<u32>,
     /// Node-array values that did not fit in u32 (index → value).
     overflow: HashMap<usize, u64>,
@@ -636,6 +637,92 @@ impl<R: BufRead> Scanner<R> {
         }
     }
 
+    /// `trace_tree`: nested arrays of trace nodes, each `width` values wide with
+    /// its children array inside. Walked without recursion (it is as deep as
+    /// the deepest allocating call stack), recording id -> function_info_index.
+    fn trace_tree(
+        &mut self,
+        out: &mut HashMap<u32, u32>,
+        width: usize,
+        id_pos: usize,
+        fi_pos: usize,
+    ) -> Result<(), PErr> {
+        self.expect(b'[')?;
+        // Per open array: values seen, and the id / function index of the record being read.
+        struct Level {
+            count: usize,
+            id: Option<u32>,
+            fi: Option<u32>,
+        }
+        fn advance(l: &mut Level, width: usize, out: &mut HashMap<u32, u32>) {
+            l.count += 1;
+            if l.count.is_multiple_of(width) {
+                if let (Some(id), Some(fi)) = (l.id, l.fi) {
+                    out.insert(id, fi);
+                }
+                l.id = None;
+                l.fi = None;
+            }
+        }
+        let new = || Level {
+            count: 0,
+            id: None,
+            fi: None,
+        };
+        let mut stack: Vec<Level> = vec![new()];
+        loop {
+            let b = self.peek_nonws()?.ok_or_else(|| self.eof())?;
+            match b {
+                b'[' => {
+                    self.consume(1);
+                    if let Some(top) = stack.last_mut() {
+                        advance(top, width, out);
+                    }
+                    stack.push(new());
+                }
+                b']' => {
+                    self.consume(1);
+                    stack.pop();
+                    if stack.is_empty() {
+                        return Ok(());
+                    }
+                }
+                b',' => self.consume(1),
+                b'0'..=b'9' => {
+                    let mut v: u64 = 0;
+                    let mut digits = 0;
+                    loop {
+                        let buf = self.fill()?;
+                        let k = buf.iter().take_while(|c| c.is_ascii_digit()).count();
+                        for &c in &buf[..k] {
+                            v = v.wrapping_mul(10).wrapping_add((c - b'0') as u64);
+                        }
+                        digits += k;
+                        let more = k == buf.len();
+                        self.consume(k);
+                        if !more {
+                            break;
+                        }
+                    }
+                    if digits > 19 {
+                        return Err(self.err("number too large in trace_tree"));
+                    }
+                    let top = stack.last_mut().ok_or_else(|| self.err("bad trace_tree"))?;
+                    let pos = top.count % width;
+                    if pos == id_pos {
+                        top.id = Some(v as u32);
+                    } else if pos == fi_pos {
+                        top.fi = Some(v as u32);
+                    }
+                    advance(top, width, out);
+                }
+                other => {
+                    return Err(self.err(format!("unexpected `{}` in trace_tree", other as char)));
+                }
+            }
+        }
+    }
+
     fn json_value(&mut self) -> Result<Value, PErr> {
         let start = self.pos;
         let mut raw = Vec::new();
@@ -700,7 +787,24 @@ impl<R: BufRead> Scanner<R> {
                 }
                 b"trace_tree" => {
                     st.section = "trace_tree";
-                    st.trace_tree = Some(self.json_value()?);
+                    // Layout from meta.trace_node_fields when the header came first.
+                    let fields: Vec<String> = st
+                        .header
+                        .as_ref()
+                        .and_then(|h| h.pointer("/meta/trace_node_fields"))
+                        .and_then(|v| serde_json::from_value(v.clone()).ok())
+                        .unwrap_or_else(|| {
+                            ["id", "function_info_index", "count", "size", "children"]
+                                .map(String::from)
+                                .to_vec()
+                        });
+                    let at = |k: &str| fields.iter().position(|f| f == k);
+                    match (at("id"), at("function_info_index")) {
+                        (Some(id), Some(fi)) if fields.len() > 1 => {
+                            self.trace_tree(&mut st.trace_func_of, fields.len(), id, fi)?
+                        }
+                        _ => self.value(None)?,
+                    }
                 }
                 b"locations" => {
                     st.section = "locations";
@@ -878,7 +982,7 @@ impl HeapSnapshot {
             dom: Vec::new(),
             retained: Vec::new(),
             distance: Vec::new(),
-            trace_func_of: HashMap::new(),
+            trace_func_of: std::mem::take(&mut st.trace_func_of),
             trace_function_infos: std::mem::take(&mut st.trace_function_infos),
             locations: HashMap::new(),
             bytes_read,
@@ -887,9 +991,6 @@ impl HeapSnapshot {
         };
         let t1 = std::time::Instant::now();
         snap.index(&st.locations)?;
-        if let Some(tree) = st.trace_tree.take() {
-            snap.index_trace_tree(&tree);
-        }
         let t2 = std::time::Instant::now();
         snap.compute_dominators();
         let t3 = std::time::Instant::now();
@@ -989,22 +1090,6 @@ impl HeapSnapshot {
             }
         }
         Ok(())
-    }
-
-    fn index_trace_tree(&mut self, tree: &Value) {
-        // trace node: [id, function_info_index, count, size, children[...]] flattened.
-        let mut stack = vec![tree];
-        while let Some(v) = stack.pop() {
-            let Some(arr) = v.as_array() else { continue };
-            let mut i = 0;
-            while i + 4 < arr.len() {
-                if let (Some(id), Some(fi)) = (arr[i].as_u64(), arr[i + 1].as_u64()) {
-                    self.trace_func_of.insert(id as u32, fi as u32);
-                }
-                stack.push(&arr[i + 4]);
-                i += 5;
-            }
-        }
     }
 
     pub fn node_count(&self) -> usize {
@@ -1500,6 +1585,38 @@ mod tests {
             ] {
                 assert!(scan(bad, cap).is_err(), "{bad} with capacity {cap}");
             }
+        }
+    }
+
+    #[test]
+    fn trace_tree_flattened() {
+        // [id, function_info_index, count, size, children]; deeper than serde_json's limit.
+        let mut t = String::from("[1,0,0,0,[2,1,0,0,[");
+        for i in 0..300 {
+            t.push_str(&format!("{},{},0,0,[", 10 + i, 2 + i % 3));
+        }
+        t.push_str(&"]".repeat(301));
+        t.push_str("],3,2,0,0,[]]");
+        for cap in [1, 5, 4096] {
+            let mut sc = Scanner {
+                r: BufReader::with_capacity(cap, t.as_bytes()),
+                pos: 0,
+            };
+            let mut out = HashMap::new();
+            sc.trace_tree(&mut out, 5, 0, 1).map_err(|e| e.msg).unwrap();
+            assert_eq!(out.len(), 303);
+            assert_eq!(out[&1], 0);
+            assert_eq!(out[&2], 1);
+            assert_eq!(out[&3], 2);
+            assert_eq!(out[&309], 2 + 299 % 3);
+            // Fields in another order (function index before id).
+            let mut sc = Scanner {
+                r: BufReader::with_capacity(cap, t.as_bytes()),
+                pos: 0,
+            };
+            let mut out = HashMap::new();
+            sc.trace_tree(&mut out, 5, 1, 0).map_err(|e| e.msg).unwrap();
+            assert_eq!(out[&0], 1);
         }
     }
 
