@@ -119,10 +119,18 @@ pub fn kind_str(k: FrameKind) -> &'static str {
 pub fn frame_label(f: &Frame) -> String {
     let name = function_name(f);
     match (f.kind, &f.file) {
-        (FrameKind::Js, Some(file)) if !file.is_empty() => match f.line {
-            Some(l) if l > 0 => format!("{name} {}:{l}", basename(file)),
-            _ => format!("{name} {}", basename(file)),
-        },
+        (FrameKind::Js, Some(file)) if !file.is_empty() => {
+            // Node's own modules keep their full id (`node:internal/...`).
+            let short = if file.starts_with("node:") {
+                file.as_str()
+            } else {
+                basename(file)
+            };
+            match f.line {
+                Some(l) if l > 0 => format!("{name} {short}:{l}"),
+                _ => format!("{name} {short}"),
+            }
+        }
         _ => name,
     }
 }
@@ -167,5 +175,18 @@ mod tests {
         assert_eq!(seconds(125.0), "2 min 05 s");
         assert_eq!(basename("/a/b/leak.node"), "leak.node");
         assert_eq!(basename("[jit]"), "[jit]");
+        let f = Frame {
+            function: "Readable.read".into(),
+            module: "node:internal/streams/readable".into(),
+            file: Some("node:internal/streams/readable".into()),
+            line: Some(12),
+            kind: FrameKind::Js,
+            address: 1,
+            inlined: false,
+        };
+        assert_eq!(
+            frame_label(&f),
+            "Readable.read node:internal/streams/readable:12"
+        );
     }
 }
