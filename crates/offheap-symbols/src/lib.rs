@@ -128,6 +128,33 @@ pub const UNKNOWN_MODULE: &str = "[unknown]";
 /// `Frame::module` of a JS frame whose script is not known.
 pub const JIT_MODULE: &str = "[jit]";
 
+/// Multiply-rotate hasher for the integer-keyed caches (addresses are not
+/// attacker-chosen keys worth SipHash's cost here).
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(x as u64);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
 /// State of a module's file on disk, checked on first use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FileState {
@@ -167,11 +194,11 @@ pub struct ProcessSymbols {
     perf: Option<perf_map::PerfMap>,
     symbolizer: Symbolizer,
     /// (module, raw address) -> frames.
-    native: HashMap<(usize, u64), Vec<Frame>>,
+    native: FastMap<(usize, u64), Vec<Frame>>,
     /// Perf-map line number -> its frame (address not filled in).
-    js: HashMap<u32, Frame>,
+    js: FastMap<u32, Frame>,
     /// (address, time bits) -> perf-map line, memoized lookups.
-    js_lookups: HashMap<(u64, u64), Option<u32>>,
+    js_lookups: FastMap<(u64, u64), Option<u32>>,
     demangled: HashMap<String, String>,
     notes: Vec<String>,
     /// Lazily found: node's embedded blob (module index, blob).
@@ -256,9 +283,9 @@ impl ProcessSymbols {
             ranges_max_end,
             perf,
             symbolizer,
-            native: HashMap::new(),
-            js: HashMap::new(),
-            js_lookups: HashMap::new(),
+            native: FastMap::default(),
+            js: FastMap::default(),
+            js_lookups: FastMap::default(),
             demangled: HashMap::new(),
             notes,
             blob: None,
@@ -660,7 +687,7 @@ impl ProcessSymbols {
             .filter(|&x| x < 1 << 56)
             .take(1 << 14)
             .collect();
-        let mut votes: HashMap<u64, u32> = HashMap::new();
+        let mut votes: FastMap<u64, u32> = FastMap::default();
         for &x in &addrs {
             let lo = x.saturating_sub(size - 1);
             for &res in &residues {
