@@ -169,6 +169,12 @@ fn pprof_loads_in_go_tool_pprof() {
     assert!(out.contains("Builtins_CallApiCallback"), "{out}");
     assert!(out.contains("fill_record"), "inlined frame missing:\n{out}");
 
+    // A profile without samples (no native agent) still loads.
+    let empty = dir.join("profile-empty.pb.gz");
+    std::fs::write(&empty, pprof(&offheap_analysis::Model::default())).unwrap();
+    let out = go_pprof(&empty, &["-top"]).unwrap();
+    assert!(out.contains("Type: inuse_space"), "{out}");
+
     // Mappings carry the build-ids, in hex.
     let raw = go_pprof(&file, &["-raw"]).unwrap();
     assert!(raw.contains("deadbeef0011"), "{raw}");
