@@ -902,7 +902,10 @@ fn owned(s: Symbolized<'_>) -> Option<OwnedSym> {
     let Symbolized::Sym(sym) = s else { return None };
     let loc = |ci: Option<&blazesym::symbolize::CodeInfo<'_>>| -> (Option<String>, Option<u32>) {
         match ci {
-            Some(ci) => (Some(ci.to_path().to_string_lossy().into_owned()), ci.line),
+            Some(ci) => (
+                Some(normalize_path(&ci.to_path().to_string_lossy())),
+                ci.line,
+            ),
             None => (None, None),
         }
     };
@@ -921,6 +924,29 @@ fn owned(s: Symbolized<'_>) -> Option<OwnedSym> {
         line,
         inlined,
     })
+}
+
+/// Lexically removes `.` and `dir/..` from a source path for display
+/// (`/build/out/../deps/uv/src/timer.c` -> `/build/deps/uv/src/timer.c`).
+fn normalize_path(p: &str) -> String {
+    let absolute = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|l| *l != "..") => {
+                parts.pop();
+            }
+            ".." if absolute => {}
+            _ => parts.push(c),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1075,6 +1101,21 @@ pub fn is_allocator_frame(f: &Frame) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_normalized() {
+        assert_eq!(
+            normalize_path("/home/iojs/build/ws/out/../deps/uv/src/timer.c"),
+            "/home/iojs/build/ws/deps/uv/src/timer.c"
+        );
+        assert_eq!(
+            normalize_path("./csu/../sysdeps/nptl/x.h"),
+            "sysdeps/nptl/x.h"
+        );
+        assert_eq!(normalize_path("../a/./b.c"), "../a/b.c");
+        assert_eq!(normalize_path("/../a.c"), "/a.c");
+        assert_eq!(normalize_path("a.c"), "a.c");
+    }
 
     #[test]
     fn demangles_cpp_and_rust() {
