@@ -149,8 +149,7 @@ fn pprof_loads_in_go_tool_pprof() {
     };
     std::fs::write(dir.join("pprof-top.txt"), &out).unwrap();
     assert!(out.contains("Type: inuse_space"), "{out}");
-    // The leaf is the frame inlined into leak_bytes; pprof marks it.
-    assert_eq!(first_top_row(&out), "fill_record (inline)", "{out}");
+    assert_eq!(first_top_row(&out), "leak_bytes", "{out}");
     assert!(
         out.lines()
             .any(|l| l.trim_end().ends_with(" leak_bytes") && l.contains("84MB 66.40%")),
@@ -167,7 +166,10 @@ fn pprof_loads_in_go_tool_pprof() {
     let out = go_pprof(&file, &["-top", "-cum", "-nodecount=100"]).unwrap();
     assert!(out.contains("leakMore"), "{out}");
     assert!(out.contains("Builtins_CallApiCallback"), "{out}");
-    assert!(out.contains("fill_record"), "inlined frame missing:\n{out}");
+    assert!(
+        out.contains("make_record (inline)"),
+        "inlined frame missing:\n{out}"
+    );
 
     // A profile without samples (no native agent) still loads.
     let empty = dir.join("profile-empty.pb.gz");
@@ -222,18 +224,25 @@ fn pprof_message_shape() {
         .find(|l| l.line.iter().any(|ln| ln.function_id == js_fn.id))
         .unwrap();
     assert_eq!(loc.mapping_id, 0);
-    let fill = p
+    let inl = p
         .function
         .iter()
-        .find(|f| s(f.name) == "fill_record")
+        .find(|f| s(f.name) == "make_record")
+        .unwrap();
+    let outer = p
+        .function
+        .iter()
+        .find(|f| s(f.name) == "LeakBytes")
         .unwrap();
     let loc = p
         .location
         .iter()
-        .find(|l| l.line.iter().any(|ln| ln.function_id == fill.id))
+        .find(|l| l.line.iter().any(|ln| ln.function_id == inl.id))
         .unwrap();
     assert_eq!(loc.line.len(), 2);
-    assert_eq!(loc.line[0].function_id, fill.id, "innermost first");
+    assert_eq!(loc.line[0].function_id, inl.id, "innermost first");
+    assert_eq!(loc.line[1].function_id, outer.id);
+    assert_eq!(loc.address, 0x7f3a_1b40_11c2);
     let addon = p
         .mapping
         .iter()

@@ -139,13 +139,6 @@ fn stack(mut top: Vec<Frame>) -> Vec<Frame> {
 
 pub fn leak_frames() -> Vec<Frame> {
     stack(vec![
-        inlined(native(
-            "fill_record",
-            ADDON,
-            Some("/tmp/fixture/leak.c"),
-            9,
-            0x7f3a_1b40_1139,
-        )),
         native(
             "leak_bytes",
             ADDON,
@@ -153,6 +146,13 @@ pub fn leak_frames() -> Vec<Frame> {
             14,
             0x7f3a_1b40_1139,
         ),
+        inlined(native(
+            "make_record",
+            ADDON,
+            Some("/tmp/fixture/leak.c"),
+            22,
+            0x7f3a_1b40_11c2,
+        )),
         native(
             "LeakBytes",
             ADDON,
