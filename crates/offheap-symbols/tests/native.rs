@@ -407,3 +407,57 @@ int main(int argc, char **) { shop::Cart c{0}; c.run(argc); dump_maps(); return 
     assert_eq!(frames[1].function, "shop::Cart::run(int)");
     assert_eq!(frames[1].line, Some(6));
 }
+
+/// dlclose + dlopen of another library at the same address: each stack is
+/// resolved against the module that was loaded at its time.
+#[test]
+fn modules_reusing_an_address_resolve_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut recs = Vec::new();
+    let bias = 0x7f00_0000_0000u64;
+    let mut fn_addr = Vec::new();
+    for (i, name) in ["first_library_fn", "second_library_fn"].iter().enumerate() {
+        let src = d.join(format!("lib{i}.c"));
+        std::fs::write(
+            &src,
+            format!("int {name}(int x) {{ return x * 3 + {i}; }}\n"),
+        )
+        .unwrap();
+        let lib = d.join(format!("lib{i}.so"));
+        run(Command::new("gcc")
+            .args(["-g", "-O1", "-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&src));
+        let nm = run(Command::new("nm").arg(&lib));
+        let vaddr = nm
+            .lines()
+            .find(|l| l.ends_with(&format!(" T {name}")))
+            .map(|l| u64::from_str_radix(l.split(' ').next().unwrap(), 16).unwrap())
+            .unwrap();
+        fn_addr.push(bias + vaddr);
+        recs.push(offheap_format::native::ModuleRecord {
+            path: lib.to_string_lossy().into_owned(),
+            bias,
+            // gcc's shared objects map file offset == vaddr for their first pages.
+            ranges: vec![(bias, bias + 0x4000, 0)],
+            generation: i as u32,
+            loaded_at_ms: 1000.0 * (i as f64 + 1.0),
+            unloaded_at_ms: (i == 0).then_some(1500.0),
+            ..Default::default()
+        });
+    }
+    let mut syms = ProcessSymbols::new(&recs, None);
+    // +2: inside the function (the symbolizer looks up addr - 1).
+    let out = syms.symbolize_stacks(&[(&[fn_addr[0] + 2], 1200.0), (&[fn_addr[1] + 2], 2500.0)]);
+    assert_eq!(out[0][0].function, "first_library_fn", "{out:?}");
+    assert!(out[0][0].module.ends_with("lib0.so"));
+    assert_eq!(out[1][0].function, "second_library_fn", "{out:?}");
+    assert!(out[1][0].module.ends_with("lib1.so"));
+    // Outside both lifetimes: the latest generation.
+    assert!(
+        syms.symbolize(&[fn_addr[1] + 2], 0.0)[0]
+            .module
+            .ends_with("lib1.so")
+    );
+}
