@@ -370,6 +370,10 @@ mod tests {
         let n = parse_name("JS:^get foo /a.js:3:4");
         assert_eq!(n.function, "get foo");
         assert_eq!(n.tier, Some('^'));
+        let n = parse_name("JS:~get value file:///tmp/symexp/esm.mjs:2:24");
+        assert_eq!(n.function, "get value");
+        assert_eq!(n.file.as_deref(), Some("file:///tmp/symexp/esm.mjs"));
+        assert_eq!(n.line, Some(2));
         let n = parse_name("Eval:~ /a.js:1:1");
         assert_eq!(n.function, "(script)");
         let n = parse_name("Builtin:ArrayPrototypePush");
