@@ -295,6 +295,12 @@ impl ProcessSymbols {
         }
     }
 
+    fn note(&mut self, n: String) {
+        if !self.notes.contains(&n) {
+            self.notes.push(n);
+        }
+    }
+
     /// Number of perf-map entries loaded (0 without a map).
     pub fn perf_map_entries(&self) -> usize {
         self.perf.as_ref().map_or(0, |p| p.len())
@@ -507,7 +513,7 @@ impl ProcessSymbols {
         } else {
             match blazesym::helper::read_elf_build_id(Path::new(&path)) {
                 Err(e) => {
-                    self.notes.push(format!(
+                    self.note(format!(
                         "{path}: cannot read the module ({e}); its frames are shown as {}+offset",
                         self.modules[m].name
                     ));
@@ -515,7 +521,7 @@ impl ProcessSymbols {
                 }
                 Ok(on_disk) => match (&self.modules[m].rec.build_id, on_disk) {
                     (Some(rec), Some(disk)) if rec.as_slice() != &*disk => {
-                        self.notes.push(format!(
+                        self.note(format!(
                             "{path}: build-id on disk ({}) differs from the one that ran ({}); the file was replaced \
                              after the recording, so its frames may be named wrongly",
                             hex(&disk),
@@ -549,7 +555,7 @@ impl ProcessSymbols {
         let results = match self.symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
             Ok(r) => r.into_iter().map(|s| owned(s)).collect::<Vec<_>>(),
             Err(e) => {
-                self.notes.push(format!(
+                self.note(format!(
                     "{}: symbolization failed ({e}); its frames are shown as {}+offset",
                     path.display(),
                     self.modules[m].name
@@ -736,7 +742,7 @@ impl ProcessSymbols {
             let n = self.unresolved.range(c.start..c.end).count();
             self.unresolved.retain(|&x| x < c.start || x >= c.end);
             let path = self.modules[bm].rec.path.clone();
-            self.notes.push(format!(
+            self.note(format!(
                 "V8 builtins remapped to anonymous memory at {:#x}-{:#x} (short builtin calls) resolved against \
                  {path}'s embedded blob ({n} addresses)",
                 c.start, c.end
