@@ -287,23 +287,20 @@ fn timeline(o: &mut String, m: &Model) {
         .flat_map(|(s, _, _)| s.points.last().map(|p| p.0))
         .fold(tl.duration, f64::max)
         .max(1e-9);
-    for (idx, (s, title, colour)) in present.iter().enumerate() {
-        chart(o, m, idx, s, title, colour, t_end);
+    if present.len() > 1 {
+        chart(o, m, &present, true, t_end);
+    }
+    for line in &present {
+        chart(o, m, std::slice::from_ref(line), false, t_end);
     }
     o.push_str("</div></section>\n");
 }
 
-#[allow(clippy::too_many_arguments)]
-fn chart(o: &mut String, m: &Model, idx: usize, s: &Series, title: &str, colour: &str, t_end: f64) {
-    let tl = &m.timeline;
-    let pw = CW - ML - MR;
-    let ph = CH - MT - MB;
-    let vmax = s.points.iter().map(|p| p.1).fold(0.0f64, f64::max);
-    let (ymax, step) = nice_bytes_axis(vmax);
-    let xs = |t: f64| ML + (t / t_end).clamp(0.0, 1.0) * pw;
-    let ys = |v: f64| MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
-    let last = s.points.last().map(|p| p.1).unwrap_or(0.0);
-    let rate = match s.name.as_str() {
+/// One series drawn in a chart: (series, title, colour).
+type Line<'a> = (&'a Series, &'a str, &'a str);
+
+fn growth_of(m: &Model, name: &str) -> Option<f64> {
+    match name {
         "rss" => Some(m.growth.rss),
         "heap_used" => Some(m.growth.heap_used),
         "external" => Some(m.growth.external),
@@ -311,30 +308,77 @@ fn chart(o: &mut String, m: &Model, idx: usize, s: &Series, title: &str, colour:
         "native_live" => m.growth.native_live,
         "allocator_retained" => m.growth.allocator_free,
         _ => None,
+    }
+}
+
+/// A chart of one series (small multiple), or of several on one scale
+/// (`overview`), with the warm-up shaded and GC events marked.
+fn chart(o: &mut String, m: &Model, lines: &[Line], overview: bool, t_end: f64) {
+    let tl = &m.timeline;
+    let (cw, ch) = if overview {
+        (CW * 2.0, CH * 1.15)
+    } else {
+        (CW, CH)
     };
+    let pw = cw - ML - MR;
+    let ph = ch - MT - MB;
+    let vmax = lines
+        .iter()
+        .flat_map(|l| l.0.points.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
+    let (ymax, step) = nice_bytes_axis(vmax);
+    let xs = |t: f64| ML + (t / t_end).clamp(0.0, 1.0) * pw;
+    let ys = |v: f64| MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
+    let names: Vec<&str> = lines.iter().map(|l| l.0.name.as_str()).collect();
+    let titles: Vec<&str> = lines.iter().map(|l| l.1).collect();
     let _ = write!(
         o,
-        "<figure class=\"chart\" data-series=\"{idx}\" data-name=\"{}\"><figcaption><i style=\"background:{colour}\"></i>{}<span>last {} · max {}{}</span></figcaption>\
-         <svg viewBox=\"0 0 {CW} {CH}\" role=\"img\" aria-label=\"{}\">",
-        esc(&s.name),
-        esc(title),
-        esc(&format::bytes_f(last)),
-        esc(&format::bytes_f(vmax)),
-        esc(&rate
-            .map(|r| format!(" · {} after warm-up", format::rate(r)))
-            .unwrap_or_default()),
-        esc(title),
+        "<figure class=\"chart{}\" data-name=\"{}\" data-titles=\"{}\"><figcaption>",
+        if overview { " overview" } else { "" },
+        esc(&names.join(",")),
+        esc(&titles.join("\t")),
     );
-    // warm-up shading
+    if overview {
+        o.push_str("All series on one scale");
+        o.push_str("<span class=\"keys\">");
+        for (s, title, colour) in lines {
+            let last = s.points.last().map(|p| p.1).unwrap_or(0.0);
+            let _ = write!(
+                o,
+                "<em><i style=\"background:{colour}\"></i>{} {}</em>",
+                esc(title),
+                esc(&format::bytes_f(last))
+            );
+        }
+        o.push_str("</span>");
+    } else {
+        let (s, title, colour) = lines[0];
+        let last = s.points.last().map(|p| p.1).unwrap_or(0.0);
+        let smax = s.points.iter().map(|p| p.1).fold(0.0f64, f64::max);
+        let rate = growth_of(m, &s.name)
+            .map(|r| format!(" · {} after warm-up", format::rate(r)))
+            .unwrap_or_default();
+        let _ = write!(
+            o,
+            "<i style=\"background:{colour}\"></i>{}<span>last {} · max {}{}</span>",
+            esc(title),
+            esc(&format::bytes_f(last)),
+            esc(&format::bytes_f(smax)),
+            esc(&rate),
+        );
+    }
+    let _ = write!(
+        o,
+        "</figcaption><svg viewBox=\"0 0 {cw} {ch:.0}\" role=\"img\" aria-label=\"{}\">",
+        esc(&titles.join(", "))
+    );
     if tl.warmup_end > 0.0 {
         let _ = write!(
             o,
-            "<rect class=\"warm\" x=\"{:.1}\" y=\"{MT}\" width=\"{:.1}\" height=\"{ph}\"/>",
-            ML,
+            "<rect class=\"warm\" x=\"{ML:.1}\" y=\"{MT}\" width=\"{:.1}\" height=\"{ph:.1}\"/>",
             xs(tl.warmup_end) - ML
         );
     }
-    // grid + y labels
     let mut v = 0.0;
     while v <= ymax * 1.0001 {
         let y = ys(v);
@@ -348,8 +392,7 @@ fn chart(o: &mut String, m: &Model, idx: usize, s: &Series, title: &str, colour:
         );
         v += step;
     }
-    // x ticks
-    let tstep = nice_step(t_end / 6.0);
+    let tstep = nice_step(t_end / if overview { 12.0 } else { 6.0 });
     let mut t = 0.0;
     while t <= t_end * 1.0001 {
         let x = xs(t);
@@ -358,7 +401,7 @@ fn chart(o: &mut String, m: &Model, idx: usize, s: &Series, title: &str, colour:
             "<line class=\"tick\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/><text class=\"ax\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
             MT + ph,
             MT + ph + 4.0,
-            CH - 8.0,
+            ch - 8.0,
             esc(&fmt_t(t))
         );
         t += tstep;
@@ -392,35 +435,36 @@ fn chart(o: &mut String, m: &Model, idx: usize, s: &Series, title: &str, colour:
             esc(&format!("{n} × {name}, {ms:.1} ms")),
         );
     }
-    // the line
-    let pts = decimate(&s.points, pw as usize);
-    let mut path = String::new();
-    for (i, (t, v)) in pts.iter().enumerate() {
-        let _ = write!(
-            path,
-            "{}{:.1},{:.1}",
-            if i == 0 { "M" } else { "L" },
-            xs(*t),
-            ys(*v)
-        );
-    }
     let base = MT + ph;
-    if let (Some(f), Some(l)) = (pts.first(), pts.last()) {
-        let _ = write!(
-            o,
-            "<path class=\"area\" fill=\"{colour}\" d=\"{path}L{:.1},{base:.1}L{:.1},{base:.1}Z\"/>",
-            xs(l.0),
-            xs(f.0)
-        );
+    for (s, _, colour) in lines {
+        let pts = decimate(&s.points, pw as usize);
+        let mut path = String::new();
+        for (i, (t, v)) in pts.iter().enumerate() {
+            let _ = write!(
+                path,
+                "{}{:.1},{:.1}",
+                if i == 0 { "M" } else { "L" },
+                xs(*t),
+                ys(*v)
+            );
+        }
+        if !overview && let (Some(f), Some(l)) = (pts.first(), pts.last()) {
+            let _ = write!(
+                o,
+                "<path class=\"area\" fill=\"{colour}\" d=\"{path}L{:.1},{base:.1}L{:.1},{base:.1}Z\"/>",
+                xs(l.0),
+                xs(f.0)
+            );
+        }
+        let _ = write!(o, "<path class=\"line\" stroke=\"{colour}\" d=\"{path}\"/>");
     }
-    let _ = write!(o, "<path class=\"line\" stroke=\"{colour}\" d=\"{path}\"/>");
     let _ = write!(
         o,
         "<line class=\"cursor\" x1=\"0\" x2=\"0\" y1=\"{MT}\" y2=\"{base:.1}\" style=\"display:none\"/>"
     );
     let _ = write!(
         o,
-        "<rect class=\"hit\" x=\"{ML}\" y=\"{MT}\" width=\"{pw}\" height=\"{ph}\" data-t=\"{t_end}\"/></svg><div class=\"readout\"></div></figure>"
+        "<rect class=\"hit\" x=\"{ML}\" y=\"{MT}\" width=\"{pw}\" height=\"{ph:.1}\" data-t=\"{t_end}\"/></svg><div class=\"readout\"></div></figure>"
     );
 }
 

@@ -13,22 +13,33 @@
   // ------------------------------------------------------------ chart hover
   var byName = {};
   D.series.forEach(function (s) { byName[s.name] = s.points; });
+  function nearest(pts, t) {
+    var lo = 0, hi = pts.length - 1;
+    while (lo < hi) { var mid = (lo + hi) >> 1; if (pts[mid][0] < t) lo = mid + 1; else hi = mid; }
+    if (lo > 0 && Math.abs(pts[lo - 1][0] - t) < Math.abs(pts[lo][0] - t)) lo--;
+    return pts[lo];
+  }
   Array.prototype.forEach.call(document.querySelectorAll('figure.chart'), function (fig) {
-    var pts = byName[fig.getAttribute('data-name')];
+    var names = fig.getAttribute('data-name').split(',');
+    var titles = fig.getAttribute('data-titles').split('\t');
     var hit = fig.querySelector('rect.hit'), cur = fig.querySelector('line.cursor');
     var out = fig.querySelector('.readout');
-    if (!pts || !pts.length || !hit) return;
+    var series = names.map(function (n) { return byName[n] || []; });
+    if (!hit || !series.some(function (p) { return p.length; })) return;
     var x0 = parseFloat(hit.getAttribute('x')), pw = parseFloat(hit.getAttribute('width'));
     var tEnd = parseFloat(hit.getAttribute('data-t'));
     hit.addEventListener('mousemove', function (ev) {
       var r = hit.getBoundingClientRect();
-      var t = (ev.clientX - r.left) / Math.max(r.width, 1) * tEnd;
-      var lo = 0, hi = pts.length - 1;
-      while (lo < hi) { var mid = (lo + hi) >> 1; if (pts[mid][0] < t) lo = mid + 1; else hi = mid; }
-      if (lo > 0 && Math.abs(pts[lo - 1][0] - t) < Math.abs(pts[lo][0] - t)) lo--;
-      var p = pts[lo], x = x0 + p[0] / tEnd * pw;
+      var t = (ev.clientX - r.left) / Math.max(r.width, 1) * tEnd, lines = [], at = null;
+      series.forEach(function (pts, i) {
+        if (!pts.length) return;
+        var p = nearest(pts, t);
+        if (at === null) at = p[0];
+        lines.push((series.length > 1 ? titles[i] + ': ' : '') + fmtBytes(p[1]));
+      });
+      var x = x0 + at / tEnd * pw;
       cur.setAttribute('x1', x); cur.setAttribute('x2', x); cur.style.display = '';
-      out.textContent = p[0].toFixed(1) + ' s · ' + fmtBytes(p[1]);
+      out.textContent = at.toFixed(1) + ' s · ' + lines.join(series.length > 1 ? '\n' : '');
       out.style.display = 'block';
     });
     hit.addEventListener('mouseleave', function () { cur.style.display = 'none'; out.style.display = 'none'; });
