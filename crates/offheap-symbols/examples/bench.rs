@@ -74,7 +74,10 @@ fs.copyFileSync(`/tmp/perf-${process.pid}.map`, `${out}/perf.map`);
 fs.writeFileSync(`${out}/maps`, fs.readFileSync('/proc/self/maps'));
 fs.writeFileSync(`${out}/pid`, String(process.pid));
 "#;
+    // In the temp dir: --perf-basic-prof makes V8 write isolate-*-v8.log
+    // files into the working directory.
     let st = Command::new("node")
+        .current_dir(d)
         .args([
             "--perf-basic-prof",
             "--interpreted-frames-native-stack",

@@ -121,7 +121,10 @@ fn capture() -> Captured {
         .status()
         .unwrap();
     assert!(st.success());
+    // In the temp dir: --perf-basic-prof makes V8 write isolate-*-v8.log
+    // files into the working directory.
     let out = Command::new("node")
+        .current_dir(&d)
         .args(["--perf-basic-prof", "--interpreted-frames-native-stack"])
         .arg(d.join("script.js"))
         .arg(d.join("capture.node"))
