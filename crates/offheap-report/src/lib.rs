@@ -10,6 +10,16 @@
 //!
 //! Every string that comes from the target (function names, paths) is escaped
 //! for the format it goes into; see [`escape`].
+//!
+//! Tests (`cargo test -p offheap-report`) build realistic Models
+//! (`tests/common/mod.rs`) and check: the pprof file with `go tool pprof`
+//! (skipped with a message when `go` is missing); `report.html` and
+//! `flamegraph.svg` in headless Chromium with no console messages, driven
+//! through zoom, tooltip, search and tabs, with a screenshot kept in
+//! `$CARGO_TARGET_TMPDIR/offheap-report-artifacts/report.png`; escaping of a
+//! hostile JS function name; and text snapshots in `tests/snapshots/`
+//! (`OFFHEAP_BLESS=1` rewrites them). `examples/bench_reports.rs` measures
+//! the reporters; `examples/render_recording.rs` renders a recording dir.
 
 pub mod escape;
 pub mod flame;
