@@ -177,6 +177,14 @@ fn pprof_loads_in_go_tool_pprof() {
     let out = go_pprof(&empty, &["-top"]).unwrap();
     assert!(out.contains("Type: inuse_space"), "{out}");
 
+    // Without a module table (every frame unmapped) it still loads and ranks.
+    let mut nomods = common::model();
+    nomods.profile.modules.clear();
+    let file2 = dir.join("profile-no-modules.pb.gz");
+    std::fs::write(&file2, pprof(&nomods)).unwrap();
+    let out = go_pprof(&file2, &["-top"]).unwrap();
+    assert_eq!(first_top_row(&out), "leak_bytes", "{out}");
+
     // Mappings carry the build-ids, in hex.
     let raw = go_pprof(&file, &["-raw"]).unwrap();
     assert!(raw.contains("deadbeef0011"), "{raw}");
