@@ -208,7 +208,6 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             // Short run: use everything but the at-exit snapshot.
             snaps = window_snapshots(native, rec.meta.start_ms, 0.0, f64::MAX);
         }
-        let t_ref = snaps.last().map(|&i| native.snapshot_times_ms[i as usize]).unwrap_or(rec.meta.start_ms);
         let min_age = rec
             .meta
             .settings
@@ -228,7 +227,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             .filter(|f| (f.stack as usize) < native.stacks.len() && (f.alloc_bytes > 0 || f.live_end > 0))
             .collect();
         let ids: Vec<u32> = active.iter().map(|f| f.stack).collect();
-        let (mut frames_of, sym_notes) = crate::symbolize::symbolize(rec, native, &ids, t_ref);
+        let (mut frames_of, sym_notes) = crate::symbolize::symbolize(rec, native, &ids);
         // Suspects: sustained growth of aged live bytes, at least 64 KiB over the window.
         let mut ranked: Vec<&StackFigures> =
             active.iter().copied().filter(|f| f.slope > 0.0 && f.slope * span >= 64.0 * 1024.0).collect();

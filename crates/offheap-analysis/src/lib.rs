@@ -3,6 +3,7 @@
 //! (symbolization reads the target's binaries on disk, through offheap-symbols).
 
 mod analyze;
+pub mod diff;
 pub mod model;
 pub mod stats;
 pub mod summary;

@@ -983,30 +983,20 @@ impl Inspector {
         let _ = self.call("HeapProfiler.disable", json!({}));
         let mut result = Ok(());
         if self.opened_by_us {
-            // The reply may never come: the inspector shuts down under us.
-            // Closed synchronously inside the evaluation, so it works even when the
-            // target's event loop is blocked by busy JS (a setImmediate would never run).
+            // `inspector.close()` blocks the target's main thread until no
+            // session is connected. It is evaluated synchronously (a
+            // setImmediate would never run in a target busy in JS), so we
+            // must disconnect right after it starts: give the target a moment
+            // to dispatch the evaluation, then drop the connection. No reply
+            // is awaited: it only comes once we are gone.
             let _ = self.send(
                 "Runtime.evaluate",
-                // `require` is the command-line API's: resolve it now, not in the
-                // later callback (where it does not exist and would throw into the target).
                 json!({"expression": "(function () { require('inspector').close(); return 0; })()",
                        "includeCommandLineAPI": true, "silent": true}),
             );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            // Drain until the connection goes away.
-            while Instant::now() < deadline {
-                match self.read_msg(Instant::now() + Duration::from_millis(200), "close") {
-                    Ok(_) => {}
-                    Err(InspectorError::Timeout { .. }) => {}
-                    Err(_) => break,
-                }
-                if !port_open(self.port) {
-                    break;
-                }
-            }
-            let _ = self.ws.close(None);
             let _ = self.ws.flush();
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = self.ws.get_mut().shutdown(std::net::Shutdown::Both);
             let deadline = Instant::now() + Duration::from_secs(5);
             while port_open(self.port) {
                 if Instant::now() >= deadline {

@@ -49,28 +49,18 @@ pub fn snapshot_into(insp: &mut Inspector, dir: &Path, name: &str) -> Result<off
     offheap_node::snapshot_session(insp, &path, &AnalyzeOptions::default()).map_err(inspector_error)
 }
 
-/// Adds heap findings to the model's `heap` (summary.json, report.html).
+/// Heap findings for the model's `heap` (summary.json, report.html): the
+/// last snapshot's findings, and what grew since the first.
 pub fn heap_findings(
     first: Option<&offheap_node::LiveSnapshot>,
     last: Option<&offheap_node::LiveSnapshot>,
 ) -> Option<serde_json::Value> {
     let latest = last.or(first)?;
-    let mut v = serde_json::json!({
-        "snapshots": [first.map(|s| s.path.display().to_string()), last.map(|s| s.path.display().to_string())],
-        "hostage_buffers": latest.report.hostage_buffers,
-        "top_retainers": latest.report.top_retainers,
-        "external": latest.report.external,
-        "global_handles": latest.report.global_handles,
-        "growing": [],
-    });
-    if let (Some(a), Some(b)) = (first, last)
-        && let Ok(cmp) = offheap_node::compare_files(&a.path, &b.path, &AnalyzeOptions::default())
-    {
-        v["growing"] = serde_json::to_value(&cmp.growing).unwrap_or_default();
-        v["global_handles_before"] = serde_json::json!(cmp.global_handles_before);
-        v["global_handles_after"] = serde_json::json!(cmp.global_handles_after);
-    }
-    Some(v)
+    let compare = match (first, last) {
+        (Some(a), Some(b)) => offheap_node::compare_files(&a.path, &b.path, &AnalyzeOptions::default()).ok(),
+        _ => None,
+    };
+    serde_json::to_value(offheap_node::analysis::HeapSummary::new(&latest.report, compare.as_ref())).ok()
 }
 
 pub fn attach(args: AttachArgs) -> Result<u8> {

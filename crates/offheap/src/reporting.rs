@@ -6,6 +6,7 @@ use crate::user_error;
 use anyhow::{Context, Result};
 use offheap_analysis::{Model, Options, analyze};
 use offheap_format::{Recording, layout};
+
 use std::fs;
 use std::path::Path;
 
@@ -67,10 +68,6 @@ fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
 }
 
 /// Prints the verdict (and suspects) to stderr: stdout belongs to the target.
-pub fn finish(dir: &Path, opts: &AnalyzeOpts, quiet: bool) -> Result<Model> {
-    finish_with_heap(dir, opts, quiet, None)
-}
-
 pub fn finish_with_heap(dir: &Path, opts: &AnalyzeOpts, quiet: bool, heap: Option<serde_json::Value>) -> Result<Model> {
     let model = build(dir, opts, heap)?;
     if !quiet {
@@ -152,6 +149,51 @@ pub fn report(args: ReportArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub fn diff(_args: DiffArgs) -> Result<u8> {
-    Err(user_error("diff is not available in this build"))
+pub fn diff(args: DiffArgs) -> Result<u8> {
+    let with_native = |dir: &Path| -> Result<Recording> {
+        let rec = open(dir)?;
+        if rec.native.is_empty() {
+            return Err(user_error(format!(
+                "{}: no native allocation data to diff (recorded with --no-native, by attach, or a static/musl target)",
+                dir.display()
+            )));
+        }
+        Ok(rec)
+    };
+    let a = with_native(&args.a)?;
+    let opts = |window| Options { min_age_s: 0.0, top: args.top, window };
+    let model = match &args.b {
+        Some(b_dir) => {
+            if args.from.is_some() || args.to.is_some() {
+                return Err(user_error("--from/--to compare two windows of ONE recording; give either two recordings or one with --from/--to"));
+            }
+            let b = with_native(b_dir)?;
+            let ma = analyze(&a, &opts(None));
+            let mb = analyze(&b, &opts(None));
+            offheap_analysis::diff::diff_models(&ma, &mb, args.top)
+        }
+        None => {
+            let (Some(from), Some(to)) = (args.from, args.to) else {
+                return Err(user_error("give two recordings (offheap diff A B), or one with --from and --to"));
+            };
+            let (from, to) = (from.as_secs_f64(), to.as_secs_f64());
+            if to <= from {
+                return Err(user_error("--to must be later than --from"));
+            }
+            let ma = analyze(&a, &opts(Some((0.0, from))));
+            let mut mb = analyze(&a, &opts(Some((0.0, to))));
+            mb.profile.window = (from, to);
+            offheap_analysis::diff::diff_models(&ma, &mb, args.top)
+        }
+    };
+    print!("{}", offheap_report::top_text(&model, offheap_report::Weight::LeakedBytes, args.top));
+    for n in &model.notes {
+        println!("note: {n}");
+    }
+    if let Some(out) = &args.out {
+        let dir = crate::outdir::create(Some(out), "diff")?;
+        write_outputs(&dir, &model)?;
+        eprintln!("diff reports: {}", dir.display());
+    }
+    Ok(0)
 }

@@ -21,8 +21,12 @@ use std::time::{Duration, Instant};
 /// The native agent, built from crates/offheap-agent by build.rs.
 static NATIVE_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/liboffheap_agent.so"));
 
-/// Node flags offheap adds through NODE_OPTIONS (all allowed there).
-pub const NODE_FLAGS: [&str; 2] = ["--perf-basic-prof", "--interpreted-frames-native-stack"];
+/// Node flags offheap adds through NODE_OPTIONS (all allowed there): a perf
+/// map of JS functions, with interpreted functions given their own code
+/// address. (`--perf-basic-prof` would also make node write isolate-*.log
+/// files into the target's working directory; builtins resolve from node's
+/// own symbols anyway.)
+pub const NODE_FLAGS: [&str; 2] = ["--perf-basic-prof-only-functions", "--interpreted-frames-native-stack"];
 
 /// Finds CMD the way execvp would.
 fn resolve_command(cmd: &str) -> Option<PathBuf> {
@@ -171,6 +175,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
             opts.push_str(flag);
         }
         node_flags.extend(NODE_FLAGS.iter().map(|s| s.to_string()));
+        if args.record.snapshots {
+            // SIGUSR1 then opens the inspector on a free port (found through
+            // /proc), not on 9229, which another process may hold.
+            opts.push_str(" --inspect-port=0");
+            node_flags.push("--inspect-port=0".into());
+        }
         cmd.env("NODE_OPTIONS", opts);
     }
     if let Some(so) = &native_agent {
@@ -217,7 +227,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
     };
     write_json(&dir.join(layout::META), &meta)?;
 
-    let outcome = supervise(child, &dir, &args.record, args.grace, &signals)?;
+    let snapshots = HeapSnapshots::new(args.record.snapshots && target.node, &dir);
+    if args.record.snapshots && !target.node {
+        notes.push("--snapshots needs a Node target: no heap snapshots taken".into());
+    }
+    let (outcome, heap, snap_notes) = supervise(child, &dir, &args.record, args.grace, &signals, snapshots)?;
+    notes.extend(snap_notes);
     if target.node {
         // The map is V8's answer to our flag: take it away with us.
         let map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
@@ -227,7 +242,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     write_json(&dir.join(layout::END), &outcome)?;
     let opts = reporting::AnalyzeOpts { min_age_s: args.record.min_age.as_secs_f64(), top: 10, extra_notes: notes };
-    reporting::finish(&dir, &opts, args.record.quiet)?;
+    reporting::finish_with_heap(&dir, &opts, args.record.quiet, heap)?;
     Ok(outcome.exit_status.clamp(0, 255) as u8)
 }
 
@@ -247,7 +262,79 @@ fn send(pid: u32, sig: i32) {
 }
 
 /// Collects until the child ends, forwarding signals and enforcing --duration.
-fn supervise(mut child: Child, dir: &Path, rec: &RecordOpts, grace: Duration, signals: &Signals) -> Result<End> {
+/// `--snapshots` in `run`: a heap snapshot shortly after start, and one at
+/// the end (before --duration stops the target) when the heap or external
+/// memory grows. The inspector is opened with SIGUSR1, like `attach`.
+struct HeapSnapshots {
+    enabled: bool,
+    dir: PathBuf,
+    insp: Option<offheap_node::Inspector>,
+    first: Option<offheap_node::LiveSnapshot>,
+    last: Option<offheap_node::LiveSnapshot>,
+    tried: bool,
+    notes: Vec<String>,
+}
+
+impl HeapSnapshots {
+    fn new(enabled: bool, dir: &Path) -> Self {
+        HeapSnapshots { enabled, dir: dir.to_path_buf(), insp: None, first: None, last: None, tried: false, notes: Vec::new() }
+    }
+
+    fn start(&mut self, pid: u32) {
+        if !self.enabled || self.tried {
+            return;
+        }
+        self.tried = true;
+        match offheap_node::Inspector::open(pid, Duration::from_secs(10)) {
+            Ok(mut insp) => match crate::attach::snapshot_into(&mut insp, &self.dir, "start.heapsnapshot") {
+                Ok(s) => {
+                    self.first = Some(s);
+                    self.insp = Some(insp);
+                }
+                Err(e) => {
+                    self.notes.push(format!("start heap snapshot failed: {e}"));
+                    let _ = insp.close();
+                }
+            },
+            Err(e) => self.notes.push(format!("no heap snapshots: {e}")),
+        }
+    }
+
+    /// Before the target is stopped: the end snapshot, if the verdict so far calls for one.
+    fn finish(&mut self) {
+        let Some(mut insp) = self.insp.take() else { return };
+        let grows = crate::reporting::build_model(&self.dir, 0.0).ok().and_then(|m| m.verdict).is_some_and(|v| {
+            v.kinds.iter().any(|k| matches!(k, offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External))
+        });
+        if grows {
+            match crate::attach::snapshot_into(&mut insp, &self.dir, "end.heapsnapshot") {
+                Ok(s) => self.last = Some(s),
+                Err(e) => self.notes.push(format!("end heap snapshot failed: {e}")),
+            }
+        } else {
+            self.notes.push("no end heap snapshot: neither the JS heap nor external memory grows".into());
+        }
+        let _ = insp.close();
+    }
+
+    fn findings(&mut self) -> Option<serde_json::Value> {
+        if self.insp.take().is_some() {
+            self.notes.push("the target ended before the end heap snapshot (use --duration to get one)".into());
+        }
+        crate::attach::heap_findings(self.first.as_ref(), self.last.as_ref())
+    }
+}
+
+type Supervised = (End, Option<serde_json::Value>, Vec<String>);
+
+fn supervise(
+    mut child: Child,
+    dir: &Path,
+    rec: &RecordOpts,
+    grace: Duration,
+    signals: &Signals,
+    mut snapshots: HeapSnapshots,
+) -> Result<Supervised> {
     let pid = child.id();
     let start = Instant::now();
     let mut collector = Collector::new(dir, pid).context("cannot write the recording")?;
@@ -271,6 +358,7 @@ fn supervise(mut child: Child, dir: &Path, rec: &RecordOpts, grace: Duration, si
             && now.duration_since(start) >= d
         {
             reason = "duration";
+            snapshots.finish();
             send(pid, libc::SIGINT);
             stopping = Some((now, 1));
         }
@@ -280,6 +368,9 @@ fn supervise(mut child: Child, dir: &Path, rec: &RecordOpts, grace: Duration, si
             let sig = if sent == 1 { libc::SIGTERM } else { libc::SIGKILL };
             send(pid, sig);
             stopping = Some((now, sent + 1));
+        }
+        if now.duration_since(start) >= Duration::from_millis(1500) && child.try_wait()?.is_none() {
+            snapshots.start(pid);
         }
         if now >= next_tick {
             collector.tick();
@@ -304,13 +395,15 @@ fn supervise(mut child: Child, dir: &Path, rec: &RecordOpts, grace: Duration, si
     if signal.is_some() && reason == "exited" {
         reason = "killed";
     }
-    Ok(End {
+    let heap = snapshots.findings();
+    let end = End {
         end_ms: now_ms(),
         exit_code,
         signal,
         exit_status: exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
         reason: reason.into(),
-    })
+    };
+    Ok((end, heap, snapshots.notes))
 }
 
 #[cfg(test)]

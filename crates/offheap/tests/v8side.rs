@@ -1,0 +1,164 @@
+//! The V8 side through the CLI (issue 5): attach/detach, snapshot, and
+//! `run --snapshots`, against real node processes.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER: &str = r#"
+const http = require('http');
+const kept = [];
+const server = http.createServer((req, res) => {
+  kept.push(Buffer.alloc(256 * 1024, 1).subarray(0, 10)); // a 10-byte view pins 256 KiB
+  res.end('ok ' + kept.length);
+});
+server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+setInterval(() => http.get({ host: '127.0.0.1', port: server.address().port, path: '/' }, (r) => r.resume()), 40);
+"#;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `inspect_port`: None leaves node's default (9229, what SIGUSR1 opens);
+/// tests running in parallel use `--inspect-port=0` to avoid clashing on it.
+fn start_server(sb: &Sandbox, inspect_port: Option<&str>) -> Server {
+    let script = sb.write("server.js", SERVER);
+    let mut cmd = Command::new("node");
+    if let Some(p) = inspect_port {
+        cmd.arg(format!("--inspect-port={p}"));
+    }
+    let mut child = cmd.arg(script).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().parse().unwrap();
+    Server { child, port }
+}
+
+fn get(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let out = Command::new("ss").args(["-ltnpH"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn attach_records_gives_a_verdict_and_detaches_cleanly() {
+    let sb = Sandbox::new();
+    let server = start_server(&sb, None);
+    let pid = server.child.id();
+    let before = listening_ports(pid);
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .args(["attach", &pid.to_string(), "--duration", "4s", "--quiet", "--out", "rec"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s = summary(&sb.path("rec"));
+    assert_eq!(s["pid"], pid);
+    assert!(kinds(&s).contains(&"external".to_string()), "{}", describe(&out, &s));
+    assert!(s["notes"].to_string().contains("native split"), "{s:#}");
+    // Still serving, and the inspector offheap opened is closed again.
+    assert!(get(server.port).unwrap().contains("ok "), "server stopped serving");
+    let t = Instant::now();
+    while listening_ports(pid) != before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(listening_ports(pid), before, "inspector port left open");
+    // And it can be attached to again.
+    let again = offheap()
+        .current_dir(sb.dir.path())
+        .args(["attach", &pid.to_string(), "--duration", "1s", "--quiet", "--out", "rec2"])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+}
+
+#[test]
+fn snapshot_of_a_live_process_finds_the_hostage_buffers() {
+    let sb = Sandbox::new();
+    let server = start_server(&sb, Some("0"));
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .args(["snapshot", &server.child.id().to_string(), "--out", "snap", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &r["hostage_buffers"][0];
+    assert_eq!(h["confirmed"], true, "{r:#}");
+    let ex = &h["examples"][0];
+    assert_eq!(ex["parent_bytes"], 256 * 1024, "{ex:#}");
+    assert_eq!(ex["view_bytes"], 10, "{ex:#}");
+    assert!(get(server.port).is_some());
+    assert!(sb.path("snap/findings.json").exists());
+}
+
+#[test]
+fn run_with_snapshots_puts_heap_findings_in_the_summary() {
+    let sb = Sandbox::new();
+    sb.write(
+        "hostage.js",
+        "const kept = (globalThis.kept = []);\n\
+         const t = setInterval(() => kept.push(Buffer.alloc(512 * 1024, 1).subarray(0, 16)), 50);\n\
+         process.on('SIGINT', () => { clearInterval(t); process.exit(0); });",
+    );
+    let out = sb.run("rec", &["--snapshots", "--duration", "5s"], &["node", "hostage.js"]);
+    assert!(out.status.success(), "{out:?}");
+    let s = summary(&sb.path("rec"));
+    assert_eq!(s["verdict"]["primary"], "external", "{}", describe(&out, &s));
+    let heap = &s["heap"];
+    assert!(heap["hostage_buffers"][0]["examples"][0]["held_by"].as_str().unwrap().contains("kept"), "{heap:#}");
+    assert!(!heap["growing"].as_array().unwrap().is_empty(), "{heap:#}");
+    assert!(sb.path("rec/start.heapsnapshot").exists() && sb.path("rec/end.heapsnapshot").exists());
+    // `report` keeps the findings.
+    let rep = offheap().args(["report", "--json"]).arg(sb.path("rec")).output().unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
+    assert_eq!(again["heap"]["hostage_buffers"], heap["hostage_buffers"]);
+}
+
+#[test]
+fn attach_and_snapshot_refuse_what_they_cannot_do() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    for args in [vec!["attach", pid.as_str(), "--duration", "1s"], vec!["snapshot", pid.as_str()]] {
+        let out = offheap().args(&args).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not Node"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let out = offheap().args(["attach", "4000000"]).output().unwrap();
+    assert!(!out.status.success());
+    let out = offheap().args(["snapshot", "missing.heapsnapshot"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"), "{out:?}");
+    let sb = Sandbox::new();
+    let bad = sb.write("bad.heapsnapshot", "{\"snapshot\": {\"meta\": ");
+    let out = offheap().arg("snapshot").arg(bad).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end().lines().count(), 1, "{out:?}");
+}
