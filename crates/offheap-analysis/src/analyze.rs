@@ -6,6 +6,9 @@ use crate::verdict::{Evidence, decide};
 use offheap_format::Recording;
 use offheap_format::native::{AllocKind, NativeStream};
 
+/// (seconds since start, value) points.
+pub type Points = Vec<(f64, f64)>;
+
 /// Analysis settings.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -21,7 +24,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { min_age_s: 5.0, top: 10, window: None }
+        Options {
+            min_age_s: 5.0,
+            top: 10,
+            window: None,
+        }
     }
 }
 
@@ -36,31 +43,62 @@ fn rel(t_ms: f64, start_ms: f64) -> f64 {
 
 /// Builds the timeline from every stream of the target process.
 /// Also returns heapUsed after natural major GCs, and after the agent's exit GC.
-pub fn timeline(rec: &Recording) -> (Timeline, Vec<(f64, f64)>, Option<(f64, f64)>) {
+pub fn timeline(rec: &Recording) -> (Timeline, Points, Option<(f64, f64)>) {
     let start = rec.meta.start_ms;
     let pid = rec.meta.pid;
     let mut tl = Timeline::default();
     let mut push = |name: &str, points: Vec<(f64, f64)>| {
         if !points.is_empty() {
-            tl.series.push(Series { name: name.into(), points });
+            tl.series.push(Series {
+                name: name.into(),
+                points,
+            });
         }
     };
     push(
         "rss",
-        rec.proc.iter().filter(|s| s.pid == pid).filter_map(|s| Some((rel(s.t, start), s.rss()? as f64))).collect(),
+        rec.proc
+            .iter()
+            .filter(|s| s.pid == pid)
+            .filter_map(|s| Some((rel(s.t, start), s.rss()? as f64)))
+            .collect(),
     );
     let mut post_gc = Vec::new();
     let mut exit_gc = None;
     if let Some(node) = rec.main_node_stream() {
         let m = &node.mem;
-        push("heap_used", m.iter().map(|x| (rel(x.t, start), x.heap_used as f64)).collect());
-        push("heap_total", m.iter().map(|x| (rel(x.t, start), x.heap_total as f64)).collect());
-        push("external", m.iter().map(|x| (rel(x.t, start), x.external as f64)).collect());
-        push("array_buffers", m.iter().map(|x| (rel(x.t, start), x.array_buffers as f64)).collect());
+        push(
+            "heap_used",
+            m.iter()
+                .map(|x| (rel(x.t, start), x.heap_used as f64))
+                .collect(),
+        );
+        push(
+            "heap_total",
+            m.iter()
+                .map(|x| (rel(x.t, start), x.heap_total as f64))
+                .collect(),
+        );
+        push(
+            "external",
+            m.iter()
+                .map(|x| (rel(x.t, start), x.external as f64))
+                .collect(),
+        );
+        push(
+            "array_buffers",
+            m.iter()
+                .map(|x| (rel(x.t, start), x.array_buffers as f64))
+                .collect(),
+        );
         tl.gc = node
             .gc
             .iter()
-            .map(|g| GcMark { t: rel(g.t, start), kind: g.kind_name().into(), duration_ms: g.duration_ms })
+            .map(|g| GcMark {
+                t: rel(g.t, start),
+                kind: g.kind_name().into(),
+                duration_ms: g.duration_ms,
+            })
             .collect();
         post_gc = node
             .gc
@@ -68,26 +106,43 @@ pub fn timeline(rec: &Recording) -> (Timeline, Vec<(f64, f64)>, Option<(f64, f64
             .filter(|g| !g.forced())
             .filter_map(|g| Some((rel(g.t, start), g.heap_used_after? as f64)))
             .collect();
-        exit_gc = node.gc.iter().rfind(|g| g.forced()).and_then(|g| Some((rel(g.t, start), g.heap_used_after? as f64)));
+        exit_gc = node
+            .gc
+            .iter()
+            .rfind(|g| g.forced())
+            .and_then(|g| Some((rel(g.t, start), g.heap_used_after? as f64)));
     }
     if let Some(native) = rec.main_native_stream() {
         let (live, retained) = native_totals(native, start);
         push("native_live", live);
         push("allocator_retained", retained);
     }
-    let last_sample = tl.series.iter().filter_map(|s| s.points.last().map(|p| p.0)).fold(0.0, f64::max);
-    tl.duration = rec.end.as_ref().map(|e| rel(e.end_ms, start)).unwrap_or(last_sample).max(last_sample);
+    let last_sample = tl
+        .series
+        .iter()
+        .filter_map(|s| s.points.last().map(|p| p.0))
+        .fold(0.0, f64::max);
+    tl.duration = rec
+        .end
+        .as_ref()
+        .map(|e| rel(e.end_ms, start))
+        .unwrap_or(last_sample)
+        .max(last_sample);
     tl.warmup_end = warmup(tl.duration);
     (tl, post_gc, exit_gc)
 }
 
 /// Sum of live malloc bytes per snapshot (aged when the agent recorded ages),
 /// and the allocator's retained free bytes.
-fn native_totals(native: &NativeStream, start: f64) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+fn native_totals(native: &NativeStream, start: f64) -> (Points, Points) {
     let n = native.snapshot_times_ms.len();
     let mut live = vec![0f64; n];
     for s in &native.series {
-        if native.stacks.get(s.stack as usize).is_some_and(|st| st.kind != AllocKind::Malloc) {
+        if native
+            .stacks
+            .get(s.stack as usize)
+            .is_some_and(|st| st.kind != AllocKind::Malloc)
+        {
             continue;
         }
         // Walk the sparse points, carrying values forward.
@@ -101,7 +156,12 @@ fn native_totals(native: &NativeStream, start: f64) -> (Vec<(f64, f64)>, Vec<(f6
     // The at-exit snapshot describes teardown, not the run: leave it out.
     let usable = if n > 3 { n - 1 } else { n };
     live.truncate(usable);
-    let times: Vec<f64> = native.snapshot_times_ms.iter().take(usable).map(|&t| rel(t, start)).collect();
+    let times: Vec<f64> = native
+        .snapshot_times_ms
+        .iter()
+        .take(usable)
+        .map(|&t| rel(t, start))
+        .collect();
     let live_pts = times.iter().copied().zip(live).collect();
     let retained = times
         .iter()
@@ -141,11 +201,22 @@ struct StackFigures {
 /// and still live at t + min_age", so the series (t, aged(t + min_age)) rises
 /// only with memory that is kept, never with young garbage, and startup
 /// allocations stay constant in it.
-fn stack_figures(native: &NativeStream, snaps: &[u32], start: f64, min_age: f64) -> Vec<StackFigures> {
-    let (Some(&first), Some(&last)) = (snaps.first(), snaps.last()) else { return Vec::new() };
+fn stack_figures(
+    native: &NativeStream,
+    snaps: &[u32],
+    start: f64,
+    min_age: f64,
+) -> Vec<StackFigures> {
+    let (Some(&first), Some(&last)) = (snaps.first(), snaps.last()) else {
+        return Vec::new();
+    };
     let t = |i: u32| rel(native.snapshot_times_ms[i as usize], start);
     let t_first = t(first);
-    let shifted: Vec<u32> = snaps.iter().copied().filter(|&i| t(i) - min_age >= t_first).collect();
+    let shifted: Vec<u32> = snaps
+        .iter()
+        .copied()
+        .filter(|&i| t(i) - min_age >= t_first)
+        .collect();
     let step = (shifted.len() / 64).max(1);
     native
         .series
@@ -154,8 +225,11 @@ fn stack_figures(native: &NativeStream, snaps: &[u32], start: f64, min_age: f64)
             let end = s.at(last);
             let begin = s.at(first);
             let slope = if shifted.len() >= 3 {
-                let mut pts: Vec<(f64, f64)> =
-                    shifted.iter().step_by(step).map(|&i| (t(i) - min_age, s.at(i).aged_live_bytes as f64)).collect();
+                let mut pts: Vec<(f64, f64)> = shifted
+                    .iter()
+                    .step_by(step)
+                    .map(|&i| (t(i) - min_age, s.at(i).aged_live_bytes as f64))
+                    .collect();
                 if let Some(&l) = shifted.last() {
                     pts.push((t(l) - min_age, s.at(l).aged_live_bytes as f64));
                 }
@@ -185,7 +259,10 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     let ev = Evidence::from_timeline(&tl, &post_gc, exit_gc, rec.meta.node);
     let verdict = decide(&ev);
     let growth = ev.growth();
-    let max_of = |name: &str| tl.series(name).map(|s| s.points.iter().map(|p| p.1).fold(0.0, f64::max) as u64);
+    let max_of = |name: &str| {
+        tl.series(name)
+            .map(|s| s.points.iter().map(|p| p.1).fold(0.0, f64::max) as u64)
+    };
     let peak = Peak {
         rss: max_of("rss").unwrap_or(0),
         heap_used: max_of("heap_used").unwrap_or(0),
@@ -196,7 +273,11 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     let mut notes = rec.notes.clone();
     let (from, to) = opts.window.unwrap_or((tl.warmup_end, tl.duration));
     let mut suspects = Vec::new();
-    let mut profile = Profile { window: (from, to), sample_interval: rec.meta.sample_interval, ..Default::default() };
+    let mut profile = Profile {
+        window: (from, to),
+        sample_interval: rec.meta.sample_interval,
+        ..Default::default()
+    };
     if let Some(native) = rec.main_native_stream() {
         profile.sample_interval = native.sample_interval;
         profile.modules = native.modules.clone();
@@ -219,22 +300,32 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         let span = snaps
             .first()
             .zip(snaps.last())
-            .map(|(&a, &b)| (native.snapshot_times_ms[b as usize] - native.snapshot_times_ms[a as usize]) / 1000.0)
+            .map(|(&a, &b)| {
+                (native.snapshot_times_ms[b as usize] - native.snapshot_times_ms[a as usize])
+                    / 1000.0
+            })
             .unwrap_or(0.0)
             .max(1e-9);
         let active: Vec<&StackFigures> = figures
             .iter()
-            .filter(|f| (f.stack as usize) < native.stacks.len() && (f.alloc_bytes > 0 || f.live_end > 0))
+            .filter(|f| {
+                (f.stack as usize) < native.stacks.len() && (f.alloc_bytes > 0 || f.live_end > 0)
+            })
             .collect();
         let ids: Vec<u32> = active.iter().map(|f| f.stack).collect();
         let (mut frames_of, sym_notes) = crate::symbolize::symbolize(rec, native, &ids);
         // Suspects: sustained growth of aged live bytes, at least 64 KiB over the window.
-        let mut ranked: Vec<&StackFigures> =
-            active.iter().copied().filter(|f| f.slope > 0.0 && f.slope * span >= 64.0 * 1024.0).collect();
+        let mut ranked: Vec<&StackFigures> = active
+            .iter()
+            .copied()
+            .filter(|f| f.slope > 0.0 && f.slope * span >= 64.0 * 1024.0)
+            .collect();
         ranked.sort_by(|a, b| b.slope.total_cmp(&a.slope));
         for (i, f) in ranked.into_iter().take(opts.top).enumerate() {
             let stack = &native.stacks[f.stack as usize];
-            let frames = crate::suspects::collapse_allocator(frames_of.get(&f.stack).cloned().unwrap_or_default());
+            let frames = crate::suspects::collapse_allocator(
+                frames_of.get(&f.stack).cloned().unwrap_or_default(),
+            );
             let (module, function) = crate::suspects::owner(&frames);
             suspects.push(Suspect {
                 rank: i as u32 + 1,
@@ -262,7 +353,9 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         }
         notes.extend(sym_notes);
     } else if rec.meta.native {
-        notes.push("the native agent was preloaded but wrote nothing (static or non-glibc target?)".into());
+        notes.push(
+            "the native agent was preloaded but wrote nothing (static or non-glibc target?)".into(),
+        );
     }
     Model {
         meta: rec.meta.clone(),

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 /// Stacks of two recordings match by their symbolized frames (function and
 /// module), since raw addresses differ between processes.
-fn key(frames: &[Frame]) -> Vec<(String, String)> {
+type StackKey = Vec<(String, String)>;
+
+fn key(frames: &[Frame]) -> StackKey {
     frames
         .iter()
         .map(|f| {
@@ -22,7 +24,8 @@ fn key(frames: &[Frame]) -> Vec<(String, String)> {
 /// reporter's "live" view shows the growth), `alloc_*` the allocations made
 /// in B beyond A. Suspects are the stacks that grew most.
 pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
-    let mut base: HashMap<Vec<(String, String)>, (u64, u64, u64, u64)> = HashMap::new();
+    // key -> (live bytes, live count, alloc bytes, alloc count) in A
+    let mut base: HashMap<StackKey, (u64, u64, u64, u64)> = HashMap::new();
     for s in &a.profile.stacks {
         let e = base.entry(key(&s.frames)).or_default();
         e.0 += s.live_bytes;
@@ -32,7 +35,7 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
     }
     let span = (b.profile.window.1 - b.profile.window.0).max(1e-9);
     let mut stacks: Vec<ProfileStack> = Vec::new();
-    let mut merged: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    let mut merged: HashMap<StackKey, usize> = HashMap::new();
     for s in &b.profile.stacks {
         let k = key(&s.frames);
         let (live_a, count_a, alloc_a, allocs_a) = base.remove(&k).unwrap_or_default();
@@ -77,7 +80,7 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
             });
         }
     }
-    stacks.sort_by(|x, y| y.growth_bytes.cmp(&x.growth_bytes));
+    stacks.sort_by_key(|s| std::cmp::Reverse(s.growth_bytes));
     let suspects = stacks
         .iter()
         .filter(|s| s.growth_bytes > 0)
@@ -116,7 +119,12 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
         growth: b.growth.clone(),
         peak: b.peak.clone(),
         suspects,
-        profile: Profile { stacks, modules: b.profile.modules.clone(), sample_interval: b.profile.sample_interval, window: b.profile.window },
+        profile: Profile {
+            stacks,
+            modules: b.profile.modules.clone(),
+            sample_interval: b.profile.sample_interval,
+            window: b.profile.window,
+        },
         heap: None,
         notes,
     }
@@ -152,13 +160,30 @@ mod tests {
     #[test]
     fn growth_by_stack() {
         let mut a = Model::default();
-        a.profile.stacks = vec![stack("grows", 100), stack("shrinks", 500), stack("steady", 50)];
+        a.profile.stacks = vec![
+            stack("grows", 100),
+            stack("shrinks", 500),
+            stack("steady", 50),
+        ];
         let mut b = Model::default();
         b.profile.window = (0.0, 10.0);
         b.profile.stacks = vec![stack("grows", 1100), stack("steady", 50), stack("new", 30)];
         let d = diff_models(&a, &b, 10);
-        let g: Vec<(&str, i64)> = d.profile.stacks.iter().map(|s| (s.frames[0].function.as_str(), s.growth_bytes)).collect();
-        assert_eq!(g, vec![("grows", 1000), ("new", 30), ("steady", 0), ("shrinks", -500)]);
+        let g: Vec<(&str, i64)> = d
+            .profile
+            .stacks
+            .iter()
+            .map(|s| (s.frames[0].function.as_str(), s.growth_bytes))
+            .collect();
+        assert_eq!(
+            g,
+            vec![
+                ("grows", 1000),
+                ("new", 30),
+                ("steady", 0),
+                ("shrinks", -500)
+            ]
+        );
         assert_eq!(d.suspects[0].function, "grows");
         assert!((d.suspects[0].bytes_per_s - 100.0).abs() < 1e-9);
     }

@@ -27,7 +27,9 @@ pub fn thin(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
     if points.len() <= max || max < 2 {
         return points.to_vec();
     }
-    (0..max).map(|i| points[i * (points.len() - 1) / (max - 1)]).collect()
+    (0..max)
+        .map(|i| points[i * (points.len() - 1) / (max - 1)])
+        .collect()
 }
 
 /// Theil–Sen slope and Kendall's tau. O(n²) on at most 200 points.
@@ -35,7 +37,11 @@ pub fn trend(points: &[(f64, f64)]) -> Trend {
     let pts = thin(points, 200);
     let n = pts.len();
     if n < 2 {
-        return Trend { n, level: pts.first().map(|p| p.1).unwrap_or(0.0), ..Default::default() };
+        return Trend {
+            n,
+            level: pts.first().map(|p| p.1).unwrap_or(0.0),
+            ..Default::default()
+        };
     }
     let mut slopes = Vec::with_capacity(n * (n - 1) / 2);
     let (mut conc, mut disc) = (0i64, 0i64);
@@ -70,20 +76,28 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 /// The minimum of each of `buckets` equal time slices: the floor of a
 /// sawtooth (garbage not yet collected does not count).
 pub fn bucket_minima(points: &[(f64, f64)], buckets: usize) -> Vec<(f64, f64)> {
-    let (Some(first), Some(last)) = (points.first(), points.last()) else { return Vec::new() };
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return Vec::new();
+    };
     let span = last.0 - first.0;
     if span <= 0.0 || buckets == 0 {
         return points.to_vec();
     }
     let mut out: Vec<Option<(f64, f64)>> = vec![None; buckets];
     for &(t, v) in points {
-        let b = (((t - first.0) / span) * buckets as f64).floor().min(buckets as f64 - 1.0) as usize;
+        let b = (((t - first.0) / span) * buckets as f64)
+            .floor()
+            .min(buckets as f64 - 1.0) as usize;
         match out[b] {
             Some((_, m)) if m <= v => {}
             _ => out[b] = Some((t, v)),
@@ -107,7 +121,9 @@ mod tests {
 
     #[test]
     fn sawtooth_floor_is_flat() {
-        let pts: Vec<(f64, f64)> = (0..400).map(|i| (i as f64 * 0.1, 100.0 + (i % 20) as f64 * 5.0)).collect();
+        let pts: Vec<(f64, f64)> = (0..400)
+            .map(|i| (i as f64 * 0.1, 100.0 + (i % 20) as f64 * 5.0))
+            .collect();
         let floor = bucket_minima(&pts, 8);
         let t = trend(&floor);
         assert!(t.slope.abs() < 1e-9, "{t:?}");
@@ -116,7 +132,9 @@ mod tests {
 
     #[test]
     fn flat_noise_has_low_tau() {
-        let pts: Vec<(f64, f64)> = (0..100).map(|i| (i as f64, if i % 2 == 0 { 5.0 } else { 6.0 })).collect();
+        let pts: Vec<(f64, f64)> = (0..100)
+            .map(|i| (i as f64, if i % 2 == 0 { 5.0 } else { 6.0 }))
+            .collect();
         assert!(trend(&pts).tau.abs() < 0.1);
     }
 }

@@ -5,8 +5,15 @@ use offheap_symbols::{Frame, FrameKind};
 
 /// Drops leading allocator frames (keeping at least one frame).
 pub fn collapse_allocator(frames: Vec<Frame>) -> Vec<Frame> {
-    let skip = frames.iter().take_while(|f| offheap_symbols::is_allocator_frame(f)).count();
-    if skip >= frames.len() { frames } else { frames.into_iter().skip(skip).collect() }
+    let skip = frames
+        .iter()
+        .take_while(|f| offheap_symbols::is_allocator_frame(f))
+        .count();
+    if skip >= frames.len() {
+        frames
+    } else {
+        frames.into_iter().skip(skip).collect()
+    }
 }
 
 fn is_system_module(path: &str) -> bool {
@@ -33,8 +40,17 @@ pub fn owner(frames: &[Frame]) -> (String, String) {
     let pick = |f: &Frame| (f.module.clone(), f.function.clone());
     if let Some(f) = frames
         .iter()
-        .find(|f| f.kind != FrameKind::Js && !is_system_module(&f.module) && !is_runtime_binary(&f.module) && f.kind != FrameKind::Builtin)
-        .filter(|f| f.module.ends_with(".node") || f.kind == FrameKind::Native || f.kind == FrameKind::Unknown)
+        .find(|f| {
+            f.kind != FrameKind::Js
+                && !is_system_module(&f.module)
+                && !is_runtime_binary(&f.module)
+                && f.kind != FrameKind::Builtin
+        })
+        .filter(|f| {
+            f.module.ends_with(".node")
+                || f.kind == FrameKind::Native
+                || f.kind == FrameKind::Unknown
+        })
     {
         return pick(f);
     }
@@ -50,7 +66,11 @@ pub fn owner(frames: &[Frame]) -> (String, String) {
 /// Known culprits, recognised by the functions on the stack.
 pub fn hint(frames: &[Frame]) -> Option<String> {
     let has = |pat: &str| frames.iter().any(|f| f.function.contains(pat));
-    let h = if has("deflateInit") || has("inflateInit") || has("ZlibContext") || has("zlib") && has("Init") {
+    let h = if has("deflateInit")
+        || has("inflateInit")
+        || has("ZlibContext")
+        || has("zlib") && has("Init")
+    {
         "zlib stream state (~256 KB per deflate stream) that is never freed: close every zlib stream (stream.close() / .destroy(), or finish it with .end()) and do not keep finished streams referenced."
     } else if has("BrotliEncoder") || has("BrotliDecoder") {
         "Brotli stream state that is never freed: close or destroy every Brotli stream."
@@ -79,26 +99,49 @@ mod tests {
     use super::*;
 
     fn f(function: &str, module: &str, kind: FrameKind) -> Frame {
-        Frame { function: function.into(), module: module.into(), file: None, line: None, kind, address: 0, inlined: false }
+        Frame {
+            function: function.into(),
+            module: module.into(),
+            file: None,
+            line: None,
+            kind,
+            address: 0,
+            inlined: false,
+        }
     }
 
     #[test]
     fn addon_owns_its_leak() {
         let frames = collapse_allocator(vec![
-            f("malloc", "/usr/lib/x86_64-linux-gnu/libc.so.6", FrameKind::Native),
+            f(
+                "malloc",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                FrameKind::Native,
+            ),
             f("leak_bytes", "/tmp/leak.node", FrameKind::Native),
-            f("v8impl::FunctionCallbackWrapper::Invoke", "/usr/bin/node", FrameKind::Native),
+            f(
+                "v8impl::FunctionCallbackWrapper::Invoke",
+                "/usr/bin/node",
+                FrameKind::Native,
+            ),
             f("leakNative", "/tmp/app.js", FrameKind::Js),
         ]);
         assert_eq!(frames[0].function, "leak_bytes");
-        assert_eq!(owner(&frames), ("/tmp/leak.node".into(), "leak_bytes".into()));
+        assert_eq!(
+            owner(&frames),
+            ("/tmp/leak.node".into(), "leak_bytes".into())
+        );
         assert!(hint(&frames).unwrap().contains("addon"));
     }
 
     #[test]
     fn zlib_in_node_is_attributed_to_js() {
         let frames = vec![
-            f("node::ZlibContext::Init", "/usr/bin/node", FrameKind::Native),
+            f(
+                "node::ZlibContext::Init",
+                "/usr/bin/node",
+                FrameKind::Native,
+            ),
             f("createDeflate", "node:zlib", FrameKind::Js),
         ];
         assert_eq!(owner(&frames).1, "createDeflate");

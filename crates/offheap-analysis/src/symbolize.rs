@@ -9,7 +9,11 @@ use std::collections::HashMap;
 /// Symbolizes the given stacks (by stack id) of `native`, each as seen when
 /// it first appeared (JIT code at an address may be replaced later).
 /// Returns frames per stack id, and the symbolizer's notes.
-pub fn symbolize(rec: &Recording, native: &NativeStream, ids: &[u32]) -> (HashMap<u32, Vec<Frame>>, Vec<String>) {
+pub fn symbolize(
+    rec: &Recording,
+    native: &NativeStream,
+    ids: &[u32],
+) -> (HashMap<u32, Vec<Frame>>, Vec<String>) {
     let perf_map = rec.perf_maps.get(&native.pid).map(|p| p.as_path());
     let mut symbols = ProcessSymbols::new(&native.modules, perf_map);
     let mut first_seen: HashMap<u32, f64> = HashMap::new();

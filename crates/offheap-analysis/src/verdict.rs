@@ -39,11 +39,24 @@ fn buckets(span: f64) -> usize {
 impl Evidence {
     /// `post_gc_heap`: heapUsed right after natural major GCs; `exit_gc`:
     /// heapUsed after the full GC the JS agent runs at exit, if any.
-    pub fn from_timeline(tl: &Timeline, post_gc_heap: &[(f64, f64)], exit_gc: Option<(f64, f64)>, node: bool) -> Evidence {
+    pub fn from_timeline(
+        tl: &Timeline,
+        post_gc_heap: &[(f64, f64)],
+        exit_gc: Option<(f64, f64)>,
+        node: bool,
+    ) -> Evidence {
         let w = tl.warmup_end;
         let span = (tl.duration - w).max(0.0);
-        let raw = |name: &str| tl.series(name).map(|s| after(&s.points, w)).filter(|p| p.len() >= 3);
-        let floor = |name: &str| raw(name).map(|p| bucket_minima(&p, buckets(span))).filter(|p| p.len() >= 3);
+        let raw = |name: &str| {
+            tl.series(name)
+                .map(|s| after(&s.points, w))
+                .filter(|p| p.len() >= 3)
+        };
+        let floor = |name: &str| {
+            raw(name)
+                .map(|p| bucket_minima(&p, buckets(span)))
+                .filter(|p| p.len() >= 3)
+        };
         let mut post_gc = after(post_gc_heap, w);
         let (heap_after_gc, heap_confirmed) = if post_gc.len() >= 3 {
             post_gc.extend(exit_gc);
@@ -64,7 +77,11 @@ impl Evidence {
             let lower_bound = ve - v_min;
             let t = Trend {
                 slope: lower_bound / dt,
-                tau: if lower_bound > 0.0 { floor_trend.tau.max(0.5) } else { floor_trend.tau.min(0.0) },
+                tau: if lower_bound > 0.0 {
+                    floor_trend.tau.max(0.5)
+                } else {
+                    floor_trend.tau.min(0.0)
+                },
                 level: ve,
                 span: dt,
                 n: floor_trend.n.max(3),
@@ -103,7 +120,13 @@ impl Evidence {
 /// Growth over the window if it is a sustained rise, else 0.
 fn sustained(t: &Option<Trend>, abs_min: f64, rel_min: f64, tau_min: f64) -> f64 {
     match t {
-        Some(t) if t.n >= 3 && t.tau >= tau_min && t.growth() >= abs_min.max(rel_min * t.level.abs()) => t.growth(),
+        Some(t)
+            if t.n >= 3
+                && t.tau >= tau_min
+                && t.growth() >= abs_min.max(rel_min * t.level.abs()) =>
+        {
+            t.growth()
+        }
         _ => 0.0,
     }
 }
@@ -113,7 +136,11 @@ fn mb(b: f64) -> String {
 }
 
 fn rate(b: f64) -> String {
-    if b.abs() >= 1e6 { format!("{:.2} MB/s", b / 1e6) } else { format!("{:.1} kB/s", b / 1e3) }
+    if b.abs() >= 1e6 {
+        format!("{:.2} MB/s", b / 1e6)
+    } else {
+        format!("{:.1} kB/s", b / 1e3)
+    }
 }
 
 /// Decides the verdict from the evidence.
@@ -137,7 +164,12 @@ pub fn decide(ev: &Evidence) -> Verdict {
     } else {
         sustained(&ev.heap_after_gc, 8.0 * MIB, 0.50, 0.8)
     };
-    let g_ext = sustained(&ev.external, 2.0 * MIB, 0.10, 0.5).max(sustained(&ev.array_buffers, 2.0 * MIB, 0.10, 0.5));
+    let g_ext = sustained(&ev.external, 2.0 * MIB, 0.10, 0.5).max(sustained(
+        &ev.array_buffers,
+        2.0 * MIB,
+        0.10,
+        0.5,
+    ));
     let g_total = ev.heap_total.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
     let ext_any = ev.external.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
     let g_native_raw = sustained(&ev.native_live, 1.0 * MIB, 0.10, 0.5);
@@ -214,11 +246,19 @@ pub fn decide(ev: &Evidence) -> Verdict {
             ev.span,
             flat(&ev.rss),
             if ev.node {
-                format!(", heapUsed after GC {}, external {}", flat(&ev.heap_after_gc), flat(&ev.external))
+                format!(
+                    ", heapUsed after GC {}, external {}",
+                    flat(&ev.heap_after_gc),
+                    flat(&ev.external)
+                )
             } else {
                 String::new()
             },
-            if has_native_data { format!(", live native {}", flat(&ev.native_live)) } else { String::new() }
+            if has_native_data {
+                format!(", live native {}", flat(&ev.native_live))
+            } else {
+                String::new()
+            }
         );
         // Confidence: high when the run is long and the series are flat.
         let conf = (0.6 + (ev.span / 60.0).min(1.0) * 0.3).min(0.9);
@@ -244,11 +284,15 @@ pub fn decide(ev: &Evidence) -> Verdict {
     let length_factor = (ev.span / 10.0).min(1.0);
     let confidence = round2((0.4 + 0.5 * tau.clamp(0.0, 1.0)) * (0.7 + 0.3 * length_factor));
     let lead = match primary {
-        Kind::JsHeap => "The JavaScript heap is leaking: objects survive garbage collection and accumulate.",
+        Kind::JsHeap => {
+            "The JavaScript heap is leaking: objects survive garbage collection and accumulate."
+        }
         Kind::External => {
             "External memory is leaking: Buffer/ArrayBuffer backing stores outside the V8 heap keep growing."
         }
-        Kind::Native => "Native memory is leaking: memory allocated outside the V8 heap (malloc/new) keeps growing.",
+        Kind::Native => {
+            "Native memory is leaking: memory allocated outside the V8 heap (malloc/new) keeps growing."
+        }
         Kind::Fragmentation => {
             "Not a leak but allocator fragmentation: glibc keeps freed memory in its arenas instead of returning it."
         }
@@ -308,11 +352,22 @@ mod tests {
     use crate::model::Series;
 
     fn series(name: &str, f: impl Fn(f64) -> f64) -> Series {
-        Series { name: name.into(), points: (0..200).map(|i| i as f64 * 0.1).map(|t| (t, f(t))).collect() }
+        Series {
+            name: name.into(),
+            points: (0..200)
+                .map(|i| i as f64 * 0.1)
+                .map(|t| (t, f(t)))
+                .collect(),
+        }
     }
 
     fn timeline(series: Vec<Series>) -> Timeline {
-        Timeline { series, gc: vec![], warmup_end: 4.0, duration: 20.0 }
+        Timeline {
+            series,
+            gc: vec![],
+            warmup_end: 4.0,
+            duration: 20.0,
+        }
     }
 
     #[test]

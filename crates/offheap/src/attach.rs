@@ -27,24 +27,34 @@ fn agent_expression(dir: &Path, interval: Duration) -> String {
     )
 }
 
-const AGENT_STOP: &str =
-    "(function () { const s = globalThis[Symbol.for('offheap.agent')]; if (s && s.stop) { s.stop(); return 'stopped'; } return 'absent'; })()";
+const AGENT_STOP: &str = "(function () { const s = globalThis[Symbol.for('offheap.agent')]; if (s && s.stop) { s.stop(); return 'stopped'; } return 'absent'; })()";
 
 fn cmdline(pid: u32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn comm(pid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_else(|_| "node".into())
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
 }
 
 fn inspector_error(e: impl std::fmt::Display) -> anyhow::Error {
     user_error(e.to_string())
 }
 
-pub fn snapshot_into(insp: &mut Inspector, dir: &Path, name: &str) -> Result<offheap_node::LiveSnapshot> {
+pub fn snapshot_into(
+    insp: &mut Inspector,
+    dir: &Path,
+    name: &str,
+) -> Result<offheap_node::LiveSnapshot> {
     let path = dir.join(name);
     offheap_node::snapshot_session(insp, &path, &AnalyzeOptions::default()).map_err(inspector_error)
 }
@@ -57,10 +67,16 @@ pub fn heap_findings(
 ) -> Option<serde_json::Value> {
     let latest = last.or(first)?;
     let compare = match (first, last) {
-        (Some(a), Some(b)) => offheap_node::compare_files(&a.path, &b.path, &AnalyzeOptions::default()).ok(),
+        (Some(a), Some(b)) => {
+            offheap_node::compare_files(&a.path, &b.path, &AnalyzeOptions::default()).ok()
+        }
         _ => None,
     };
-    serde_json::to_value(offheap_node::analysis::HeapSummary::new(&latest.report, compare.as_ref())).ok()
+    serde_json::to_value(offheap_node::analysis::HeapSummary::new(
+        &latest.report,
+        compare.as_ref(),
+    ))
+    .ok()
 }
 
 pub fn attach(args: AttachArgs) -> Result<u8> {
@@ -77,7 +93,10 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     };
     let mut settings = BTreeMap::new();
     settings.insert("inspector_port".into(), insp.port().into());
-    settings.insert("inspector_opened_by_offheap".into(), insp.opened_by_us().into());
+    settings.insert(
+        "inspector_opened_by_offheap".into(),
+        insp.opened_by_us().into(),
+    );
     let meta = Meta {
         format_version: FORMAT_VERSION,
         offheap_version: env!("CARGO_PKG_VERSION").into(),
@@ -113,15 +132,33 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     Ok(0)
 }
 
-type Recorded = (End, Option<offheap_node::LiveSnapshot>, Option<offheap_node::LiveSnapshot>);
+type Recorded = (
+    End,
+    Option<offheap_node::LiveSnapshot>,
+    Option<offheap_node::LiveSnapshot>,
+);
 
-fn record_attached(insp: &mut Inspector, dir: &Path, meta: &Meta, args: &AttachArgs) -> Result<Recorded> {
+fn record_attached(
+    insp: &mut Inspector,
+    dir: &Path,
+    meta: &Meta,
+    args: &AttachArgs,
+) -> Result<Recorded> {
     let rec = &args.record;
-    let first = if rec.snapshots { Some(snapshot_into(insp, dir, "start.heapsnapshot")?) } else { None };
-    let meta = Meta { start_ms: now_ms(), ..meta.clone() };
+    let first = if rec.snapshots {
+        Some(snapshot_into(insp, dir, "start.heapsnapshot")?)
+    } else {
+        None
+    };
+    let meta = Meta {
+        start_ms: now_ms(),
+        ..meta.clone()
+    };
     let meta = &meta;
     crate::run::write_json(&dir.join(layout::META), meta)?;
-    let started = insp.evaluate(&agent_expression(dir, rec.interval)).map_err(inspector_error)?;
+    let started = insp
+        .evaluate(&agent_expression(dir, rec.interval))
+        .map_err(inspector_error)?;
     if started.as_str() != Some("started") {
         return Err(user_error(format!(
             "the agent could not start in process {} ({started}); is {} writable by it?",
@@ -171,19 +208,38 @@ fn record_attached(insp: &mut Inspector, dir: &Path, meta: &Meta, args: &AttachA
         // Only worth its cost when the heap or external memory grows.
         let model = reporting::build_model(dir, 0.0)?;
         let grows = model.verdict.as_ref().is_some_and(|v| {
-            v.kinds.iter().any(|k| matches!(k, offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External))
+            v.kinds.iter().any(|k| {
+                matches!(
+                    k,
+                    offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External
+                )
+            })
         });
         if grows {
             last = Some(snapshot_into(insp, dir, "end.heapsnapshot")?);
         }
     }
-    Ok((End { end_ms: now_ms(), exit_code: None, signal: None, exit_status: 0, reason: reason.into() }, first, last))
+    Ok((
+        End {
+            end_ms: now_ms(),
+            exit_code: None,
+            signal: None,
+            exit_status: 0,
+            reason: reason.into(),
+        },
+        first,
+        last,
+    ))
 }
 
 pub fn snapshot(args: SnapshotArgs) -> Result<u8> {
-    let opts = AnalyzeOptions { top: args.top, ..Default::default() };
+    let opts = AnalyzeOptions {
+        top: args.top,
+        ..Default::default()
+    };
     if let Some(pair) = &args.compare {
-        let report = offheap_node::compare_files(&pair[0], &pair[1], &opts).map_err(inspector_error)?;
+        let report =
+            offheap_node::compare_files(&pair[0], &pair[1], &opts).map_err(inspector_error)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -195,7 +251,9 @@ pub fn snapshot(args: SnapshotArgs) -> Result<u8> {
     let as_file = Path::new(target);
     let report = if as_file.exists() || target.parse::<u32>().is_err() {
         if !as_file.exists() {
-            return Err(user_error(format!("{target}: no such file (give a .heapsnapshot file or a Node process id)")));
+            return Err(user_error(format!(
+                "{target}: no such file (give a .heapsnapshot file or a Node process id)"
+            )));
         }
         offheap_node::analyze_file(as_file, &opts).map_err(inspector_error)?
     } else {
@@ -206,7 +264,11 @@ pub fn snapshot(args: SnapshotArgs) -> Result<u8> {
         let findings = dir.join("findings.json");
         fs::write(&findings, serde_json::to_string_pretty(&live.report)?)
             .with_context(|| format!("cannot write {}", findings.display()))?;
-        eprintln!("offheap: snapshot of {pid}: {} ({} MB)", path.display(), live.bytes / 1_000_000);
+        eprintln!(
+            "offheap: snapshot of {pid}: {} ({} MB)",
+            path.display(),
+            live.bytes / 1_000_000
+        );
         live.report
     };
     if args.json {

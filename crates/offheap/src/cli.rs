@@ -23,19 +23,29 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Launch a program and record its memory until it ends; then print the verdict.
-    #[command(after_help = "Examples:\n  offheap run -- node server.js\n  offheap run --duration 2m --out leak-1 -- node server.js --port 8080\n  offheap run --exact -- ./test-binary        every allocation, for CI and small programs\n  offheap run --quiet --interval 250ms -- node job.js")]
+    #[command(
+        after_help = "Examples:\n  offheap run -- node server.js\n  offheap run --duration 2m --out leak-1 -- node server.js --port 8080\n  offheap run --exact -- ./test-binary        every allocation, for CI and small programs\n  offheap run --quiet --interval 250ms -- node job.js"
+    )]
     Run(RunArgs),
     /// Watch a running Node process through its inspector (SIGUSR1), then detach.
-    #[command(after_help = "Examples:\n  offheap attach 4242\n  offheap attach 4242 --duration 5m --out prod-leak\n  offheap attach 4242 --snapshots    take heap snapshots at the start and the end")]
+    #[command(
+        after_help = "Examples:\n  offheap attach 4242\n  offheap attach 4242 --duration 5m --out prod-leak\n  offheap attach 4242 --snapshots    take heap snapshots at the start and the end"
+    )]
     Attach(AttachArgs),
     /// Take a heap snapshot of a Node process (or read a .heapsnapshot) and find what holds memory.
-    #[command(after_help = "Examples:\n  offheap snapshot 4242\n  offheap snapshot app.heapsnapshot\n  offheap snapshot --compare before.heapsnapshot after.heapsnapshot")]
+    #[command(
+        after_help = "Examples:\n  offheap snapshot 4242\n  offheap snapshot app.heapsnapshot\n  offheap snapshot --compare before.heapsnapshot after.heapsnapshot"
+    )]
     Snapshot(SnapshotArgs),
     /// Re-read a recording (also a partial one from a killed run) and regenerate the verdict and reports.
-    #[command(after_help = "Examples:\n  offheap report offheap-node-20261124-101500/\n  offheap report --json DIR    print summary.json to stdout")]
+    #[command(
+        after_help = "Examples:\n  offheap report offheap-node-20261124-101500/\n  offheap report --json DIR    print summary.json to stdout"
+    )]
     Report(ReportArgs),
     /// Growth per stack between two recordings, or two time windows of one.
-    #[command(after_help = "Examples:\n  offheap diff before/ after/\n  offheap diff run/ --from 10s --to 60s")]
+    #[command(
+        after_help = "Examples:\n  offheap diff before/ after/\n  offheap diff run/ --from 10s --to 60s"
+    )]
     Diff(DiffArgs),
     /// Run a bundled leaky Node server under offheap and show the verdict (under a minute).
     #[command(after_help = "Examples:\n  offheap demo\n  offheap demo --out /tmp/demo-recording")]
@@ -92,7 +102,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub grace: Duration,
     /// The program to run and its arguments (after `--`).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
@@ -184,13 +198,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s:?} (try 500ms, 30s, 5m)"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 500ms, 30s, 5m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "sec" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("not a duration: {s:?}"));
@@ -202,7 +223,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let i = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let n: f64 = t[..i].trim().parse().map_err(|_| format!("not a size: {s:?} (try 512KiB)"))?;
+    let n: f64 = t[..i]
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (try 512KiB)"))?;
     let mult = match t[i..].to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" | "kib" => 1024.0,

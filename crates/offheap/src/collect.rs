@@ -11,22 +11,45 @@ use std::path::{Path, PathBuf};
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 /// Opens a file of the recording for appending, 0600.
 pub fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Reads `/proc/PID/status` and `/proc/PID/smaps_rollup`. None once the process is gone.
 pub fn sample_proc(pid: u32) -> Option<ProcSample> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut s = ProcSample { t: now_ms(), pid, ..Default::default() };
+    let mut s = ProcSample {
+        t: now_ms(),
+        pid,
+        ..Default::default()
+    };
     for line in status.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
-        if matches!(k, "VmRSS" | "RssAnon" | "RssFile" | "RssShmem" | "VmSwap" | "VmData" | "VmHWM" | "VmSize" | "Threads")
-            && let Some(n) = parse_kb(v, k == "Threads")
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        if matches!(
+            k,
+            "VmRSS"
+                | "RssAnon"
+                | "RssFile"
+                | "RssShmem"
+                | "VmSwap"
+                | "VmData"
+                | "VmHWM"
+                | "VmSize"
+                | "Threads"
+        ) && let Some(n) = parse_kb(v, k == "Threads")
         {
             s.status.insert(k.to_string(), n);
         }
@@ -49,7 +72,11 @@ pub fn sample_proc(pid: u32) -> Option<ProcSample> {
 fn parse_kb(v: &str, plain: bool) -> Option<u64> {
     let mut it = v.split_whitespace();
     let n: u64 = it.next()?.parse().ok()?;
-    Some(if plain || it.next() != Some("kB") { n } else { n * 1024 })
+    Some(if plain || it.next() != Some("kB") {
+        n
+    } else {
+        n * 1024
+    })
 }
 
 /// Copies `/tmp/perf-PID.map` into the recording incrementally while the
@@ -64,20 +91,32 @@ struct PerfMapCopy {
 
 impl PerfMapCopy {
     fn poll(&mut self) {
-        let Ok(mut f) = File::open(&self.src) else { return };
+        let Ok(mut f) = File::open(&self.src) else {
+            return;
+        };
         let Ok(md) = f.metadata() else { return };
         if md.len() <= self.copied || f.seek(SeekFrom::Start(self.copied)).is_err() {
             return;
         }
         let mut buf = Vec::new();
-        if f.take(md.len() - self.copied).read_to_end(&mut buf).is_err() {
+        if f.take(md.len() - self.copied)
+            .read_to_end(&mut buf)
+            .is_err()
+        {
             return;
         }
         // Only whole lines: V8 may be mid-write.
-        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return };
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
         let chunk = &buf[..=end];
-        let (Ok(mut out), Ok(mut times)) = (open_append(&self.dst), open_append(&self.times)) else { return };
-        if out.write_all(chunk).is_ok() && writeln!(times, "{} {:.0}", self.copied, now_ms()).is_ok() {
+        let (Ok(mut out), Ok(mut times)) = (open_append(&self.dst), open_append(&self.times))
+        else {
+            return;
+        };
+        if out.write_all(chunk).is_ok()
+            && writeln!(times, "{} {:.0}", self.copied, now_ms()).is_ok()
+        {
             self.copied += chunk.len() as u64;
         }
     }
@@ -148,7 +187,8 @@ impl Collector {
                 let pid = if let Some(rest) = name.strip_prefix(layout::NODE_PREFIX) {
                     rest.split('-').next().and_then(|p| p.parse().ok())
                 } else if let Some(rest) = name.strip_prefix(layout::NATIVE_PREFIX) {
-                    rest.strip_suffix(layout::NATIVE_SUFFIX).and_then(|p| p.parse().ok())
+                    rest.strip_suffix(layout::NATIVE_SUFFIX)
+                        .and_then(|p| p.parse().ok())
                 } else {
                     None
                 };
@@ -185,8 +225,16 @@ impl Collector {
             let dir = &self.dir;
             let copy = self.perf_maps.entry(pid).or_insert_with(|| PerfMapCopy {
                 src: PathBuf::from(format!("/tmp/perf-{pid}.map")),
-                dst: dir.join(format!("{}{pid}{}", layout::PERF_MAP_PREFIX, layout::PERF_MAP_SUFFIX)),
-                times: dir.join(format!("{}{pid}{}.times", layout::PERF_MAP_PREFIX, layout::PERF_MAP_SUFFIX)),
+                dst: dir.join(format!(
+                    "{}{pid}{}",
+                    layout::PERF_MAP_PREFIX,
+                    layout::PERF_MAP_SUFFIX
+                )),
+                times: dir.join(format!(
+                    "{}{pid}{}.times",
+                    layout::PERF_MAP_PREFIX,
+                    layout::PERF_MAP_SUFFIX
+                )),
                 copied: 0,
             });
             copy.poll();
@@ -195,9 +243,18 @@ impl Collector {
             let _ = self.proc_out.write_all(lines.as_bytes());
         }
         if self.node_tail.is_none() {
-            let path = self.dir.join(format!("{}{}-0{}", layout::NODE_PREFIX, self.target, layout::NODE_SUFFIX));
+            let path = self.dir.join(format!(
+                "{}{}-0{}",
+                layout::NODE_PREFIX,
+                self.target,
+                layout::NODE_SUFFIX
+            ));
             if path.exists() {
-                self.node_tail = Some(NodeTail { path, offset: 0, partial: Vec::new() });
+                self.node_tail = Some(NodeTail {
+                    path,
+                    offset: 0,
+                    partial: Vec::new(),
+                });
             }
         }
         if let Some(t) = self.node_tail.as_mut()

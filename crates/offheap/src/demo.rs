@@ -14,10 +14,16 @@ const LOAD: &str = include_str!("../demo/load.js");
 pub fn demo(args: DemoArgs) -> Result<u8> {
     let node = ["node", "nodejs"]
         .into_iter()
-        .find(|n| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(n).is_file()))
+        .find(|n| {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .any(|d| d.join(n).is_file())
+        })
         .ok_or_else(|| user_error("the demo needs Node.js: no `node` in PATH (install nodejs)"))?;
     let scripts = std::env::temp_dir().join(format!("offheap-demo-{}", std::process::id()));
-    fs::DirBuilder::new().mode(0o700).create(&scripts).with_context(|| format!("cannot create {}", scripts.display()))?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&scripts)
+        .with_context(|| format!("cannot create {}", scripts.display()))?;
     fs::write(scripts.join("server.js"), SERVER)?;
     fs::write(scripts.join("load.js"), LOAD)?;
     eprintln!(
@@ -40,7 +46,10 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         follow_exec: false,
         max_depth: 64,
         grace: Duration::from_secs(3),
-        command: vec![node.to_string(), scripts.join("server.js").to_string_lossy().into_owned()],
+        command: vec![
+            node.to_string(),
+            scripts.join("server.js").to_string_lossy().into_owned(),
+        ],
     });
     let _ = fs::remove_dir_all(&scripts);
     // The demo's server is stopped by --duration: that is success.

@@ -35,7 +35,11 @@ impl std::error::Error for UserError {}
 
 /// Shorthand for a one-line user error with exit code 2.
 pub fn user_error(message: impl Into<String>) -> anyhow::Error {
-    UserError { message: message.into(), code: 2 }.into()
+    UserError {
+        message: message.into(),
+        code: 2,
+    }
+    .into()
 }
 
 fn main() -> ExitCode {

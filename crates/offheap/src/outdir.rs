@@ -17,19 +17,35 @@ pub fn create(out: Option<&Path>, program: &str) -> Result<PathBuf> {
             let stamp = local_timestamp();
             let prog: String = program
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             let base = format!("offheap-{prog}-{stamp}");
             for n in 1..1000 {
-                let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+                let name = if n == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                };
                 let dir = PathBuf::from(&name);
                 match fs::DirBuilder::new().mode(0o700).create(&dir) {
                     Ok(()) => return Ok(absolute(&dir)),
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(crate::user_error(format!("cannot create output directory {name}: {e}"))),
+                    Err(e) => {
+                        return Err(crate::user_error(format!(
+                            "cannot create output directory {name}: {e}"
+                        )));
+                    }
                 }
             }
-            Err(crate::user_error(format!("cannot find a free output directory name like {base}")))
+            Err(crate::user_error(format!(
+                "cannot find a free output directory name like {base}"
+            )))
         }
     }
 }
@@ -45,26 +61,40 @@ fn prepare(dir: &Path) -> Result<()> {
             }
             // Empty and ours to use: make sure we can write there.
             let probe = dir.join(".offheap-probe");
-            fs::write(&probe, b"")
-                .map_err(|e| crate::user_error(format!("cannot write into {}: {e}", dir.display())))?;
+            fs::write(&probe, b"").map_err(|e| {
+                crate::user_error(format!("cannot write into {}: {e}", dir.display()))
+            })?;
             let _ = fs::remove_file(probe);
             Ok(())
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(|e| {
-                    crate::user_error(format!("cannot create output directory {}: {e}", dir.display()))
-                })?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(|e| {
+                        crate::user_error(format!(
+                            "cannot create output directory {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
             }
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| crate::user_error(format!("cannot create output directory {}: {e}", dir.display())))
+            fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| {
+                crate::user_error(format!(
+                    "cannot create output directory {}: {e}",
+                    dir.display()
+                ))
+            })
         }
-        Err(e) if e.kind() == ErrorKind::NotADirectory => {
-            Err(crate::user_error(format!("--out {}: exists and is not a directory", dir.display())))
-        }
-        Err(e) => Err(crate::user_error(format!("cannot use output directory {}: {e}", dir.display()))),
+        Err(e) if e.kind() == ErrorKind::NotADirectory => Err(crate::user_error(format!(
+            "--out {}: exists and is not a directory",
+            dir.display()
+        ))),
+        Err(e) => Err(crate::user_error(format!(
+            "cannot use output directory {}: {e}",
+            dir.display()
+        ))),
     }
 }
 
@@ -102,7 +132,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().join("a/b");
         create(Some(&d), "x").unwrap();
-        assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         fs::write(d.join("keep"), b"user data").unwrap();
         let err = create(Some(&d), "x").unwrap_err().to_string();
         assert!(err.contains("not empty"), "{err}");

@@ -30,7 +30,14 @@ pub fn build_model(dir: &Path, min_age_s: f64) -> Result<Model> {
             dir.display()
         )));
     }
-    Ok(analyze(&rec, &Options { min_age_s, top: 10, window: None }))
+    Ok(analyze(
+        &rec,
+        &Options {
+            min_age_s,
+            top: 10,
+            window: None,
+        },
+    ))
 }
 
 /// Analyses a recording and writes summary.json and every report into it.
@@ -43,7 +50,14 @@ pub fn build(dir: &Path, opts: &AnalyzeOpts, heap: Option<serde_json::Value>) ->
             dir.display()
         )));
     }
-    let mut model = analyze(&rec, &Options { min_age_s: opts.min_age_s, top: opts.top, window: None });
+    let mut model = analyze(
+        &rec,
+        &Options {
+            min_age_s: opts.min_age_s,
+            top: opts.top,
+            window: None,
+        },
+    );
     model.notes.extend(opts.extra_notes.iter().cloned());
     model.heap = heap.or_else(|| previous_heap(dir));
     write_outputs(dir, &model)?;
@@ -61,14 +75,21 @@ fn previous_heap(dir: &Path) -> Option<serde_json::Value> {
 fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
     let path = dir.join(layout::SUMMARY);
     let tmp = dir.join(".summary.json.tmp");
-    fs::write(&tmp, model.summary_json()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::write(&tmp, model.summary_json())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    offheap_report::write_all(model, dir).with_context(|| format!("cannot write the reports into {}", dir.display()))?;
+    offheap_report::write_all(model, dir)
+        .with_context(|| format!("cannot write the reports into {}", dir.display()))?;
     Ok(())
 }
 
 /// Prints the verdict (and suspects) to stderr: stdout belongs to the target.
-pub fn finish_with_heap(dir: &Path, opts: &AnalyzeOpts, quiet: bool, heap: Option<serde_json::Value>) -> Result<Model> {
+pub fn finish_with_heap(
+    dir: &Path,
+    opts: &AnalyzeOpts,
+    quiet: bool,
+    heap: Option<serde_json::Value>,
+) -> Result<Model> {
     let model = build(dir, opts, heap)?;
     if !quiet {
         eprint!("{}", render_text(&model));
@@ -91,16 +112,35 @@ pub fn render_text(model: &Model) -> String {
 }
 
 pub fn report(args: ReportArgs) -> Result<u8> {
-    let opts = AnalyzeOpts { min_age_s: args.min_age.as_secs_f64(), top: args.top, extra_notes: Vec::new() };
+    let opts = AnalyzeOpts {
+        min_age_s: args.min_age.as_secs_f64(),
+        top: args.top,
+        extra_notes: Vec::new(),
+    };
     let model = build(&args.dir, &opts, None)?;
     if args.debug_stacks {
         let rec = open(&args.dir)?;
         for native in &rec.native {
             let n = native.snapshot_times_ms.len() as u32;
-            println!("pid {} snapshots {n} stacks {} modules {}", native.pid, native.stacks.len(), native.modules.len());
+            println!(
+                "pid {} snapshots {n} stacks {} modules {}",
+                native.pid,
+                native.stacks.len(),
+                native.modules.len()
+            );
             for m in &native.modules {
-                let r: Vec<String> = m.ranges.iter().map(|(s, e, _)| format!("{s:#x}-{e:#x}")).collect();
-                println!("  module {} bias {:#x} gen {} {}", m.path, m.bias, m.generation, r.join(" "));
+                let r: Vec<String> = m
+                    .ranges
+                    .iter()
+                    .map(|(s, e, _)| format!("{s:#x}-{e:#x}"))
+                    .collect();
+                println!(
+                    "  module {} bias {:#x} gen {} {}",
+                    m.path,
+                    m.bias,
+                    m.generation,
+                    r.join(" ")
+                );
             }
             for s in &native.series {
                 let st = &native.stacks[s.stack as usize];
@@ -113,7 +153,13 @@ pub fn report(args: ReportArgs) -> Result<u8> {
                             .modules
                             .iter()
                             .find(|m| m.contains(a))
-                            .map(|m| format!("{}+{:#x}", m.path.rsplit('/').next().unwrap_or(""), a - m.bias))
+                            .map(|m| {
+                                format!(
+                                    "{}+{:#x}",
+                                    m.path.rsplit('/').next().unwrap_or(""),
+                                    a - m.bias
+                                )
+                            })
                             .unwrap_or_else(|| format!("{a:#x}"))
                     })
                     .collect();
@@ -135,11 +181,17 @@ pub fn report(args: ReportArgs) -> Result<u8> {
     }
     if args.debug_timeline {
         for series in &model.timeline.series {
-            let pts: Vec<String> =
-                series.points.iter().map(|(t, v)| format!("{t:.1}:{:.1}", v / 1e6)).collect();
+            let pts: Vec<String> = series
+                .points
+                .iter()
+                .map(|(t, v)| format!("{t:.1}:{:.1}", v / 1e6))
+                .collect();
             println!("{} (MB) {}", series.name, pts.join(" "));
         }
-        println!("warmup_end {:.1} duration {:.1}", model.timeline.warmup_end, model.timeline.duration);
+        println!(
+            "warmup_end {:.1} duration {:.1}",
+            model.timeline.warmup_end, model.timeline.duration
+        );
     }
     if args.json {
         println!("{}", model.summary_json());
@@ -161,11 +213,17 @@ pub fn diff(args: DiffArgs) -> Result<u8> {
         Ok(rec)
     };
     let a = with_native(&args.a)?;
-    let opts = |window| Options { min_age_s: 0.0, top: args.top, window };
+    let opts = |window| Options {
+        min_age_s: 0.0,
+        top: args.top,
+        window,
+    };
     let model = match &args.b {
         Some(b_dir) => {
             if args.from.is_some() || args.to.is_some() {
-                return Err(user_error("--from/--to compare two windows of ONE recording; give either two recordings or one with --from/--to"));
+                return Err(user_error(
+                    "--from/--to compare two windows of ONE recording; give either two recordings or one with --from/--to",
+                ));
             }
             let b = with_native(b_dir)?;
             let ma = analyze(&a, &opts(None));
@@ -174,7 +232,9 @@ pub fn diff(args: DiffArgs) -> Result<u8> {
         }
         None => {
             let (Some(from), Some(to)) = (args.from, args.to) else {
-                return Err(user_error("give two recordings (offheap diff A B), or one with --from and --to"));
+                return Err(user_error(
+                    "give two recordings (offheap diff A B), or one with --from and --to",
+                ));
             };
             let (from, to) = (from.as_secs_f64(), to.as_secs_f64());
             if to <= from {
@@ -186,7 +246,10 @@ pub fn diff(args: DiffArgs) -> Result<u8> {
             offheap_analysis::diff::diff_models(&ma, &mb, args.top)
         }
     };
-    print!("{}", offheap_report::top_text(&model, offheap_report::Weight::LeakedBytes, args.top));
+    print!(
+        "{}",
+        offheap_report::top_text(&model, offheap_report::Weight::LeakedBytes, args.top)
+    );
     for n in &model.notes {
         println!("note: {n}");
     }

@@ -12,9 +12,9 @@ use offheap_format::{End, FORMAT_VERSION, Meta, layout};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -26,17 +26,26 @@ static NATIVE_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/liboffhea
 /// address. (`--perf-basic-prof` would also make node write isolate-*.log
 /// files into the target's working directory; builtins resolve from node's
 /// own symbols anyway.)
-pub const NODE_FLAGS: [&str; 2] = ["--perf-basic-prof-only-functions", "--interpreted-frames-native-stack"];
+pub const NODE_FLAGS: [&str; 2] = [
+    "--perf-basic-prof-only-functions",
+    "--interpreted-frames-native-stack",
+];
 
 /// Finds CMD the way execvp would.
 fn resolve_command(cmd: &str) -> Option<PathBuf> {
-    let is_exec = |p: &Path| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let is_exec = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
     if cmd.contains('/') {
         let p = PathBuf::from(cmd);
         return is_exec(&p).then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| is_exec(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| is_exec(p))
 }
 
 /// The interpreter named by a `#!` line, resolved (`/usr/bin/env node` -> node's path).
@@ -86,17 +95,27 @@ fn inspect_target(cmd: &str) -> Result<Target> {
 }
 
 fn program_name(cmd: &[String]) -> String {
-    let base = |s: &str| Path::new(s).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = |s: &str| {
+        Path::new(s)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let prog = base(&cmd[0]);
     // `node server.js` reads better as offheap-node-...; keep it short.
-    if prog.is_empty() { "target".into() } else { prog }
+    if prog.is_empty() {
+        "target".into()
+    } else {
+        prog
+    }
 }
 
 /// Writes the agents into the recording, where the target loads them from.
 fn install_agents(dir: &Path, node: bool, native: bool) -> Result<(PathBuf, Option<PathBuf>)> {
     let js = dir.join(layout::JS_AGENT);
     if node {
-        fs::write(&js, offheap_node::JS_AGENT).with_context(|| format!("cannot write {}", js.display()))?;
+        fs::write(&js, offheap_node::JS_AGENT)
+            .with_context(|| format!("cannot write {}", js.display()))?;
     }
     let so = if native {
         let path = match std::env::var_os("OFFHEAP_AGENT") {
@@ -104,7 +123,8 @@ fn install_agents(dir: &Path, node: bool, native: bool) -> Result<(PathBuf, Opti
             Some(p) => PathBuf::from(p),
             None => {
                 let p = dir.join(layout::NATIVE_AGENT);
-                fs::write(&p, NATIVE_AGENT).with_context(|| format!("cannot write {}", p.display()))?;
+                fs::write(&p, NATIVE_AGENT)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
                 fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
                 p
             }
@@ -117,7 +137,9 @@ fn install_agents(dir: &Path, node: bool, native: bool) -> Result<(PathBuf, Opti
 }
 
 fn quote_node_option(s: &str) -> String {
-    if s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+    {
         format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
         s.to_string()
@@ -126,7 +148,9 @@ fn quote_node_option(s: &str) -> String {
 
 pub fn run(args: RunArgs) -> Result<u8> {
     if args.command.is_empty() {
-        return Err(user_error("no command given; usage: offheap run [OPTIONS] -- CMD [ARGS...]"));
+        return Err(user_error(
+            "no command given; usage: offheap run [OPTIONS] -- CMD [ARGS...]",
+        ));
     }
     let target = inspect_target(&args.command[0])?;
     let mut notes = Vec::new();
@@ -157,17 +181,29 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
     let mut cmd = Command::new(&target.exe);
     cmd.arg0(&args.command[0]).args(&args.command[1..]);
-    cmd.env("OFFHEAP_DIR", &dir).env("OFFHEAP_INTERVAL_MS", args.record.interval.as_millis().max(10).to_string());
+    cmd.env("OFFHEAP_DIR", &dir).env(
+        "OFFHEAP_INTERVAL_MS",
+        args.record.interval.as_millis().max(10).to_string(),
+    );
     if args.follow_exec {
         cmd.env("OFFHEAP_FOLLOW_EXEC", "1");
     }
     let mut node_flags = Vec::new();
     if target.node {
         let orig = std::env::var("NODE_OPTIONS").ok();
-        cmd.env("OFFHEAP_HAD_NODE_OPTIONS", if orig.is_some() { "1" } else { "0" });
-        cmd.env("OFFHEAP_ORIG_NODE_OPTIONS", orig.clone().unwrap_or_default());
+        cmd.env(
+            "OFFHEAP_HAD_NODE_OPTIONS",
+            if orig.is_some() { "1" } else { "0" },
+        );
+        cmd.env(
+            "OFFHEAP_ORIG_NODE_OPTIONS",
+            orig.clone().unwrap_or_default(),
+        );
         let mut opts = orig.unwrap_or_default();
-        let require = format!("--require {}", quote_node_option(&js_agent.to_string_lossy()));
+        let require = format!(
+            "--require {}",
+            quote_node_option(&js_agent.to_string_lossy())
+        );
         for flag in std::iter::once(require.as_str()).chain(NODE_FLAGS) {
             if !opts.is_empty() {
                 opts.push(' ');
@@ -193,8 +229,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         cmd.env("LD_PRELOAD", preload)
             .env("OFFHEAP_SAMPLE_INTERVAL", args.sample_interval.to_string())
             .env("OFFHEAP_MAX_DEPTH", args.max_depth.to_string())
-            .env("OFFHEAP_MIN_AGE_MS", args.record.min_age.as_millis().to_string())
-            .env("OFFHEAP_FOLLOW_FORK", if args.follow_fork { "1" } else { "0" });
+            .env(
+                "OFFHEAP_MIN_AGE_MS",
+                args.record.min_age.as_millis().to_string(),
+            )
+            .env(
+                "OFFHEAP_FOLLOW_FORK",
+                if args.follow_fork { "1" } else { "0" },
+            );
         if args.exact {
             cmd.env("OFFHEAP_EXACT", "1");
         }
@@ -202,14 +244,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
     let signals = Signals::install().context("cannot install signal handlers")?;
     let start_ms = now_ms();
-    let child = cmd.spawn().map_err(|e| user_error(format!("cannot start {}: {e}", args.command[0])))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| user_error(format!("cannot start {}: {e}", args.command[0])))?;
     let pid = child.id();
 
     let mut settings = BTreeMap::new();
     settings.insert("follow_fork".into(), args.follow_fork.into());
     settings.insert("follow_exec".into(), args.follow_exec.into());
     settings.insert("max_depth".into(), args.max_depth.into());
-    settings.insert("min_age_ms".into(), (args.record.min_age.as_millis() as u64).into());
+    settings.insert(
+        "min_age_ms".into(),
+        (args.record.min_age.as_millis() as u64).into(),
+    );
     settings.insert("exact".into(), args.exact.into());
     let meta = Meta {
         format_version: FORMAT_VERSION,
@@ -231,17 +278,29 @@ pub fn run(args: RunArgs) -> Result<u8> {
     if args.record.snapshots && !target.node {
         notes.push("--snapshots needs a Node target: no heap snapshots taken".into());
     }
-    let (outcome, heap, snap_notes) = supervise(child, &dir, &args.record, args.grace, &signals, snapshots)?;
+    let (outcome, heap, snap_notes) =
+        supervise(child, &dir, &args.record, args.grace, &signals, snapshots)?;
     notes.extend(snap_notes);
     if target.node {
         // The map is V8's answer to our flag: take it away with us.
         let map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
-        if dir.join(format!("{}{pid}{}", layout::PERF_MAP_PREFIX, layout::PERF_MAP_SUFFIX)).exists() {
+        if dir
+            .join(format!(
+                "{}{pid}{}",
+                layout::PERF_MAP_PREFIX,
+                layout::PERF_MAP_SUFFIX
+            ))
+            .exists()
+        {
             let _ = fs::remove_file(map);
         }
     }
     write_json(&dir.join(layout::END), &outcome)?;
-    let opts = reporting::AnalyzeOpts { min_age_s: args.record.min_age.as_secs_f64(), top: 10, extra_notes: notes };
+    let opts = reporting::AnalyzeOpts {
+        min_age_s: args.record.min_age.as_secs_f64(),
+        top: 10,
+        extra_notes: notes,
+    };
     reporting::finish_with_heap(&dir, &opts, args.record.quiet, heap)?;
     Ok(outcome.exit_status.clamp(0, 255) as u8)
 }
@@ -277,7 +336,15 @@ struct HeapSnapshots {
 
 impl HeapSnapshots {
     fn new(enabled: bool, dir: &Path) -> Self {
-        HeapSnapshots { enabled, dir: dir.to_path_buf(), insp: None, first: None, last: None, tried: false, notes: Vec::new() }
+        HeapSnapshots {
+            enabled,
+            dir: dir.to_path_buf(),
+            insp: None,
+            first: None,
+            last: None,
+            tried: false,
+            notes: Vec::new(),
+        }
     }
 
     fn start(&mut self, pid: u32) {
@@ -286,40 +353,55 @@ impl HeapSnapshots {
         }
         self.tried = true;
         match offheap_node::Inspector::open(pid, Duration::from_secs(10)) {
-            Ok(mut insp) => match crate::attach::snapshot_into(&mut insp, &self.dir, "start.heapsnapshot") {
-                Ok(s) => {
-                    self.first = Some(s);
-                    self.insp = Some(insp);
+            Ok(mut insp) => {
+                match crate::attach::snapshot_into(&mut insp, &self.dir, "start.heapsnapshot") {
+                    Ok(s) => {
+                        self.first = Some(s);
+                        self.insp = Some(insp);
+                    }
+                    Err(e) => {
+                        self.notes.push(format!("start heap snapshot failed: {e}"));
+                        let _ = insp.close();
+                    }
                 }
-                Err(e) => {
-                    self.notes.push(format!("start heap snapshot failed: {e}"));
-                    let _ = insp.close();
-                }
-            },
+            }
             Err(e) => self.notes.push(format!("no heap snapshots: {e}")),
         }
     }
 
     /// Before the target is stopped: the end snapshot, if the verdict so far calls for one.
     fn finish(&mut self) {
-        let Some(mut insp) = self.insp.take() else { return };
-        let grows = crate::reporting::build_model(&self.dir, 0.0).ok().and_then(|m| m.verdict).is_some_and(|v| {
-            v.kinds.iter().any(|k| matches!(k, offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External))
-        });
+        let Some(mut insp) = self.insp.take() else {
+            return;
+        };
+        let grows = crate::reporting::build_model(&self.dir, 0.0)
+            .ok()
+            .and_then(|m| m.verdict)
+            .is_some_and(|v| {
+                v.kinds.iter().any(|k| {
+                    matches!(
+                        k,
+                        offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External
+                    )
+                })
+            });
         if grows {
             match crate::attach::snapshot_into(&mut insp, &self.dir, "end.heapsnapshot") {
                 Ok(s) => self.last = Some(s),
                 Err(e) => self.notes.push(format!("end heap snapshot failed: {e}")),
             }
         } else {
-            self.notes.push("no end heap snapshot: neither the JS heap nor external memory grows".into());
+            self.notes
+                .push("no end heap snapshot: neither the JS heap nor external memory grows".into());
         }
         let _ = insp.close();
     }
 
     fn findings(&mut self) -> Option<serde_json::Value> {
         if self.insp.take().is_some() {
-            self.notes.push("the target ended before the end heap snapshot (use --duration to get one)".into());
+            self.notes.push(
+                "the target ended before the end heap snapshot (use --duration to get one)".into(),
+            );
         }
         crate::attach::heap_findings(self.first.as_ref(), self.last.as_ref())
     }
@@ -365,7 +447,11 @@ fn supervise(
         if let Some((since, sent)) = stopping
             && now.duration_since(since) >= grace
         {
-            let sig = if sent == 1 { libc::SIGTERM } else { libc::SIGKILL };
+            let sig = if sent == 1 {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
             send(pid, sig);
             stopping = Some((now, sent + 1));
         }

@@ -67,7 +67,10 @@ impl Signals {
                 break;
             }
             for pair in buf[..n as usize].chunks_exact(2) {
-                out.push(Received { signo: pair[0] as i32, from_terminal: pair[1] != 0 });
+                out.push(Received {
+                    signo: pair[0] as i32,
+                    from_terminal: pair[1] != 0,
+                });
             }
         }
         out

@@ -18,7 +18,11 @@ pub fn human_bytes(b: f64) -> String {
     } else {
         return format!("{b:.0} B");
     };
-    if v.abs() >= 100.0 { format!("{v:.0} {u}") } else { format!("{v:.1} {u}") }
+    if v.abs() >= 100.0 {
+        format!("{v:.0} {u}")
+    } else {
+        format!("{v:.1} {u}")
+    }
 }
 
 pub fn human_duration(d: Duration) -> String {
@@ -78,7 +82,10 @@ impl StatusLine {
     pub fn new(quiet: bool) -> StatusLine {
         // SAFETY: isatty only inspects the given descriptor.
         let tty = unsafe { libc::isatty(2) } == 1;
-        let m = |name| Metric { name, history: VecDeque::new() };
+        let m = |name| Metric {
+            name,
+            history: VecDeque::new(),
+        };
         StatusLine {
             enabled: !quiet,
             tty,
@@ -90,9 +97,19 @@ impl StatusLine {
     }
 
     /// Records the latest figures (any may be unknown).
-    pub fn update(&mut self, rss: Option<u64>, heap_used: Option<u64>, external: Option<u64>, array_buffers: Option<u64>) {
+    pub fn update(
+        &mut self,
+        rss: Option<u64>,
+        heap_used: Option<u64>,
+        external: Option<u64>,
+        array_buffers: Option<u64>,
+    ) {
         let t = self.start.elapsed().as_secs_f64();
-        for (m, v) in self.metrics.iter_mut().zip([rss, heap_used, external, array_buffers]) {
+        for (m, v) in self
+            .metrics
+            .iter_mut()
+            .zip([rss, heap_used, external, array_buffers])
+        {
             if let Some(v) = v {
                 m.push(t, v as f64);
             }
@@ -114,7 +131,10 @@ impl StatusLine {
         if self.tty {
             let _ = write!(err, "\r\x1b[K{}", self.line());
             self.drawn = true;
-        } else if self.last_plain.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+        } else if self
+            .last_plain
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
             self.last_plain = Some(Instant::now());
             let _ = writeln!(err, "{}", self.line());
         }
@@ -144,11 +164,17 @@ mod tests {
 
     #[test]
     fn trend_arrows() {
-        let mut m = Metric { name: "rss", history: VecDeque::new() };
+        let mut m = Metric {
+            name: "rss",
+            history: VecDeque::new(),
+        };
         m.push(0.0, 10e6);
         m.push(2.0, 30e6);
         assert!(m.render().unwrap().contains('↑'));
-        let mut f = Metric { name: "rss", history: VecDeque::new() };
+        let mut f = Metric {
+            name: "rss",
+            history: VecDeque::new(),
+        };
         f.push(0.0, 10e6);
         f.push(2.0, 10e6);
         assert!(f.render().unwrap().contains('→'));

@@ -18,7 +18,10 @@ fn exit_status_and_output_pass_through() {
     let out = sb.run("rec", &[], &["node", "fail.js"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "to stdout\n");
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("to stderr\n"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("to stderr\n"),
+        "{out:?}"
+    );
     let s = summary(&sb.path("rec"));
     assert_eq!(s["exit_status"], 3);
     assert!(s["verdict"]["kinds"].is_array());
@@ -29,13 +32,27 @@ fn stdin_passes_through() {
     let sb = Sandbox::new();
     let mut child = offheap()
         .current_dir(sb.dir.path())
-        .args(["run", "--quiet", "--out", "rec", "--", "node", "-e", "process.stdin.pipe(process.stdout)"])
+        .args([
+            "run",
+            "--quiet",
+            "--out",
+            "rec",
+            "--",
+            "node",
+            "-e",
+            "process.stdin.pipe(process.stdout)",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"hello through offheap\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello through offheap\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, b"hello through offheap\n");
@@ -91,7 +108,11 @@ fn duration_escalates_to_sigkill() {
         "stubborn.js",
         "process.on('SIGINT', () => {}); process.on('SIGTERM', () => {}); setInterval(() => {}, 1000);",
     );
-    let out = sb.run("rec", &["--duration", "1s", "--grace", "500ms"], &["node", "stubborn.js"]);
+    let out = sb.run(
+        "rec",
+        &["--duration", "1s", "--grace", "500ms"],
+        &["node", "stubborn.js"],
+    );
     assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");
     assert_eq!(summary(&sb.path("rec"))["exit_status"], 137);
 }
@@ -107,7 +128,10 @@ fn sigterm_to_offheap_is_forwarded() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert_eq!(out.stdout, b"term\n");
@@ -116,7 +140,10 @@ fn sigterm_to_offheap_is_forwarded() {
 #[test]
 fn target_killed_with_sigkill_leaves_an_analysable_recording() {
     let sb = Sandbox::new();
-    sb.write("leak.js", "const a = []; setInterval(() => { for (let i = 0; i < 2000; i++) a.push({ i }); }, 50);");
+    sb.write(
+        "leak.js",
+        "const a = []; setInterval(() => { for (let i = 0; i < 2000; i++) a.push({ i }); }, 50);",
+    );
     let child = offheap()
         .current_dir(sb.dir.path())
         .args(["run", "--quiet", "--out", "rec", "--", "node", "leak.js"])
@@ -124,13 +151,20 @@ fn target_killed_with_sigkill_leaves_an_analysable_recording() {
         .unwrap();
     let pid = wait_for_pid(&sb);
     std::thread::sleep(Duration::from_millis(3000));
-    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(137), "{out:?}");
     let s = summary(&sb.path("rec"));
     assert_eq!(s["exit_status"], 137);
     // And `report` re-reads it.
-    let rep = offheap().args(["report", "--json"]).arg(sb.path("rec")).output().unwrap();
+    let rep = offheap()
+        .args(["report", "--json"])
+        .arg(sb.path("rec"))
+        .output()
+        .unwrap();
     assert!(rep.status.success(), "{rep:?}");
     let again: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
     assert_eq!(again["verdict"]["primary"], s["verdict"]["primary"]);
@@ -139,7 +173,10 @@ fn target_killed_with_sigkill_leaves_an_analysable_recording() {
 #[test]
 fn offheap_killed_with_sigkill_leaves_a_readable_recording() {
     let sb = Sandbox::new();
-    sb.write("leak.js", "const a = []; setInterval(() => { for (let i = 0; i < 2000; i++) a.push({ i }); }, 50);");
+    sb.write(
+        "leak.js",
+        "const a = []; setInterval(() => { for (let i = 0; i < 2000; i++) a.push({ i }); }, 50);",
+    );
     let mut child = offheap()
         .current_dir(sb.dir.path())
         .args(["run", "--quiet", "--out", "rec", "--", "node", "leak.js"])
@@ -149,13 +186,20 @@ fn offheap_killed_with_sigkill_leaves_a_readable_recording() {
     std::thread::sleep(Duration::from_millis(3500));
     child.kill().unwrap(); // SIGKILL to offheap itself
     child.wait().unwrap();
-    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
     // Cut the last line of a stream in half, as a crash mid-write would.
     let proc_path = sb.path("rec/proc.jsonl");
     let mut text = std::fs::read(&proc_path).unwrap();
     text.truncate(text.len() - 7);
     std::fs::write(&proc_path, text).unwrap();
-    let rep = offheap().arg("report").arg(sb.path("rec")).output().unwrap();
+    let rep = offheap()
+        .arg("report")
+        .arg(sb.path("rec"))
+        .output()
+        .unwrap();
     assert!(rep.status.success(), "{rep:?}");
     let out = String::from_utf8_lossy(&rep.stdout);
     assert!(out.contains("Verdict:"), "{out}");
@@ -188,7 +232,13 @@ fn one_line_error(out: &std::process::Output) -> String {
 #[test]
 fn bad_input_gets_one_line_and_non_zero_exit() {
     let sb = Sandbox::new();
-    let run = |args: &[&str]| offheap().current_dir(sb.dir.path()).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        offheap()
+            .current_dir(sb.dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
 
     let e = one_line_error(&run(&["run", "--"]));
     assert!(e.contains("no command"), "{e}");
@@ -214,7 +264,10 @@ fn bad_input_gets_one_line_and_non_zero_exit() {
     std::fs::write(sb.path("full/keep.txt"), "precious").unwrap();
     let e = one_line_error(&run(&["run", "--out", "full", "--", "true"]));
     assert!(e.contains("not empty"), "{e}");
-    assert_eq!(std::fs::read_to_string(sb.path("full/keep.txt")).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(sb.path("full/keep.txt")).unwrap(),
+        "precious"
+    );
 
     // report on a missing, an empty, and a corrupt recording.
     let e = one_line_error(&run(&["report", "nope"]));
@@ -223,7 +276,11 @@ fn bad_input_gets_one_line_and_non_zero_exit() {
     let e = one_line_error(&run(&["report", "empty"]));
     assert!(e.contains("not an offheap recording"), "{e}");
     std::fs::create_dir(sb.path("corrupt")).unwrap();
-    std::fs::write(sb.path("corrupt/recording.json"), "{\"format_version\": 1, \"pid\": \"x").unwrap();
+    std::fs::write(
+        sb.path("corrupt/recording.json"),
+        "{\"format_version\": 1, \"pid\": \"x",
+    )
+    .unwrap();
     let e = one_line_error(&run(&["report", "corrupt"]));
     assert!(e.contains("corrupt"), "{e}");
     let e = one_line_error(&run(&["report", "afile_or_missing/x"]));
@@ -249,10 +306,17 @@ fn truncated_recording_is_analysed_up_to_its_last_record() {
         .unwrap()
         .path();
     let mut bytes = Vec::new();
-    std::fs::File::open(&node_file).unwrap().read_to_end(&mut bytes).unwrap();
+    std::fs::File::open(&node_file)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
     bytes.truncate(bytes.len() * 2 / 3);
     std::fs::write(&node_file, &bytes).unwrap();
-    let rep = offheap().arg("report").arg(sb.path("rec")).output().unwrap();
+    let rep = offheap()
+        .arg("report")
+        .arg(sb.path("rec"))
+        .output()
+        .unwrap();
     assert!(rep.status.success(), "{rep:?}");
     let text = String::from_utf8_lossy(&rep.stdout);
     assert!(text.contains("truncated; skipped"), "{text}");

@@ -72,7 +72,17 @@ const t = setInterval(() => {
 "#;
 
 pub fn build_addon(sb: &Sandbox) {
-    sb.gcc("leak.c", ADDON, "leak.node", &["-shared", "-fPIC", "-I/usr/include/node", "-DNODE_GYP_MODULE_NAME=leak"]);
+    sb.gcc(
+        "leak.c",
+        ADDON,
+        "leak.node",
+        &[
+            "-shared",
+            "-fPIC",
+            "-I/usr/include/node",
+            "-DNODE_GYP_MODULE_NAME=leak",
+        ],
+    );
     sb.write("app.js", APP);
 }
 
@@ -85,12 +95,23 @@ fn addon_leak_beside_churn_is_the_top_suspect() {
     let s = summary(&sb.path("rec"));
     assert_eq!(s["verdict"]["primary"], "native", "{}", describe(&out, &s));
     let top = &s["suspects"][0];
-    assert!(top["module"].as_str().unwrap().ends_with("leak.node"), "top suspect: {top:#}");
+    assert!(
+        top["module"].as_str().unwrap().ends_with("leak.node"),
+        "top suspect: {top:#}"
+    );
     let rate = top["bytes_per_s"].as_f64().unwrap();
-    assert!(rate > 1e6 && rate < 5e6, "leak rate {rate} (expected at most 3.3 MB/s): {top:#}");
+    assert!(
+        rate > 1e6 && rate < 5e6,
+        "leak rate {rate} (expected at most 3.3 MB/s): {top:#}"
+    );
     // The churn stacks allocate far more but do not grow.
     assert!(
-        !s["suspects"].as_array().unwrap().iter().take(1).any(|x| x["function"].as_str().unwrap_or("").contains("churn")),
+        !s["suspects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(1)
+            .any(|x| x["function"].as_str().unwrap_or("").contains("churn")),
         "{s:#}"
     );
 }
@@ -134,22 +155,45 @@ fn arena_fragmentation_is_not_a_leak() {
     let out = sb.run("rec", &[], &["./frag"]);
     assert!(out.status.success(), "{out:?}");
     let s = summary(&sb.path("rec"));
-    assert_eq!(s["verdict"]["primary"], "fragmentation", "{}", describe(&out, &s));
-    assert!(!kinds(&s).contains(&"native".to_string()), "{}", describe(&out, &s));
-    assert!(s["growth_bytes_per_s"]["allocator_free"].as_f64().unwrap() > 1e6, "{s:#}");
+    assert_eq!(
+        s["verdict"]["primary"],
+        "fragmentation",
+        "{}",
+        describe(&out, &s)
+    );
+    assert!(
+        !kinds(&s).contains(&"native".to_string()),
+        "{}",
+        describe(&out, &s)
+    );
+    assert!(
+        s["growth_bytes_per_s"]["allocator_free"].as_f64().unwrap() > 1e6,
+        "{s:#}"
+    );
     let steps = s["verdict"]["next_steps"].to_string();
-    assert!(steps.contains("MALLOC_ARENA_MAX") && steps.contains("jemalloc"), "{steps}");
+    assert!(
+        steps.contains("MALLOC_ARENA_MAX") && steps.contains("jemalloc"),
+        "{steps}"
+    );
 }
 
 #[test]
 fn static_binary_is_reported_clearly() {
     let sb = Sandbox::new();
-    let bin = sb.gcc("s.c", "#include <unistd.h>\nint main(void){ sleep(1); return 0; }\n", "static", &["-static"]);
+    let bin = sb.gcc(
+        "s.c",
+        "#include <unistd.h>\nint main(void){ sleep(1); return 0; }\n",
+        "static",
+        &["-static"],
+    );
     if !bin.exists() {
         return; // no static libc on this machine
     }
     let out = sb.run("rec", &[], &["./static"]);
     assert!(out.status.success(), "{out:?}");
     let s = summary(&sb.path("rec"));
-    assert!(s["notes"].to_string().contains("statically linked"), "{s:#}");
+    assert!(
+        s["notes"].to_string().contains("statically linked"),
+        "{s:#}"
+    );
 }

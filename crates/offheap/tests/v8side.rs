@@ -38,9 +38,16 @@ fn start_server(sb: &Sandbox, inspect_port: Option<&str>) -> Server {
     if let Some(p) = inspect_port {
         cmd.arg(format!("--inspect-port={p}"));
     }
-    let mut child = cmd.arg(script).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = cmd
+        .arg(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let port = line.trim().parse().unwrap();
     Server { child, port }
 }
@@ -48,7 +55,8 @@ fn start_server(sb: &Sandbox, inspect_port: Option<&str>) -> Server {
 fn get(port: u16) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
@@ -59,7 +67,14 @@ fn listening_ports(pid: u32) -> Vec<u16> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(&format!("pid={pid},")))
-        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next()?.parse().ok())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -71,16 +86,31 @@ fn attach_records_gives_a_verdict_and_detaches_cleanly() {
     let before = listening_ports(pid);
     let out = offheap()
         .current_dir(sb.dir.path())
-        .args(["attach", &pid.to_string(), "--duration", "4s", "--quiet", "--out", "rec"])
+        .args([
+            "attach",
+            &pid.to_string(),
+            "--duration",
+            "4s",
+            "--quiet",
+            "--out",
+            "rec",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let s = summary(&sb.path("rec"));
     assert_eq!(s["pid"], pid);
-    assert!(kinds(&s).contains(&"external".to_string()), "{}", describe(&out, &s));
+    assert!(
+        kinds(&s).contains(&"external".to_string()),
+        "{}",
+        describe(&out, &s)
+    );
     assert!(s["notes"].to_string().contains("native split"), "{s:#}");
     // Still serving, and the inspector offheap opened is closed again.
-    assert!(get(server.port).unwrap().contains("ok "), "server stopped serving");
+    assert!(
+        get(server.port).unwrap().contains("ok "),
+        "server stopped serving"
+    );
     let t = Instant::now();
     while listening_ports(pid) != before && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(100));
@@ -89,7 +119,15 @@ fn attach_records_gives_a_verdict_and_detaches_cleanly() {
     // And it can be attached to again.
     let again = offheap()
         .current_dir(sb.dir.path())
-        .args(["attach", &pid.to_string(), "--duration", "1s", "--quiet", "--out", "rec2"])
+        .args([
+            "attach",
+            &pid.to_string(),
+            "--duration",
+            "1s",
+            "--quiet",
+            "--out",
+            "rec2",
+        ])
         .output()
         .unwrap();
     assert!(again.status.success(), "{again:?}");
@@ -102,7 +140,13 @@ fn snapshot_of_a_live_process_finds_the_hostage_buffers() {
     std::thread::sleep(Duration::from_millis(1000));
     let out = offheap()
         .current_dir(sb.dir.path())
-        .args(["snapshot", &server.child.id().to_string(), "--out", "snap", "--json"])
+        .args([
+            "snapshot",
+            &server.child.id().to_string(),
+            "--out",
+            "snap",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -125,16 +169,35 @@ fn run_with_snapshots_puts_heap_findings_in_the_summary() {
          const t = setInterval(() => kept.push(Buffer.alloc(512 * 1024, 1).subarray(0, 16)), 50);\n\
          process.on('SIGINT', () => { clearInterval(t); process.exit(0); });",
     );
-    let out = sb.run("rec", &["--snapshots", "--duration", "5s"], &["node", "hostage.js"]);
+    let out = sb.run(
+        "rec",
+        &["--snapshots", "--duration", "5s"],
+        &["node", "hostage.js"],
+    );
     assert!(out.status.success(), "{out:?}");
     let s = summary(&sb.path("rec"));
-    assert_eq!(s["verdict"]["primary"], "external", "{}", describe(&out, &s));
+    assert_eq!(
+        s["verdict"]["primary"],
+        "external",
+        "{}",
+        describe(&out, &s)
+    );
     let heap = &s["heap"];
-    assert!(heap["hostage_buffers"][0]["examples"][0]["held_by"].as_str().unwrap().contains("kept"), "{heap:#}");
+    assert!(
+        heap["hostage_buffers"][0]["examples"][0]["held_by"]
+            .as_str()
+            .unwrap()
+            .contains("kept"),
+        "{heap:#}"
+    );
     assert!(!heap["growing"].as_array().unwrap().is_empty(), "{heap:#}");
     assert!(sb.path("rec/start.heapsnapshot").exists() && sb.path("rec/end.heapsnapshot").exists());
     // `report` keeps the findings.
-    let rep = offheap().args(["report", "--json"]).arg(sb.path("rec")).output().unwrap();
+    let rep = offheap()
+        .args(["report", "--json"])
+        .arg(sb.path("rec"))
+        .output()
+        .unwrap();
     let again: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
     assert_eq!(again["heap"]["hostage_buffers"], heap["hostage_buffers"]);
 }
@@ -143,7 +206,10 @@ fn run_with_snapshots_puts_heap_findings_in_the_summary() {
 fn attach_and_snapshot_refuse_what_they_cannot_do() {
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = sleeper.id().to_string();
-    for args in [vec!["attach", pid.as_str(), "--duration", "1s"], vec!["snapshot", pid.as_str()]] {
+    for args in [
+        vec!["attach", pid.as_str(), "--duration", "1s"],
+        vec!["snapshot", pid.as_str()],
+    ] {
         let out = offheap().args(&args).output().unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
@@ -154,11 +220,24 @@ fn attach_and_snapshot_refuse_what_they_cannot_do() {
     let _ = sleeper.wait();
     let out = offheap().args(["attach", "4000000"]).output().unwrap();
     assert!(!out.status.success());
-    let out = offheap().args(["snapshot", "missing.heapsnapshot"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"), "{out:?}");
+    let out = offheap()
+        .args(["snapshot", "missing.heapsnapshot"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such file"),
+        "{out:?}"
+    );
     let sb = Sandbox::new();
     let bad = sb.write("bad.heapsnapshot", "{\"snapshot\": {\"meta\": ");
     let out = offheap().arg("snapshot").arg(bad).output().unwrap();
     assert!(!out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end().lines().count(), 1, "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1,
+        "{out:?}"
+    );
 }

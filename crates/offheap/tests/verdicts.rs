@@ -71,12 +71,22 @@ int main(void) {
 }
 "#;
 
-fn assert_verdict(sb: &Sandbox, rec: &str, out: &std::process::Output, primary: &str, forbidden: &[&str]) {
+fn assert_verdict(
+    sb: &Sandbox,
+    rec: &str,
+    out: &std::process::Output,
+    primary: &str,
+    forbidden: &[&str],
+) {
     let s = summary(&sb.path(rec));
     let ks = kinds(&s);
     assert_eq!(s["verdict"]["primary"], primary, "{}", describe(out, &s));
     for f in forbidden {
-        assert!(!ks.iter().any(|k| k == f), "unexpected {f}: {}", describe(out, &s));
+        assert!(
+            !ks.iter().any(|k| k == f),
+            "unexpected {f}: {}",
+            describe(out, &s)
+        );
     }
 }
 
@@ -95,7 +105,13 @@ fn buffer_leak_is_external() {
     sb.write("leak.js", BUFFER_LEAK);
     let out = sb.run("rec", &[], &["node", "leak.js"]);
     assert!(out.status.success(), "{out:?}");
-    assert_verdict(&sb, "rec", &out, "external", &["none", "js-heap", "fragmentation"]);
+    assert_verdict(
+        &sb,
+        "rec",
+        &out,
+        "external",
+        &["none", "js-heap", "fragmentation"],
+    );
 }
 
 #[test]
@@ -125,5 +141,8 @@ fn leaking_c_program_is_native() {
     assert!(out.status.success(), "{out:?}");
     assert_verdict(&sb, "rec", &out, "native", &["none", "js-heap", "external"]);
     let s = summary(&sb.path("rec"));
-    assert!(s["growth_bytes_per_s"]["rss"].as_f64().unwrap() > 1e6, "{s}");
+    assert!(
+        s["growth_bytes_per_s"]["rss"].as_f64().unwrap() > 1e6,
+        "{s}"
+    );
 }

@@ -17,7 +17,9 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().unwrap() }
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -61,7 +63,12 @@ pub fn summary(dir: &Path) -> serde_json::Value {
 }
 
 pub fn kinds(summary: &serde_json::Value) -> Vec<String> {
-    summary["verdict"]["kinds"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect()
+    summary["verdict"]["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
 }
 
 pub fn describe(out: &Output, summary: &serde_json::Value) -> String {
