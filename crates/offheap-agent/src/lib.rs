@@ -143,13 +143,12 @@ static REAL_DLCLOSE: AtomicU64 = AtomicU64::new(0);
 /// The hot path after a successful allocation of `size` bytes at `p`.
 #[inline(always)]
 fn on_alloc(p: *mut c_void, size: usize, kind: AllocKind) {
-    TLS.with(|t| {
-        let c = t.countdown.get().wrapping_sub(size as i64);
-        t.countdown.set(c);
-        if c < 0 {
-            slow_alloc(t, p as usize, size, kind);
-        }
-    })
+    let t = tls::current();
+    let c = t.countdown.get().wrapping_sub(size as i64);
+    t.countdown.set(c);
+    if c < 0 {
+        slow_alloc(t, p as usize, size, kind);
+    }
 }
 
 #[cold]
@@ -674,6 +673,9 @@ extern "C" fn init() {
     PPID.store(unsafe { libc::getppid() } as u32, Ordering::Relaxed);
     START_MONO.store(sys::mono_ms(), Ordering::Relaxed);
     writer::START_MS_BITS.store(sys::now_ms().to_bits(), Ordering::Relaxed);
+    let preloaded = sys::getenv(c"LD_PRELOAD")
+        .is_some_and(|v| v.windows(19).any(|w| w == b"liboffheap_agent.so"));
+    tls::enable_fast_path(preloaded);
     if !cfg.follow_exec {
         strip_ld_preload();
     }

@@ -2,6 +2,7 @@
 //! allocates and stays valid while the thread's TLS destructors run.
 
 use core::cell::Cell;
+use core::sync::atomic::{AtomicIsize, Ordering};
 
 pub struct Tls {
     /// Bytes left until the next sample; the hot path subtracts and tests.
@@ -26,6 +27,50 @@ thread_local! {
             tid: Cell::new(0),
         }
     };
+}
+
+/// Offset of this thread's `Tls` from the thread pointer, when the agent's
+/// TLS block is in the static TLS area (always the case for a library
+/// loaded by `LD_PRELOAD`): the same for every thread, which lets the hot
+/// path skip `__tls_get_addr` (what initial-exec TLS does in C). 0 = unknown.
+static TP_OFFSET: AtomicIsize = AtomicIsize::new(0);
+
+#[inline(always)]
+fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: on x86-64 Linux, fs:0 holds the thread pointer (TCB self pointer).
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    tp
+}
+
+/// This thread's state.
+#[inline(always)]
+pub fn current() -> &'static Tls {
+    let off = TP_OFFSET.load(Ordering::Relaxed);
+    if off != 0 {
+        // SAFETY: TP_OFFSET is only set when the block is in static TLS,
+        // where it sits at the same offset from every thread's pointer; the
+        // value has no destructor and lives as long as the thread.
+        return unsafe { &*((thread_pointer() as isize + off) as *const Tls) };
+    }
+    // SAFETY: the thread-local outlives every use on this thread (no
+    // destructor, storage freed only with the thread itself).
+    TLS.with(|t| unsafe { &*(t as *const Tls) })
+}
+
+/// Enables the fast path if this library was preloaded and its TLS block
+/// sits just below the thread pointer (x86-64 static TLS, variant II).
+pub fn enable_fast_path(preloaded: bool) {
+    if !preloaded {
+        return;
+    }
+    let addr = TLS.with(|t| t as *const Tls as isize);
+    let off = addr - thread_pointer() as isize;
+    if (-(64 << 20)..0).contains(&off) {
+        TP_OFFSET.store(off, Ordering::Relaxed);
+    }
 }
 
 impl Tls {

@@ -107,9 +107,17 @@ fn open_stream(w: &mut WState) -> bool {
     false
 }
 
-fn allocator_stats() -> Option<AllocatorStats> {
-    // SAFETY: mallinfo2 has no preconditions.
-    let m = unsafe { libc::mallinfo2() };
+/// Arena count (from `malloc_info`, which walks every bin: refreshed at most
+/// every 10 s) and when it was taken.
+static ARENAS: AtomicU64 = AtomicU64::new(0);
+static ARENAS_AT: AtomicU64 = AtomicU64::new(0);
+
+fn arena_count(force: bool) -> u32 {
+    let now = sys::mono_ms();
+    let at = ARENAS_AT.load(Ordering::Relaxed);
+    if !force && at != 0 && now.saturating_sub(at) < 10_000 {
+        return ARENAS.load(Ordering::Relaxed) as u32;
+    }
     let mut arenas = 0u32;
     let mut ptr: *mut libc::c_char = core::ptr::null_mut();
     let mut size: libc::size_t = 0;
@@ -126,6 +134,15 @@ fn allocator_stats() -> Option<AllocatorStats> {
             }
         }
     }
+    ARENAS.store(arenas as u64, Ordering::Relaxed);
+    ARENAS_AT.store(now.max(1), Ordering::Relaxed);
+    arenas
+}
+
+fn allocator_stats(final_: bool) -> Option<AllocatorStats> {
+    let arenas = arena_count(final_);
+    // SAFETY: mallinfo2 has no preconditions.
+    let m = unsafe { libc::mallinfo2() };
     Some(AllocatorStats {
         arena_bytes: m.arena as u64,
         in_use_bytes: m.uordblks as u64,
@@ -141,13 +158,30 @@ fn clamp(v: u64) -> u64 {
     if (v as i64) < 0 { 0 } else { v }
 }
 
+/// Why a snapshot is taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Every `OFFHEAP_INTERVAL_MS`.
+    Periodic,
+    /// After `OFFHEAP_SNAPSHOT_BYTES` allocated: counters only (no allocator
+    /// walk, no module rescan), so heavy churn stays cheap.
+    Bytes,
+    /// Exit paths.
+    Final,
+}
+
 /// Writes one snapshot. Call with no agent lock held.
-pub fn snapshot(final_: bool) {
+pub fn snapshot(trigger: Trigger) {
     if sys::getpid() != PID.load(Ordering::Relaxed) {
         return; // a vfork/clone child sharing our memory
     }
-    modules::refresh(false);
-    let stats = allocator_stats();
+    let final_ = trigger == Trigger::Final;
+    let stats = if trigger == Trigger::Bytes {
+        None
+    } else {
+        modules::refresh(false);
+        allocator_stats(final_)
+    };
     let mut guard = W.lock();
     let w = &mut *guard;
     if w.write_failed {
@@ -271,7 +305,9 @@ pub fn snapshot(final_: bool) {
     if w.buf.capacity() > 1 << 20 {
         w.buf = Vec::new();
     }
-    LAST_SNAP_MONO.store(sys::mono_ms(), Ordering::Relaxed);
+    if trigger != Trigger::Bytes {
+        LAST_SNAP_MONO.store(sys::mono_ms(), Ordering::Relaxed);
+    }
     ALLOC_AT_LAST.store(ALLOCATED.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
@@ -291,8 +327,10 @@ extern "C" fn writer_main(_: *mut c_void) -> *mut c_void {
         let grown = ALLOCATED
             .load(Ordering::Relaxed)
             .wrapping_sub(ALLOC_AT_LAST.load(Ordering::Relaxed));
-        if elapsed >= cfg.interval_ms || grown >= cfg.snapshot_bytes {
-            snapshot(false);
+        if elapsed >= cfg.interval_ms {
+            snapshot(Trigger::Periodic);
+        } else if grown >= cfg.snapshot_bytes {
+            snapshot(Trigger::Bytes);
         }
     }
     core::ptr::null_mut()
@@ -341,7 +379,7 @@ pub fn final_snapshot() {
     crate::tls::TLS.with(|t| {
         let was = t.busy.replace(true);
         STOP.store(true, Ordering::Relaxed);
-        snapshot(true);
+        snapshot(Trigger::Final);
         STATE.store(crate::DISABLED, Ordering::Release);
         t.busy.set(was);
     });

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Native-agent benchmarks. Prints figures; asserts nothing.
+#
+#   bench/run.sh            # everything (about 2-4 minutes on 2 cores)
+#   ROUNDS=5 bench/run.sh   # more rounds (medians are reported)
+#
+# OFFHEAP_AGENT_SO=/path/to/liboffheap_agent.so skips the cargo build.
+# Every ratio compares runs made in this same invocation, interleaved.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-agent}
+if [[ -z "${OFFHEAP_AGENT_SO:-}" ]]; then
+  cargo build -p offheap-agent --release --quiet
+  OFFHEAP_AGENT_SO=$CARGO_TARGET_DIR/release/liboffheap_agent.so
+fi
+SO=$OFFHEAP_AGENT_SO
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+REC=$WORK/rec
+mkdir -p "$REC"
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+agent_env() { # mode -> env assignments
+  case $1 in
+    plain) echo "" ;;
+    off) echo "LD_PRELOAD=$SO" ;;
+    default) echo "LD_PRELOAD=$SO OFFHEAP_DIR=$REC" ;;
+    exact) echo "LD_PRELOAD=$SO OFFHEAP_DIR=$REC OFFHEAP_EXACT=1" ;;
+  esac
+}
+
+echo "== offheap native agent benchmarks ($(date -u +%FT%TZ), $(nproc) cores, rounds=$ROUNDS)"
+echo "agent: $SO"
+
+# ---------------------------------------------------------------- 1. hot path
+gcc -O2 -fno-builtin -o "$WORK/malloc_loop" bench/malloc_loop.c
+N=20000000
+declare -A T
+for r in $(seq "$ROUNDS"); do
+  for m in plain off default; do
+    v=$(env $(agent_env $m) "$WORK/malloc_loop" $N | awk '{print $2}')
+    T[$m]+="$v "
+  done
+  rm -f "$REC"/*
+done
+NE=2000000
+for r in $(seq "$ROUNDS"); do
+  T[plain_e]+="$("$WORK/malloc_loop" $NE | awk '{print $2}') "
+  T[exact]+="$(env $(agent_env exact) "$WORK/malloc_loop" $NE | awk '{print $2}') "
+  rm -f "$REC"/*
+done
+declare -A M
+for k in plain off default plain_e exact; do M[$k]=$(echo ${T[$k]} | tr ' ' '\n' | median); done
+echo
+echo "[1] C malloc+free loop (16..271 bytes), ns per pair, median of $ROUNDS"
+printf "  plain                     %8.2f ns\n" "${M[plain]}"
+printf "  agent, no OFFHEAP_DIR     %8.2f ns  (+%.2f)\n" "${M[off]}" "$(echo "${M[off]} - ${M[plain]}" | bc -l)"
+printf "  agent, default sampling   %8.2f ns  (+%.2f)\n" "${M[default]}" "$(echo "${M[default]} - ${M[plain]}" | bc -l)"
+printf "  agent, OFFHEAP_EXACT=1    %8.2f ns  (%.1fx plain %.2f)\n" "${M[exact]}" "$(echo "${M[exact]} / ${M[plain_e]}" | bc -l)" "${M[plain_e]}"
+
+if command -v valgrind >/dev/null; then
+  # Instruction counts: difference of two loop lengths cancels start-up.
+  # OFFHEAP_FOLLOW_EXEC=1 keeps the agent in LD_PRELOAD across `env`'s exec.
+  ir() { valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=/dev/null \
+           env $1 OFFHEAP_FOLLOW_EXEC=1 "$WORK/malloc_loop" "$2" 2>&1 | grep Collected | tail -1 | awk '{print $4}' | tr -d ,; }
+  declare -A I
+  for m in plain default exact; do
+    a=$(ir "$(agent_env $m)" 100000); b=$(ir "$(agent_env $m)" 300000)
+    I[$m]=$(echo "($b - $a) / 200000" | bc -l)
+    rm -f "$REC"/*
+  done
+  echo "  callgrind instructions per pair: plain $(printf %.1f "${I[plain]}"), default $(printf %.1f "${I[default]}") (+$(printf %.1f "$(echo "${I[default]} - ${I[plain]}" | bc -l)")), exact $(printf %.0f "${I[exact]}")"
+fi
+
+# ------------------------------------------------------------- 2. node churn
+NODE_N=${NODE_N:-400000}
+declare -A O P R
+field() { echo "$1" | sed "s/.*\"$2\":\([0-9.e+]*\).*/\1/"; }
+for r in $(seq "$ROUNDS"); do
+  for m in plain default exact; do
+    line=$(env $(agent_env $m) node bench/node_churn.js $NODE_N)
+    O[$m]+="$(field "$line" ops_per_s) "
+    P[$m]+="$(field "$line" ops_per_cpu_s) "
+    R[$m]+="$(field "$line" maxrss_kb) "
+    rm -f "$REC"/*
+  done
+  if command -v heaptrack >/dev/null; then
+    line=$( (cd "$WORK" && heaptrack -o "$WORK/ht" node "$OLDPWD/bench/node_churn.js" $NODE_N) | grep ops_per_s)
+    O[heaptrack]+="$(field "$line" ops_per_s) "
+    P[heaptrack]+="$(field "$line" ops_per_cpu_s) "
+    rm -f "$WORK"/ht*
+  fi
+done
+for k in "${!O[@]}"; do M[o_$k]=$(echo ${O[$k]} | tr ' ' '\n' | median); done
+for k in "${!P[@]}"; do M[p_$k]=$(echo ${P[$k]} | tr ' ' '\n' | median); done
+for k in "${!R[@]}"; do M[r_$k]=$(echo ${R[$k]} | tr ' ' '\n' | median); done
+echo
+echo "[2] node bench/node_churn.js $NODE_N (Buffers > 4 KiB, JSON, zlib), median of $ROUNDS"
+echo "    throughput per wall second and per CPU second (all threads, incl. the agent's writer)"
+for k in plain default exact heaptrack; do
+  [[ -n "${M[o_$k]:-}" ]] || continue
+  printf "  %-10s wall %9.0f ops/s (ratio %.3f)   cpu %9.0f ops/s (ratio %.3f)\n" "$k" \
+    "${M[o_$k]}" "$(echo "${M[o_$k]} / ${M[o_plain]}" | bc -l)" \
+    "${M[p_$k]}" "$(echo "${M[p_$k]} / ${M[p_plain]}" | bc -l)"
+done
+if [[ "${CALLGRIND_NODE:-1}" == 1 ]] && command -v valgrind >/dev/null; then
+  # Instruction-count ratio (insensitive to other load on the machine).
+  nir() { valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=/dev/null \
+            env $1 OFFHEAP_FOLLOW_EXEC=1 node bench/node_churn.js 40000 2>&1 | grep Collected | tail -1 | awk '{print $4}' | tr -d ,; }
+  a=$(nir ""); b=$(nir "$(agent_env default)"); rm -f "$REC"/*
+  printf "  callgrind (N=40000, incl. start-up): plain %d, default %d instructions: ratio plain/default %.3f\n" "$a" "$b" "$(echo "$a / $b" | bc -l)"
+fi
+
+# ------------------------------------------------------------ 3. agent memory
+gcc -O2 -fno-builtin -o "$WORK/rss_hold" bench/rss_hold.c
+declare -A C
+for r in $(seq "$ROUNDS"); do
+  for m in plain default exact; do
+    C[$m]+="$(env $(agent_env $m) "$WORK/rss_hold" | awk '{print $2}') "
+    rm -f "$REC"/*
+  done
+done
+for k in plain default exact; do M[c_$k]=$(echo ${C[$k]} | tr ' ' '\n' | median); done
+echo
+echo "[3] agent memory: peak RSS (kB), median of $ROUNDS; budget = 5% of target RSS + 16 MiB"
+for pair in "node plain ${M[r_plain]} default ${M[r_default]} exact ${M[r_exact]}" \
+            "C-200MB plain ${M[c_plain]} default ${M[c_default]} exact ${M[c_exact]}"; do
+  set -- $pair
+  name=$1 base=$3 d=$5 e=$7
+  budget=$(echo "$base * 0.05 + 16384" | bc -l)
+  printf "  %-8s plain %8d  default %8d (+%d kB)  exact %8d (+%d kB)  budget +%.0f kB\n" \
+    "$name" "$base" "$d" "$((d - base))" "$e" "$((e - base))" "$budget"
+done
