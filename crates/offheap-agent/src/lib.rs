@@ -218,9 +218,12 @@ fn record(
     count: u64,
     max_depth: usize,
 ) {
-    let mut frames = [0u64; unwind::MAX_FRAMES];
+    // Not zeroed: 2 KiB of memset per sample would cost more than the rest.
+    let mut frames = [core::mem::MaybeUninit::<u64>::uninit(); unwind::MAX_FRAMES];
     let (n, truncated) = unwind::capture(t, &mut frames, max_depth);
-    let Some(id) = stacks::intern(kind, truncated, &frames[..n]) else {
+    // SAFETY: capture initialised frames[..n] (n <= MAX_FRAMES).
+    let frames = unsafe { core::slice::from_raw_parts(frames.as_ptr() as *const u64, n) };
+    let Some(id) = stacks::intern(kind, truncated, frames) else {
         writer::DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -646,6 +649,9 @@ extern "C" fn init() {
     }
     TLS.with(|t| t.busy.set(true));
     let saved = sys::errno();
+    let preloaded = sys::getenv(c"LD_PRELOAD")
+        .is_some_and(|v| v.windows(19).any(|w| w == b"liboffheap_agent.so"));
+    tls::enable_fast_path(preloaded);
     let dir = sys::getenv(c"OFFHEAP_DIR").unwrap_or(b"");
     if dir.is_empty() || dir.len() >= 4000 {
         STATE.store(DISABLED, Ordering::Release);
@@ -673,9 +679,6 @@ extern "C" fn init() {
     PPID.store(unsafe { libc::getppid() } as u32, Ordering::Relaxed);
     START_MONO.store(sys::mono_ms(), Ordering::Relaxed);
     writer::START_MS_BITS.store(sys::now_ms().to_bits(), Ordering::Relaxed);
-    let preloaded = sys::getenv(c"LD_PRELOAD")
-        .is_some_and(|v| v.windows(19).any(|w| w == b"liboffheap_agent.so"));
-    tls::enable_fast_path(preloaded);
     if !cfg.follow_exec {
         strip_ld_preload();
     }

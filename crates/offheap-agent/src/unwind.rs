@@ -94,7 +94,11 @@ fn regs() -> (u64, u64, u64) {
 /// first, starting at the caller of the allocation function. Returns
 /// (frames, truncated).
 #[inline(never)]
-pub fn capture(t: &Tls, out: &mut [u64; MAX_FRAMES], max_depth: usize) -> (usize, bool) {
+pub fn capture(
+    t: &Tls,
+    out: &mut [core::mem::MaybeUninit<u64>; MAX_FRAMES],
+    max_depth: usize,
+) -> (usize, bool) {
     let Some(unw) = modules::unwinder() else {
         return (0, false);
     };
@@ -177,7 +181,7 @@ pub fn capture(t: &Tls, out: &mut [u64; MAX_FRAMES], max_depth: usize) -> (usize
             truncated = true;
             break;
         }
-        out[n] = a;
+        out[n].write(a);
         n += 1;
     }
     guard.raw_unlock();

@@ -189,7 +189,9 @@ pub fn snapshot(trigger: Trigger) {
     }
     w.buf.clear();
     if w.fd < 0 && !open_stream(w) {
+        // No usable recording directory: stop sampling, stay a pass-through.
         w.write_failed = true;
+        STATE.store(crate::DISABLED, Ordering::Release);
         return;
     }
     let cfg = CONFIG.get();

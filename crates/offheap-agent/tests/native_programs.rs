@@ -520,3 +520,14 @@ fn anonymous_mmaps_are_their_own_kind_with_partial_unmaps() {
         c.live_bytes
     );
 }
+
+#[test]
+fn an_unusable_recording_directory_is_harmless() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("leak", LEAK_C, &[]);
+    let missing = sb.path().join("does/not/exist");
+    let o = run(Command::new(&exe).arg("200000"), Some(&missing), &[]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "leaked 2000000\n");
+    assert!(!missing.exists());
+}
