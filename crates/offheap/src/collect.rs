@@ -9,6 +9,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Prometheus text-format metrics file in the recording directory.
+pub const METRICS: &str = "metrics.prom";
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> f64 {
     std::time::SystemTime::now()
@@ -261,6 +264,40 @@ impl Collector {
             && let Some(m) = t.poll()
         {
             self.last_node = Some(m);
+        }
+        self.write_metrics();
+    }
+
+    /// `metrics.prom`: the latest figures in Prometheus' text format,
+    /// replaced atomically each interval (node_exporter's textfile collector
+    /// can scrape the recording directory).
+    fn write_metrics(&self) {
+        let mut out = String::new();
+        let pid = self.target;
+        let mut gauge = |name: &str, help: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                out.push_str(&format!(
+                    "# HELP offheap_{name} {help}\n# TYPE offheap_{name} gauge\noffheap_{name}{{pid=\"{pid}\"}} {v}\n"
+                ));
+            }
+        };
+        let p = self.last_proc.as_ref();
+        let st = |k: &str| p.and_then(|p| p.status.get(k).copied());
+        gauge("rss_bytes", "Resident set size of the target.", st("VmRSS"));
+        gauge("rss_anon_bytes", "Anonymous resident memory of the target.", st("RssAnon"));
+        gauge("rss_file_bytes", "File-backed resident memory of the target.", st("RssFile"));
+        gauge("swap_bytes", "Swapped-out memory of the target.", st("VmSwap"));
+        let n = self.last_node.as_ref();
+        gauge("heap_used_bytes", "V8 heapUsed of the main thread.", n.map(|n| n.heap_used));
+        gauge("heap_total_bytes", "V8 heapTotal of the main thread.", n.map(|n| n.heap_total));
+        gauge("external_bytes", "process.memoryUsage().external.", n.map(|n| n.external));
+        gauge("array_buffers_bytes", "process.memoryUsage().arrayBuffers.", n.map(|n| n.array_buffers));
+        if out.is_empty() {
+            return;
+        }
+        let tmp = self.dir.join(".metrics.prom.tmp");
+        if fs::write(&tmp, out).is_ok() {
+            let _ = fs::rename(&tmp, self.dir.join(METRICS));
         }
     }
 

@@ -79,3 +79,83 @@ pub fn describe(out: &Output, summary: &serde_json::Value) -> String {
         serde_json::to_string_pretty(&summary["verdict"]).unwrap()
     )
 }
+
+/// A C N-API addon: `leakBytes(n)` mallocs n bytes and never frees them,
+/// `churnBytes(n)` mallocs and frees.
+pub const ADDON: &str = r#"
+#include <node_api.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *volatile sink;
+
+/* Leaks n bytes on every call. */
+__attribute__((noinline)) void *leak_bytes(size_t n) {
+  void *p = malloc(n);
+  memset(p, 7, n);
+  sink = p;
+  return p;
+}
+
+/* Legitimate churn: allocates n bytes and frees them. */
+__attribute__((noinline)) void churn_bytes(size_t n) {
+  void *p = malloc(n);
+  memset(p, 1, n);
+  sink = p;
+  free(p);
+}
+
+static size_t arg_size(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  double n = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_get_value_double(env, argv[0], &n);
+  return (size_t)n;
+}
+
+static napi_value js_leak(napi_env env, napi_callback_info info) {
+  leak_bytes(arg_size(env, info));
+  return NULL;
+}
+
+static napi_value js_churn(napi_env env, napi_callback_info info) {
+  churn_bytes(arg_size(env, info));
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  napi_value f;
+  napi_create_function(env, "leakBytes", NAPI_AUTO_LENGTH, js_leak, NULL, &f);
+  napi_set_named_property(env, exports, "leakBytes", f);
+  napi_create_function(env, "churnBytes", NAPI_AUTO_LENGTH, js_churn, NULL, &f);
+  napi_set_named_property(env, exports, "churnBytes", f);
+  return exports;
+}
+"#;
+
+/// The native-leak scenario: a leak through the addon beside far more churn.
+/// The leaking JS function has a hostile name, to check escaping end to end.
+pub const APP: &str = r#"
+const addon = require('./leak.node');
+function leakNative() { addon.leakBytes(64 * 1024); }          // up to 3.2 MB/s, never freed
+// A literal key: V8 names the function after it, so the name reaches the perf map.
+const hostile = { '<script>alert(1)</script>': function () { addon.leakBytes(16 * 1024); } };
+const evil = hostile['<script>alert(1)</script>'];
+function churnNative() { for (let i = 0; i < 40; i++) addon.churnBytes(256 * 1024); } // 200 MB/s, freed
+function churnJs() { const b = []; for (let i = 0; i < 20; i++) b.push(Buffer.alloc(32 * 1024)); return b.length; }
+let ticks = 0;
+const t = setInterval(() => {
+  leakNative();
+  evil();
+  churnNative();
+  churnJs();
+  if (++ticks >= 400) clearInterval(t);
+}, 20);
+"#;
+
+/// Compiles the addon and writes the app into the sandbox.
+pub fn build_addon(sb: &Sandbox) {
+    sb.gcc("leak.c", ADDON, "leak.node", &["-shared", "-fPIC", "-I/usr/include/node", "-DNODE_GYP_MODULE_NAME=leak"]);
+    sb.write("app.js", APP);
+}
