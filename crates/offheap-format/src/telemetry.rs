@@ -197,10 +197,21 @@ impl std::fmt::Display for OpenError {
         match self {
             OpenError::Missing(p) => write!(f, "{}: no such recording directory", p.display()),
             OpenError::NotADirectory(p) => {
-                write!(f, "{}: not a directory (give the recording directory that `offheap run` wrote)", p.display())
+                write!(
+                    f,
+                    "{}: not a directory (give the recording directory that `offheap run` wrote)",
+                    p.display()
+                )
             }
-            OpenError::Empty(p) => write!(f, "{}: not an offheap recording (no {} in it)", p.display(), layout::META),
-            OpenError::BadMeta(p, e) => write!(f, "{}: corrupt recording metadata: {e}", p.display()),
+            OpenError::Empty(p) => write!(
+                f,
+                "{}: not an offheap recording (no {} in it)",
+                p.display(),
+                layout::META
+            ),
+            OpenError::BadMeta(p, e) => {
+                write!(f, "{}: corrupt recording metadata: {e}", p.display())
+            }
             OpenError::TooNew(v) => write!(
                 f,
                 "recording format version {v} is newer than this offheap understands ({}); upgrade offheap",
@@ -216,7 +227,10 @@ impl std::error::Error for OpenError {}
 /// Reads a JSON-lines file leniently: every complete, parseable line is
 /// returned; a truncated last line or a corrupt line is skipped and noted.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, notes: &mut Vec<String>) -> Vec<T> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -235,7 +249,9 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, notes: &mut Vec<S
             Ok(0) => break,
             Ok(_) => {}
             Err(e) => {
-                notes.push(format!("{name}: read error after line {lineno} ({e}); rest skipped"));
+                notes.push(format!(
+                    "{name}: read error after line {lineno} ({e}); rest skipped"
+                ));
                 break;
             }
         }
@@ -248,7 +264,9 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, notes: &mut Vec<S
         match serde_json::from_slice::<T>(text) {
             Ok(v) => out.push(v),
             Err(_) if !complete => {
-                notes.push(format!("{name}: last record (line {lineno}) is truncated; skipped"));
+                notes.push(format!(
+                    "{name}: last record (line {lineno}) is truncated; skipped"
+                ));
             }
             Err(_) => corrupt += 1,
         }
@@ -272,15 +290,21 @@ impl Recording {
         let meta_path = dir.join(layout::META);
         let meta_text = match fs::read(&meta_path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(OpenError::Empty(dir.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OpenError::Empty(dir.to_path_buf()));
+            }
             Err(e) => return Err(OpenError::Io(meta_path, e)),
         };
-        let meta: Meta =
-            serde_json::from_slice(&meta_text).map_err(|e| OpenError::BadMeta(meta_path.clone(), e.to_string()))?;
+        let meta: Meta = serde_json::from_slice(&meta_text)
+            .map_err(|e| OpenError::BadMeta(meta_path.clone(), e.to_string()))?;
         if meta.format_version > crate::FORMAT_VERSION {
             return Err(OpenError::TooNew(meta.format_version));
         }
-        let mut rec = Recording { dir: dir.to_path_buf(), meta, ..Default::default() };
+        let mut rec = Recording {
+            dir: dir.to_path_buf(),
+            meta,
+            ..Default::default()
+        };
         let mut notes = Vec::new();
 
         let end_path = dir.join(layout::END);
@@ -306,9 +330,14 @@ impl Recording {
             .collect();
         entries.sort();
         for path in entries {
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
             if name.starts_with(layout::NODE_PREFIX) && name.ends_with(layout::NODE_SUFFIX) {
-                let mut stream = NodeStream { file: name.to_string(), ..Default::default() };
+                let mut stream = NodeStream {
+                    file: name.to_string(),
+                    ..Default::default()
+                };
                 for r in read_jsonl::<NodeRecord>(&path, &mut notes) {
                     match r {
                         NodeRecord::Hello(h) => stream.hello = Some(h),
@@ -317,7 +346,9 @@ impl Recording {
                     }
                 }
                 rec.node.push(stream);
-            } else if name.starts_with(layout::NATIVE_PREFIX) && name.ends_with(layout::NATIVE_SUFFIX) {
+            } else if name.starts_with(layout::NATIVE_PREFIX)
+                && name.ends_with(layout::NATIVE_SUFFIX)
+            {
                 match crate::native::read_stream(&path) {
                     Ok(s) => {
                         for n in &s.notes {
@@ -349,6 +380,9 @@ impl Recording {
 
     /// The native stream of the target process, if any.
     pub fn main_native_stream(&self) -> Option<&NativeStream> {
-        self.native.iter().find(|s| s.pid == self.meta.pid).or_else(|| self.native.first())
+        self.native
+            .iter()
+            .find(|s| s.pid == self.meta.pid)
+            .or_else(|| self.native.first())
     }
 }

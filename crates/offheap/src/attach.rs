@@ -187,14 +187,7 @@ fn record_attached(
         let now = Instant::now();
         if now >= next_tick {
             collector.tick();
-            let node = collector.last_node.as_ref();
-            status.update(
-                collector.last_proc.as_ref().and_then(|p| p.rss()),
-                node.map(|n| n.heap_used),
-                node.map(|n| n.external),
-                node.map(|n| n.array_buffers),
-            );
-            status.draw();
+            status.show(&collector);
             next_tick = (next_tick + rec.interval).max(now);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -284,14 +284,42 @@ impl Collector {
         let p = self.last_proc.as_ref();
         let st = |k: &str| p.and_then(|p| p.status.get(k).copied());
         gauge("rss_bytes", "Resident set size of the target.", st("VmRSS"));
-        gauge("rss_anon_bytes", "Anonymous resident memory of the target.", st("RssAnon"));
-        gauge("rss_file_bytes", "File-backed resident memory of the target.", st("RssFile"));
-        gauge("swap_bytes", "Swapped-out memory of the target.", st("VmSwap"));
+        gauge(
+            "rss_anon_bytes",
+            "Anonymous resident memory of the target.",
+            st("RssAnon"),
+        );
+        gauge(
+            "rss_file_bytes",
+            "File-backed resident memory of the target.",
+            st("RssFile"),
+        );
+        gauge(
+            "swap_bytes",
+            "Swapped-out memory of the target.",
+            st("VmSwap"),
+        );
         let n = self.last_node.as_ref();
-        gauge("heap_used_bytes", "V8 heapUsed of the main thread.", n.map(|n| n.heap_used));
-        gauge("heap_total_bytes", "V8 heapTotal of the main thread.", n.map(|n| n.heap_total));
-        gauge("external_bytes", "process.memoryUsage().external.", n.map(|n| n.external));
-        gauge("array_buffers_bytes", "process.memoryUsage().arrayBuffers.", n.map(|n| n.array_buffers));
+        gauge(
+            "heap_used_bytes",
+            "V8 heapUsed of the main thread.",
+            n.map(|n| n.heap_used),
+        );
+        gauge(
+            "heap_total_bytes",
+            "V8 heapTotal of the main thread.",
+            n.map(|n| n.heap_total),
+        );
+        gauge(
+            "external_bytes",
+            "process.memoryUsage().external.",
+            n.map(|n| n.external),
+        );
+        gauge(
+            "array_buffers_bytes",
+            "process.memoryUsage().arrayBuffers.",
+            n.map(|n| n.array_buffers),
+        );
         if out.is_empty() {
             return;
         }

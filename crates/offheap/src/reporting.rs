@@ -21,8 +21,8 @@ fn open(dir: &Path) -> Result<Recording> {
     Recording::open(dir).map_err(|e| user_error(e.to_string()))
 }
 
-/// Analyses a recording (writes nothing).
-pub fn build_model(dir: &Path, min_age_s: f64) -> Result<Model> {
+/// Opens a recording that holds at least one sample.
+fn open_with_samples(dir: &Path) -> Result<Recording> {
     let rec = open(dir)?;
     if rec.proc.is_empty() && rec.node.is_empty() && rec.native.is_empty() {
         return Err(user_error(format!(
@@ -30,6 +30,12 @@ pub fn build_model(dir: &Path, min_age_s: f64) -> Result<Model> {
             dir.display()
         )));
     }
+    Ok(rec)
+}
+
+/// Analyses a recording (writes nothing).
+pub fn build_model(dir: &Path, min_age_s: f64) -> Result<Model> {
+    let rec = open_with_samples(dir)?;
     Ok(analyze(
         &rec,
         &Options {
@@ -43,13 +49,7 @@ pub fn build_model(dir: &Path, min_age_s: f64) -> Result<Model> {
 /// Analyses a recording and writes summary.json and every report into it.
 /// Only offheap's own outputs are (re)written; the recording is never touched.
 pub fn build(dir: &Path, opts: &AnalyzeOpts, heap: Option<serde_json::Value>) -> Result<Model> {
-    let rec = open(dir)?;
-    if rec.proc.is_empty() && rec.node.is_empty() && rec.native.is_empty() {
-        return Err(user_error(format!(
-            "{}: the recording holds no samples (the target ended before the first interval?)",
-            dir.display()
-        )));
-    }
+    let rec = open_with_samples(dir)?;
     let mut model = analyze(
         &rec,
         &Options {

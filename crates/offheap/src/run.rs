@@ -460,14 +460,7 @@ fn supervise(
         }
         if now >= next_tick {
             collector.tick();
-            let node = collector.last_node.as_ref();
-            status.update(
-                collector.last_proc.as_ref().and_then(|p| p.rss()),
-                node.map(|n| n.heap_used),
-                node.map(|n| n.external),
-                node.map(|n| n.array_buffers),
-            );
-            status.draw();
+            status.show(&collector);
             next_tick += rec.interval;
             if next_tick < now {
                 next_tick = now + rec.interval;

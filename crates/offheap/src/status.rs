@@ -116,6 +116,18 @@ impl StatusLine {
         }
     }
 
+    /// Takes the collector's latest figures and draws the line.
+    pub fn show(&mut self, c: &crate::collect::Collector) {
+        let node = c.last_node.as_ref();
+        self.update(
+            c.last_proc.as_ref().and_then(|p| p.rss()),
+            node.map(|n| n.heap_used),
+            node.map(|n| n.external),
+            node.map(|n| n.array_buffers),
+        );
+        self.draw();
+    }
+
     pub fn line(&self) -> String {
         let mut parts = vec![format!("offheap {}", human_duration(self.start.elapsed()))];
         parts.extend(self.metrics.iter().filter_map(Metric::render));

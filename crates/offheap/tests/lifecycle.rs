@@ -27,7 +27,10 @@ fn exit_status_and_output_pass_through() {
     assert!(s["verdict"]["kinds"].is_array());
     // Prometheus text format, for node_exporter's textfile collector.
     let prom = std::fs::read_to_string(sb.path("rec/metrics.prom")).unwrap();
-    assert!(prom.contains("# TYPE offheap_rss_bytes gauge\noffheap_rss_bytes{pid="), "{prom}");
+    assert!(
+        prom.contains("# TYPE offheap_rss_bytes gauge\noffheap_rss_bytes{pid="),
+        "{prom}"
+    );
     assert!(prom.contains("offheap_heap_used_bytes{pid="), "{prom}");
 }
 

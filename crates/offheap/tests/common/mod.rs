@@ -156,6 +156,16 @@ const t = setInterval(() => {
 
 /// Compiles the addon and writes the app into the sandbox.
 pub fn build_addon(sb: &Sandbox) {
-    sb.gcc("leak.c", ADDON, "leak.node", &["-shared", "-fPIC", "-I/usr/include/node", "-DNODE_GYP_MODULE_NAME=leak"]);
+    sb.gcc(
+        "leak.c",
+        ADDON,
+        "leak.node",
+        &[
+            "-shared",
+            "-fPIC",
+            "-I/usr/include/node",
+            "-DNODE_GYP_MODULE_NAME=leak",
+        ],
+    );
     sb.write("app.js", APP);
 }
