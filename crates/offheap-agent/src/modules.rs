@@ -115,6 +115,8 @@ pub static WRAPPERS: [(AtomicU64, AtomicU64); MAX_WRAPPERS] = [ZZ; MAX_WRAPPERS]
 pub static WRAPPER_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 static LAST_ADDS: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Unwind the main program by frame pointers only (see `init`).
+static MAIN_FP_ONLY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 static LAST_SUBS: AtomicU64 = AtomicU64::new(u64::MAX);
 
 struct Scanned {
@@ -285,8 +287,13 @@ unsafe extern "C" fn scan_cb(info: *mut dl_phdr_info, _size: size_t, data: *mut 
     let mut module = None;
     if !known {
         let bias = info.dlpi_addr;
-        let pinned = ctx.pinned.contains(&key) || name_of(info).is_empty();
-        if pinned || ctx.copy_unpinned {
+        let main = name_of(info).is_empty();
+        let pinned = ctx.pinned.contains(&key) || main;
+        // A main program built with frame pointers everywhere (node) is
+        // unwound by frame pointers: correct at every call site, and much
+        // cheaper than DWARF for its thousands of distinct return addresses.
+        let fp_only = main && MAIN_FP_ONLY.load(Ordering::Relaxed);
+        if !fp_only && (pinned || ctx.copy_unpinned) {
             module = (|| {
                 let (hdr_svma, hdr_len) = eh_hdr?;
                 let hdr_avma = bias.wrapping_add(hdr_svma);
@@ -491,6 +498,12 @@ fn merge(ctx: ScanCtx) {
 
 /// Initial scan: pins every module present now, then builds the table.
 pub fn init(dlopen_real: Option<crate::DlopenFn>) {
+    // node (and V8 inside it) is built with -fno-omit-frame-pointer
+    // (common.gypi); OFFHEAP_EXE_FP=0/1 overrides the detection.
+    let exe = exe_path();
+    let base = exe.rsplit(|&c| c == b'/').next().unwrap_or(&[]);
+    let is_node = base == b"node" || base == b"nodejs";
+    MAIN_FP_ONLY.store(sys::env_bool(c"OFFHEAP_EXE_FP", is_node), Ordering::Relaxed);
     // Collect names first (no loader call from inside the callback).
     let mut ctx = ScanCtx {
         known: Vec::new(),

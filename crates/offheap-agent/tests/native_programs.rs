@@ -531,3 +531,65 @@ fn an_unusable_recording_directory_is_harmless() {
     assert_eq!(stdout(&o), "leaked 2000000\n");
     assert!(!missing.exists());
 }
+
+const FRAG_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+/* Fragmentation: 8 threads (8 arenas) allocate 20 MB each, keep one small
+   block at the top, free everything else. glibc keeps the freed memory. */
+#define T 8
+#define N 20000
+static void *pins[T];
+static void *worker(void *arg) {
+  long id = (long)arg;
+  static __thread void *blocks[N];
+  for (int i = 0; i < N; i++) { blocks[i] = malloc(1000); memset(blocks[i], 1, 1000); }
+  pins[id] = malloc(64);
+  for (int i = 0; i < N; i++) free(blocks[i]);
+  return 0;
+}
+int main(void) {
+  pthread_t th[T];
+  for (long i = 0; i < T; i++) pthread_create(&th[i], 0, worker, (void *)i);
+  for (int i = 0; i < T; i++) pthread_join(th[i], 0);
+  usleep(400000);  /* let a periodic snapshot see the retained state */
+  printf("done\n");
+  return 0;
+}
+"#;
+
+#[test]
+fn fragmentation_shows_in_allocator_stats_not_in_live_bytes() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("frag", FRAG_C, &["-pthread"]);
+    let rec = sb.rec("rec");
+    let o = run(
+        Command::new(&exe),
+        Some(&rec),
+        &[("OFFHEAP_INTERVAL_MS", "100")],
+    );
+    assert_eq!(stdout(&o), "done\n");
+    let s = &streams(&rec)[0].1;
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+    let last = s
+        .allocator
+        .iter()
+        .rev()
+        .flatten()
+        .next()
+        .expect("allocator stats");
+    let live: u64 = s.series.iter().map(|x| x.last().live_bytes).sum();
+    let alloc: u64 = s.series.iter().map(|x| x.last().alloc_bytes).sum();
+    assert!(alloc > 100_000_000, "alloc {alloc}");
+    assert!(live < 10_000_000, "live {live}");
+    assert!(last.arenas >= 2, "{last:?}");
+    // glibc retains most of the freed 160 MB (free chunks below each pinned block).
+    assert!(last.free_bytes > 50_000_000, "{last:?}");
+    assert!(
+        last.free_bytes > 5 * last.in_use_bytes.max(1) || last.in_use_bytes < 10_000_000,
+        "{last:?}"
+    );
+}
