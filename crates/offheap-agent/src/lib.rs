@@ -264,9 +264,23 @@ fn on_free(p: *mut c_void) {
 #[cold]
 #[inline(never)]
 fn slow_free(p: usize) {
-    if let Some(l) = live::remove(p) {
-        stacks::sub(l.stack, l.bytes, l.count);
-    }
+    guarded(|| {
+        if let Some(l) = live::remove(p) {
+            stacks::sub(l.stack, l.bytes, l.count);
+        }
+    })
+}
+
+/// Runs `f` (which takes agent locks) with this thread marked busy, so an
+/// exit path reached from a signal handler on this thread does not wait for
+/// a lock the interrupted code holds.
+#[inline]
+fn guarded<R>(f: impl FnOnce() -> R) -> R {
+    let t = tls::current();
+    let was = t.busy.replace(true);
+    let r = f();
+    t.busy.set(was);
+    r
 }
 
 // ---------------------------------------------------------------------------
@@ -310,7 +324,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
         return unsafe { malloc(size) };
     }
     let old = if live::maybe_tracked(p as usize) {
-        live::remove(p as usize)
+        guarded(|| live::remove(p as usize))
     } else {
         None
     };
@@ -320,7 +334,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
         if size != 0 {
             // Failed: the old block is still live, put its record back.
             if let Some(l) = old {
-                live::insert(p as usize, l);
+                guarded(|| live::insert(p as usize, l));
             }
             return q;
         }
@@ -419,7 +433,7 @@ fn page_round(n: usize) -> usize {
 }
 
 fn forget_range(start: usize, len: usize) {
-    live::unmap_range(start, start.saturating_add(page_round(len)), stacks::sub);
+    guarded(|| live::unmap_range(start, start.saturating_add(page_round(len)), stacks::sub));
 }
 
 fn enabled() -> bool {
@@ -494,7 +508,7 @@ pub unsafe extern "C" fn mremap(
     let q = r as *mut c_void;
     if enabled() {
         let (os, ns) = (page_round(old_size), page_round(new_size));
-        match live::take_region_at(old as usize) {
+        match guarded(|| live::take_region_at(old as usize)) {
             Some(reg) => {
                 // Keep the original stack; the growth (or shrink) is counted on it.
                 let had = reg.bytes();
@@ -510,7 +524,7 @@ pub unsafe extern "C" fn mremap(
                 } else {
                     stacks::sub(reg.stack, had - now, 0);
                 }
-                live::add_region(moved);
+                guarded(|| live::add_region(moved));
             }
             None => {
                 forget_range(old as usize, old_size);

@@ -375,6 +375,12 @@ pub fn final_snapshot() {
     {
         return;
     }
+    // Inside the agent on this thread (an exit from a signal handler that
+    // interrupted a hook): agent locks may be held here, so no final
+    // snapshot; the periodic ones stand.
+    if crate::tls::current().busy.get() {
+        return;
+    }
     if FINAL_DONE.swap(true, Ordering::AcqRel) {
         return;
     }
