@@ -127,6 +127,7 @@
       try { clearInterval(state.timer); } catch (_) { /* ignore */ }
       try { if (state.obs) state.obs.disconnect(); } catch (_) { /* ignore */ }
       try { if (state.fd >= 0) fs.closeSync(state.fd); } catch (_) { /* ignore */ }
+      try { if (state.onExit) process.removeListener('exit', state.onExit); } catch (_) { /* ignore */ }
       state.fd = -1;
       try { delete globalThis[KEY]; } catch (_) { /* ignore */ }
     };
@@ -152,7 +153,7 @@
       } catch (_) { /* ignore */ }
       try { tick(); } catch (_) { /* ignore */ }
     }
-    try { process.on('exit', exitSample); } catch (_) { /* ignore */ }
+    try { process.on('exit', exitSample); state.onExit = exitSample; } catch (_) { /* ignore */ }
     return state;
   }
 

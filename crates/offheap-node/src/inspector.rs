@@ -984,29 +984,67 @@ impl Inspector {
         let mut result = Ok(());
         if self.opened_by_us {
             // `inspector.close()` blocks the target's main thread until no
-            // session is connected. It is evaluated synchronously (a
-            // setImmediate would never run in a target busy in JS), so we
-            // must disconnect right after it starts: give the target a moment
-            // to dispatch the evaluation, then drop the connection. No reply
-            // is awaited: it only comes once we are gone.
-            let _ = self.send(
+            // session is connected, and tearing a session down needs that
+            // thread: it must never run while a session is open. So it is
+            // scheduled on a short unref'd timer (with `require` resolved
+            // now: the command-line API does not exist in the callback), and
+            // we disconnect at once. Only a target whose event loop never
+            // turns (busy JS) keeps the port open; for that one, a second,
+            // short session closes it synchronously from an interrupt.
+            let sent = self.send(
                 "Runtime.evaluate",
-                json!({"expression": "(function () { require('inspector').close(); return 0; })()",
+                json!({"expression": "(function () { const i = require('inspector'); setTimeout(() => { try { i.close(); } catch (_) {} }, 200).unref(); return 0; })()",
                        "includeCommandLineAPI": true, "silent": true}),
             );
-            let _ = self.ws.flush();
-            std::thread::sleep(Duration::from_millis(300));
-            let _ = self.ws.get_mut().shutdown(std::net::Shutdown::Both);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while port_open(self.port) {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while let Ok(id) = sent {
                 if Instant::now() >= deadline {
-                    result = Err(InspectorError::WebSocket(format!(
-                        "the target's inspector port {} is still open after close",
-                        self.port
-                    )));
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                match self.read_msg(Instant::now() + Duration::from_millis(200), "close") {
+                    Ok(Some(m)) if m.get("id").and_then(Value::as_u64) == Some(id) => break,
+                    Ok(_) | Err(InspectorError::Timeout { .. }) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = self.ws.close(None);
+            let _ = self.ws.flush();
+            let _ = self.ws.get_mut().shutdown(std::net::Shutdown::Both);
+            // Watch the port passively (/proc): a probe connection would itself
+            // be a connection that `inspector.close()` waits for.
+            let (pid, port) = (self.pid, self.port);
+            let still_open = || match pid {
+                Some(pid) => listening_ports(pid).contains(&port),
+                None => port_open(port),
+            };
+            let wait_closed = |secs: u64| {
+                let deadline = Instant::now() + Duration::from_secs(secs);
+                while still_open() {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                true
+            };
+            if !wait_closed(3) {
+                if let Ok(mut again) = Self::connect_inner(port, pid, false, Duration::from_secs(2))
+                {
+                    let _ = again.send(
+                        "Runtime.evaluate",
+                        json!({"expression": "(function () { require('inspector').close(); return 0; })()",
+                               "includeCommandLineAPI": true, "silent": true}),
+                    );
+                    let _ = again.ws.flush();
+                    std::thread::sleep(Duration::from_millis(300));
+                    let _ = again.ws.get_mut().shutdown(std::net::Shutdown::Both);
+                    again.closed = true;
+                }
+                if !wait_closed(5) {
+                    result = Err(InspectorError::WebSocket(format!(
+                        "the target's inspector port {port} is still open after close"
+                    )));
+                }
             }
         } else {
             let _ = self.ws.close(None);

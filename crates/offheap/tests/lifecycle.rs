@@ -88,6 +88,66 @@ fn verdict_goes_to_stderr_without_quiet() {
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Verdict:"), "{err}");
+    // Not a terminal: plain status lines, not redraws.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("offheap ") && l.contains("rss")),
+        "{err}"
+    );
+    assert!(!err.contains('\r'), "{err}");
+}
+
+#[test]
+fn worker_threads_get_their_own_stream() {
+    let sb = Sandbox::new();
+    sb.write(
+        "w.js",
+        "const { Worker, isMainThread } = require('worker_threads');\n\
+         if (isMainThread) { const w = new Worker(__filename); w.on('exit', () => console.log('main done')); }\n\
+         else { const a = []; for (let i = 0; i < 50; i++) a.push(Buffer.alloc(1e5)); setTimeout(() => console.log('worker done'), 1200); }",
+    );
+    let plain = std::process::Command::new("node")
+        .arg(sb.path("w.js"))
+        .output()
+        .unwrap();
+    let out = sb.run("rec", &[], &["node", "w.js"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, plain.stdout);
+    let names: Vec<String> = std::fs::read_dir(sb.path("rec"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("node-"))
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("-0.jsonl"))
+            && names.iter().any(|n| n.ends_with("-1.jsonl")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn the_target_carries_on_when_the_js_agent_cannot_write() {
+    // The agent injected by hand with a directory it cannot write to.
+    let agent = Sandbox::new();
+    let js = agent.write("agent.js", &offheap_agent_js());
+    let out = std::process::Command::new("node")
+        .args(["-e", "console.log(JSON.stringify([1,2,3].map(x => x * 2)))"])
+        .env("NODE_OPTIONS", format!("--require {}", js.display()))
+        .env("OFFHEAP_DIR", "/nonexistent/offheap")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"[2,4,6]\n");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+fn offheap_agent_js() -> String {
+    // The agent as `run` installs it.
+    let sb = Sandbox::new();
+    let out = sb.run("rec", &[], &["node", "-e", "0"]);
+    assert!(out.status.success());
+    std::fs::read_to_string(sb.path("rec/offheap-agent.js")).unwrap()
 }
 
 #[test]
@@ -328,4 +388,36 @@ fn truncated_recording_is_analysed_up_to_its_last_record() {
     let text = String::from_utf8_lossy(&rep.stdout);
     assert!(text.contains("truncated; skipped"), "{text}");
     assert!(text.contains("Verdict:"), "{text}");
+}
+
+#[test]
+fn children_do_not_inherit_the_injection_unless_asked() {
+    let sb = Sandbox::new();
+    sb.write(
+        "spawn.js",
+        "const out = require('child_process').execFileSync('sh', ['-c', 'echo \"[$LD_PRELOAD][$NODE_OPTIONS]\"']);\n\
+         process.stdout.write(out);",
+    );
+    let out = sb.run("rec", &[], &["node", "spawn.js"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[][]\n");
+    // The user's own NODE_OPTIONS is kept for children.
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .env("NODE_OPTIONS", "--max-old-space-size=300")
+        .args(["run", "--quiet", "--out", "rec2", "--", "node", "spawn.js"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[][--max-old-space-size=300]\n",
+        "{out:?}"
+    );
+    // With --follow-exec, children are profiled too.
+    let out = sb.run("rec3", &["--follow-exec"], &["node", "spawn.js"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("liboffheap_agent.so") && text.contains("offheap-agent.js"),
+        "{text}"
+    );
 }

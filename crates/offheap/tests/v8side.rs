@@ -11,6 +11,10 @@ const SERVER: &str = r#"
 const http = require('http');
 const kept = [];
 const server = http.createServer((req, res) => {
+  if (req.url === '/state') {
+    // What offheap must leave as it found it.
+    return res.end(JSON.stringify({ exitListeners: process.listenerCount('exit'), agent: !!globalThis[Symbol.for('offheap.agent')] }));
+  }
   kept.push(Buffer.alloc(256 * 1024, 1).subarray(0, 10)); // a 10-byte view pins 256 KiB
   res.end('ok ' + kept.length);
 });
@@ -53,9 +57,13 @@ fn start_server(sb: &Sandbox, inspect_port: Option<&str>) -> Server {
 }
 
 fn get(port: u16) -> Option<String> {
+    get_path(port, "/")
+}
+
+fn get_path(port: u16, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
@@ -84,6 +92,15 @@ fn attach_records_gives_a_verdict_and_detaches_cleanly() {
     let server = start_server(&sb, None);
     let pid = server.child.id();
     let before = listening_ports(pid);
+    let state = |port| {
+        get_path(port, "/state")
+            .unwrap()
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let state_before = state(server.port);
     let out = offheap()
         .current_dir(sb.dir.path())
         .args([
@@ -116,6 +133,11 @@ fn attach_records_gives_a_verdict_and_detaches_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(listening_ports(pid), before, "inspector port left open");
+    assert_eq!(
+        state(server.port),
+        state_before,
+        "the JS agent left something behind"
+    );
     // And it can be attached to again.
     let again = offheap()
         .current_dir(sb.dir.path())
