@@ -197,6 +197,10 @@ pub fn report(args: ReportArgs) -> Result<u8> {
         println!("{}", model.summary_json());
     } else {
         print!("{}", render_text(&model));
+        if !model.profile.stacks.is_empty() {
+            println!();
+            print!("{}", offheap_report::top_text(&model, offheap_report::Weight::LiveBytes, args.top));
+        }
     }
     Ok(0)
 }
