@@ -1,7 +1,18 @@
 //! Prints a summary of a `native-PID.bin` file: `cargo run -p offheap-agent --example native_dump -- FILE [N]`.
 use offheap_format::native::read_stream;
+use std::io::Write;
 
 fn main() {
+    if let Err(e) = run()
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("native_dump: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     let mut args = std::env::args().skip(1);
     let Some(path) = args.next() else {
         eprintln!("usage: native_dump FILE [TOP]");
@@ -15,7 +26,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!(
+    writeln!(
+        out,
         "pid={} ppid={} exe={} interval={} exact={} modules={} stacks={} snapshots={}",
         s.pid,
         s.ppid,
@@ -25,15 +37,15 @@ fn main() {
         s.modules.len(),
         s.stacks.len(),
         s.snapshot_times_ms.len()
-    );
+    )?;
     for n in &s.agent_notes {
-        println!("agent: {n}");
+        writeln!(out, "agent: {n}")?;
     }
     for n in &s.notes {
-        println!("reader: {n}");
+        writeln!(out, "reader: {n}")?;
     }
     if let Some(Some(a)) = s.allocator.last() {
-        println!("allocator(last): {a:?}");
+        writeln!(out, "allocator(last): {a:?}")?;
     }
     let mut series: Vec<_> = s.series.iter().collect();
     if args.next().as_deref() == Some("alloc") {
@@ -62,7 +74,8 @@ fn main() {
                 )
             })
             .collect();
-        println!(
+        writeln!(
+            out,
             "stack {} {:?} depth={}{} live={} live_n={} aged={} alloc={} alloc_n={} | {}",
             x.stack,
             st.kind,
@@ -74,6 +87,7 @@ fn main() {
             c.alloc_bytes,
             c.alloc_count,
             mods.join(" ")
-        );
+        )?;
     }
+    Ok(())
 }

@@ -271,3 +271,47 @@ fn node_runs_unchanged_with_the_agent_preloaded_but_disabled() {
     assert!(o.status.success());
     assert_eq!(stdout(&plain), stdout(&o));
 }
+
+/// An HTTP server on 127.0.0.1 under a bounded keep-alive load, whose
+/// handlers use the libuv threadpool (zlib, pbkdf2), beside a worker thread.
+const HTTP_JS: &str = r#"
+const http = require('http'), zlib = require('zlib'), crypto = require('crypto');
+const { Worker } = require('worker_threads');
+const srv = http.createServer((q, r) => {
+  zlib.gzip(Buffer.alloc(8192, 'a'), (e, z) => crypto.pbkdf2('pw', 'salt', 10, 32, 'sha256', (e2, k) => { r.end(z.length + ':' + k.length); }));
+});
+srv.listen(0, '127.0.0.1', async () => {
+  const port = srv.address().port;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+  const w = new Worker('let s=0; for (let i=0;i<20000;i++) s+=Buffer.alloc(10000).length; require("worker_threads").parentPort.postMessage(s)', { eval: true });
+  const wp = new Promise(r => w.on('message', r));
+  let ok = 0; const N = 4000; let inflight = 0, sent = 0;
+  await new Promise(done => {
+    const go = () => { while (inflight < 16 && sent < N) { sent++; inflight++; http.get({ port, host: '127.0.0.1', agent }, res => { let b=''; res.on('data', d => b += d); res.on('end', () => { if (b.includes(':32')) ok++; inflight--; if (ok + (sent - ok - inflight) >= N && inflight === 0) done(); else go(); }); }); } };
+    go();
+  });
+  console.log('ok', ok, 'worker', await wp);
+  agent.destroy(); srv.close();
+});
+"#;
+
+#[test]
+fn http_server_with_threadpool_work_under_exact_tracking() {
+    let sb = Sandbox::new();
+    let js = sb.path().join("http.js");
+    std::fs::write(&js, HTTP_JS).unwrap();
+    let mut c = Command::new("node");
+    c.arg(&js);
+    let plain = run(c, None, &[]);
+    assert_eq!(stdout(&plain), "ok 4000 worker 200000000\n");
+    for exact in ["0", "1"] {
+        let rec = sb.rec(&format!("rec{exact}"));
+        let mut c = Command::new("node");
+        c.arg(&js);
+        let o = run(c, Some(&rec), &[("OFFHEAP_EXACT", exact)]);
+        assert_eq!(stdout(&plain), stdout(&o), "exact={exact}");
+        let s = &streams(&rec)[0].1;
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        assert!(s.agent_notes.iter().any(|n| n.starts_with("final:")));
+    }
+}
