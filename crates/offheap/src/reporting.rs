@@ -199,7 +199,10 @@ pub fn report(args: ReportArgs) -> Result<u8> {
         print!("{}", render_text(&model));
         if !model.profile.stacks.is_empty() {
             println!();
-            print!("{}", offheap_report::top_text(&model, offheap_report::Weight::LiveBytes, args.top));
+            print!(
+                "{}",
+                offheap_report::top_text(&model, offheap_report::Weight::LiveBytes, args.top)
+            );
         }
     }
     Ok(0)
