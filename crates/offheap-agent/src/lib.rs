@@ -713,6 +713,9 @@ extern "C" fn init() {
         );
         libc::atexit(writer::on_exit);
     }
+    if cfg.exact {
+        live::saturate_filter();
+    }
     modules::init(real_dlopen());
     STATE.store(ENABLED, Ordering::Release);
     sys::set_errno(saved);

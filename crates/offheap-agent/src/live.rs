@@ -41,6 +41,15 @@ pub fn maybe_tracked(p: usize) -> bool {
     FILTER[filter_index(hash(p))].load(Ordering::Relaxed) != 0
 }
 
+/// Exact mode tracks every allocation: the prefilter could only say "maybe"
+/// everywhere. Saturated counters make `filter_inc`/`filter_dec` a single
+/// load instead of a compare-and-swap per allocation and free.
+pub fn saturate_filter() {
+    for f in FILTER.iter() {
+        f.store(u16::MAX, Ordering::Relaxed);
+    }
+}
+
 fn filter_inc(h: u64) {
     let f = &FILTER[filter_index(h)];
     let mut cur = f.load(Ordering::Relaxed);
@@ -65,100 +74,115 @@ fn filter_dec(h: u64) {
 }
 
 const EMPTY: usize = 0;
-const TOMB: usize = 1;
 
-/// Open-addressing table (linear probing) of address -> Live.
+/// One slot: the address and its record side by side (32 bytes, so a probe
+/// touches one cache line, not one in a key array and one in a value array).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct Slot {
+    key: usize,
+    val: Live,
+}
+
+/// Open-addressing table (linear probing, backward-shift deletion, so no
+/// tombstones pile up under churn) of address -> Live.
 pub struct Shard {
-    keys: Vec<usize>,
-    vals: Vec<Live>,
+    slots: Vec<Slot>,
     used: usize,
-    tombs: usize,
+}
+
+#[inline(always)]
+fn home(k: usize, mask: usize) -> usize {
+    (hash(k).rotate_left(17) as usize) & mask
 }
 
 impl Shard {
     const fn new() -> Self {
         Self {
-            keys: Vec::new(),
-            vals: Vec::new(),
+            slots: Vec::new(),
             used: 0,
-            tombs: 0,
         }
     }
 
     fn grow(&mut self) {
-        let cap = (self.keys.len() * 2).max(64);
-        let cap = if self.used * 4 < self.keys.len() {
-            self.keys.len().max(64)
-        } else {
-            cap
-        };
-        let old_k = core::mem::replace(&mut self.keys, vec![EMPTY; cap]);
-        let old_v = core::mem::replace(&mut self.vals, vec![Live::default(); cap]);
+        let cap = (self.slots.len() * 2).max(64);
+        let old = core::mem::replace(&mut self.slots, vec![Slot::default(); cap]);
         self.used = 0;
-        self.tombs = 0;
-        for (k, v) in old_k.into_iter().zip(old_v) {
-            if k > TOMB {
-                self.put(k, v);
+        for e in old {
+            if e.key != EMPTY {
+                self.put(e.key, e.val);
             }
         }
     }
 
     fn put(&mut self, k: usize, v: Live) {
-        if (self.used + self.tombs + 1) * 2 > self.keys.len() {
+        if (self.used + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let mask = self.keys.len() - 1;
-        let mut i = (hash(k).rotate_left(17) as usize) & mask;
-        let mut first_tomb = usize::MAX;
+        let mask = self.slots.len() - 1;
+        let mut i = home(k, mask);
         loop {
-            match self.keys[i] {
+            match self.slots[i].key {
                 EMPTY => break,
-                TOMB if first_tomb == usize::MAX => first_tomb = i,
                 x if x == k => {
                     // Same address twice: the old record is stale (a free we
                     // never saw). Replace it.
-                    self.vals[i] = v;
+                    self.slots[i].val = v;
                     return;
                 }
                 _ => {}
             }
             i = (i + 1) & mask;
         }
-        if first_tomb != usize::MAX {
-            i = first_tomb;
-            self.tombs -= 1;
-        }
-        self.keys[i] = k;
-        self.vals[i] = v;
+        self.slots[i] = Slot { key: k, val: v };
         self.used += 1;
     }
 
     fn take(&mut self, k: usize) -> Option<Live> {
-        if self.keys.is_empty() {
+        if self.slots.is_empty() {
             return None;
         }
-        let mask = self.keys.len() - 1;
-        let mut i = (hash(k).rotate_left(17) as usize) & mask;
+        let mask = self.slots.len() - 1;
+        let mut i = home(k, mask);
         loop {
-            match self.keys[i] {
+            match self.slots[i].key {
                 EMPTY => return None,
-                x if x == k => {
-                    self.keys[i] = TOMB;
-                    self.used -= 1;
-                    self.tombs += 1;
-                    return Some(self.vals[i]);
-                }
+                x if x == k => break,
                 _ => {}
             }
             i = (i + 1) & mask;
         }
+        let val = self.slots[i].val;
+        self.used -= 1;
+        // Backward shift: move later members of the probe run into the hole
+        // when their home slot is not after it (cyclically).
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let kj = self.slots[j].key;
+            if kj == EMPTY {
+                break;
+            }
+            let h = home(kj, mask);
+            // Stays if its home lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < h && h <= j
+            } else {
+                i < h || h <= j
+            };
+            if !stays {
+                self.slots[i] = self.slots[j];
+                i = j;
+            }
+        }
+        self.slots[i].key = EMPTY;
+        Some(val)
     }
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
 const SHARD_INIT: SpinLock<Shard> = SpinLock::new(Shard::new());
 pub static SHARD_LOCKS: [SpinLock<Shard>; SHARDS] = [SHARD_INIT; SHARDS];
-static LIVE_ENTRIES: AtomicUsize = AtomicUsize::new(0);
 
 fn shard_of(h: u64) -> usize {
     (h >> (64 - SHARD_BITS)) as usize
@@ -172,7 +196,6 @@ pub fn insert(p: usize, v: Live) {
     s.put(p, v);
     if s.used > before {
         filter_inc(h);
-        LIVE_ENTRIES.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -182,22 +205,23 @@ pub fn remove(p: usize) -> Option<Live> {
     let r = SHARD_LOCKS[shard_of(h)].lock().take(p);
     if r.is_some() {
         filter_dec(h);
-        LIVE_ENTRIES.fetch_sub(1, Ordering::Relaxed);
     }
     r
 }
 
+/// Number of live records (malloc family): the sum over the shards, so the
+/// hot paths keep no shared counter.
 pub fn live_entries() -> usize {
-    LIVE_ENTRIES.load(Ordering::Relaxed)
+    SHARD_LOCKS.iter().map(|l| l.lock().used).sum()
 }
 
 /// Calls `f` for every live record (one shard locked at a time).
 pub fn for_each(mut f: impl FnMut(&Live)) {
     for lock in SHARD_LOCKS.iter() {
         let s = lock.lock();
-        for (k, v) in s.keys.iter().zip(s.vals.iter()) {
-            if *k > TOMB {
-                f(v);
+        for e in s.slots.iter() {
+            if e.key != EMPTY {
+                f(&e.val);
             }
         }
     }

@@ -72,6 +72,36 @@ impl Bytes {
 
 pub type Unw = UnwinderNative<Bytes, MayAllocateDuringUnwind>;
 
+/// An unwinder and the sorted, disjoint address ranges of the modules it
+/// holds unwind data for. An address outside every range gets framehop's
+/// fallback rule (a frame-pointer step), which `unwind::capture` performs
+/// itself without going through framehop's rule cache.
+pub struct UnwSnap {
+    pub unw: Unw,
+    ranges: Vec<(u64, u64)>,
+    /// Distinct for every snapshot (never 0).
+    pub generation: u64,
+}
+
+static SNAP_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+impl UnwSnap {
+    /// Where the lookup address `a` is: `(true, range)` if framehop has a
+    /// module covering it (`range` is the module's), `(false, gap)` if not
+    /// (`gap` is the space between modules that holds `a`).
+    #[inline]
+    pub fn classify(&self, a: u64) -> (bool, (u64, u64)) {
+        let r = &self.ranges;
+        let i = r.partition_point(|x| x.1 <= a);
+        if i < r.len() && r[i].0 <= a {
+            return (true, r[i]);
+        }
+        let lo = if i > 0 { r[i - 1].1 } else { 0 };
+        let hi = if i < r.len() { r[i].0 } else { u64::MAX };
+        (false, (lo, hi))
+    }
+}
+
 pub struct ModRec {
     pub key: (u64, u64),
     pub path: Vec<u8>,
@@ -100,7 +130,7 @@ pub static TABLE: SpinLock<Table> = SpinLock::new(Table {
     adds: 0,
     subs: 0,
 });
-pub static UNWINDER: SpinLock<Option<Arc<Unw>>> = SpinLock::new(None);
+pub static UNWINDER: SpinLock<Option<Arc<UnwSnap>>> = SpinLock::new(None);
 
 /// Address range of the agent itself (its frames are skipped).
 pub static AGENT_LO: AtomicU64 = AtomicU64::new(0);
@@ -480,14 +510,25 @@ fn merge(ctx: ScanCtx) {
         }
         t.generation = gen_next;
         let mut u = Unw::new();
+        let mut ranges = Vec::new();
         for r in t.recs.iter() {
             if let (None, Some(m)) = (r.unloaded_ms, &r.module) {
                 u.add_module(m.clone());
+                let lo = r.ranges.iter().map(|x| x.0).min().unwrap_or(0);
+                let hi = r.ranges.iter().map(|x| x.1).max().unwrap_or(0);
+                if lo < hi {
+                    ranges.push((lo, hi));
+                }
             }
         }
+        ranges.sort_unstable();
         LAST_ADDS.store(ctx.adds, Ordering::Relaxed);
         LAST_SUBS.store(ctx.subs, Ordering::Relaxed);
-        Arc::new(u)
+        Arc::new(UnwSnap {
+            unw: u,
+            ranges,
+            generation: SNAP_GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+        })
     };
     let old = UNWINDER.lock().replace(unw);
     drop(old);
@@ -647,6 +688,6 @@ pub fn is_wrapper(a: u64) -> bool {
 }
 
 /// The current unwinder snapshot.
-pub fn unwinder() -> Option<Arc<Unw>> {
+pub fn unwinder() -> Option<Arc<UnwSnap>> {
     UNWINDER.lock().clone()
 }

@@ -37,7 +37,7 @@ pub struct Entry {
 }
 
 pub struct Table {
-    index: Vec<u32>,
+    index: Vec<Slot>,
     pub entries: Vec<Entry>,
     pub frames: Vec<u64>,
 }
@@ -48,29 +48,53 @@ pub static TABLE: SpinLock<Table> = SpinLock::new(Table {
     frames: Vec::new(),
 });
 
+/// A hash of the frames whose per-frame dependency chain is a rotate and
+/// an xor (the multiplies are off the chain), finished by a full mix.
 fn hash_frames(kind: AllocKind, frames: &[u64]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;
+    let mut h: u64 = 0x9E37_79B9_7F4A_7C15 ^ kind as u64 ^ ((frames.len() as u64) << 48);
     for &f in frames {
-        h = (h ^ f).wrapping_mul(0x0000_0100_0000_01b3);
-        h ^= h >> 29;
+        h = h.rotate_left(23) ^ f.wrapping_mul(0xff51_afd7_ed55_8ccd);
     }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 29;
     h | 1
 }
 
-impl Table {
-    fn slot_of(&self, h: u64) -> usize {
-        (h as usize) & (self.index.len() - 1)
-    }
+/// An index slot: enough to compare a stack without touching `entries`.
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u64,
+    id: u32,
+    start: u32,
+    len: u16,
+    kind: AllocKind,
+}
 
+const FREE: Slot = Slot {
+    hash: 0,
+    id: u32::MAX,
+    start: 0,
+    len: 0,
+    kind: AllocKind::Malloc,
+};
+
+impl Table {
     fn rehash(&mut self) {
         let cap = (self.index.len() * 2).max(1024);
-        self.index = vec![u32::MAX; cap];
+        self.index = vec![FREE; cap];
         for (id, e) in self.entries.iter().enumerate() {
             let mut i = (e.hash as usize) & (cap - 1);
-            while self.index[i] != u32::MAX {
+            while self.index[i].hash != 0 {
                 i = (i + 1) & (cap - 1);
             }
-            self.index[i] = id as u32;
+            self.index[i] = Slot {
+                hash: e.hash,
+                id: id as u32,
+                start: e.start,
+                len: e.len,
+                kind: e.kind,
+            };
         }
     }
 
@@ -95,15 +119,18 @@ pub fn intern(kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
         t.rehash();
     }
     let mask = t.index.len() - 1;
-    let mut i = t.slot_of(h);
+    let mut i = (h as usize) & mask;
     loop {
-        let id = t.index[i];
-        if id == u32::MAX {
+        let x = t.index[i];
+        if x.hash == 0 {
             break;
         }
-        let e = &t.entries[id as usize];
-        if e.hash == h && e.kind == kind && t.frames_of(e) == frames {
-            return Some(id);
+        if x.hash == h
+            && x.kind == kind
+            && x.len as usize == frames.len()
+            && t.frames[x.start as usize..x.start as usize + x.len as usize] == *frames
+        {
+            return Some(x.id);
         }
         i = (i + 1) & mask;
     }
@@ -128,7 +155,13 @@ pub fn intern(kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
         kind,
         truncated,
     });
-    t.index[i] = id as u32;
+    t.index[i] = Slot {
+        hash: h,
+        id: id as u32,
+        start,
+        len: frames.len() as u16,
+        kind,
+    };
     if t.entries.len() * 2 > t.index.len() {
         t.rehash();
     }

@@ -7,7 +7,9 @@ use crate::modules::{self, AGENT_HI, AGENT_LO};
 use crate::sys::SpinLock;
 use crate::tls::Tls;
 use core::sync::atomic::{AtomicU64, Ordering};
-use framehop::{CacheNative, FrameAddress, MayAllocateDuringUnwind, UnwindRegsNative, Unwinder};
+use framehop::{
+    CacheNative, Error, FrameAddress, MayAllocateDuringUnwind, UnwindRegsNative, Unwinder,
+};
 
 /// Hard cap on recorded frames, whatever OFFHEAP_MAX_DEPTH says.
 pub const MAX_FRAMES: usize = 256;
@@ -99,7 +101,7 @@ pub fn capture(
     out: &mut [core::mem::MaybeUninit<u64>; MAX_FRAMES],
     max_depth: usize,
 ) -> (usize, bool) {
-    let Some(unw) = modules::unwinder() else {
+    let Some(snap) = modules::unwinder() else {
         return (0, false);
     };
     let (ip, sp, bp) = regs();
@@ -135,26 +137,143 @@ pub fn capture(
     let mut n = 0usize;
     let mut truncated = false;
     let mut skipping = true;
-    let mut steps = 0usize;
-    let mut it = unw.iter_frames(ip, UnwindRegsNative::new(ip, sp, bp), cache, &mut read);
+    // framehop's iterator counted the first (pc) frame as a step.
+    let mut steps = 1usize;
+    let unw = &snap.unw;
+    let mut regs = UnwindRegsNative::new(ip, sp, bp);
+    // The frame being unwound: first this function's own (exact) pc, then
+    // return addresses.
+    let mut addr = FrameAddress::InstructionPointer(ip);
+    let debug = DEBUG.load(Ordering::Relaxed);
+    // The two gaps between modules (no unwind data) seen last: node's main
+    // program and V8's JIT code, most of a node stack.
+    let (mut gaps, mut mods) = if t.gaps_gen.get() == snap.generation {
+        (t.gaps.get(), t.mods.get())
+    } else {
+        ([(0u64, 0u64); 2], [(0u64, 0u64); 2])
+    };
+    let within =
+        |a: u64, m: &[(u64, u64); 2]| (a >= m[0].0 && a < m[0].1) || (a >= m[1].0 && a < m[1].1);
     loop {
         steps += 1;
         if steps > MAX_FRAMES + 64 {
             break;
         }
-        let f = match it.next() {
-            Ok(Some(f)) => f,
+        // No module knows the code at a return address (the main program
+        // unwound by frame pointers, JIT code): framehop would apply its
+        // fallback rule, a frame-pointer step. Do the same step here,
+        // without the rule cache's hashing and module search.
+        let fp = match addr {
+            FrameAddress::ReturnAddress(r) => {
+                let la = r.get() - 1;
+                if within(la, &gaps) {
+                    true
+                } else if within(la, &mods) {
+                    false
+                } else {
+                    match snap.classify(la) {
+                        (false, g) => {
+                            gaps = [g, gaps[0]];
+                            true
+                        }
+                        (true, m) => {
+                            mods = [m, mods[0]];
+                            false
+                        }
+                    }
+                }
+            }
+            FrameAddress::InstructionPointer(_) => false,
+        };
+        if fp && !skipping && !debug {
+            // A run of frame-pointer frames: the same steps as `fp_step`,
+            // with both stack reads checked at once and no per-frame
+            // bookkeeping beyond the gap test.
+            let (mut fsp, mut fbp) = (regs.sp(), regs.bp());
+            let mut handed_back = false;
+            loop {
+                if fbp == 0 {
+                    break;
+                }
+                let Some(new_sp) = fbp.checked_add(16) else {
+                    UNWIND_ERRORS.fetch_add(1, Ordering::Relaxed);
+                    break;
+                };
+                if new_sp <= fsp || fbp < lo || new_sp > hi || fbp & 7 != 0 {
+                    UNWIND_ERRORS.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                // SAFETY: fbp..fbp+16 is 8-aligned and inside the stack we
+                // are running on, which is mapped and readable.
+                let (nbp, ra) = unsafe {
+                    (
+                        (fbp as *const u64).read_volatile(),
+                        ((fbp + 8) as *const u64).read_volatile(),
+                    )
+                };
+                if ra == 0 {
+                    break;
+                }
+                fsp = new_sp;
+                fbp = nbp;
+                if n == max_depth {
+                    truncated = true;
+                    break;
+                }
+                out[n].write(ra);
+                n += 1;
+                steps += 1;
+                if steps > MAX_FRAMES + 64 {
+                    break;
+                }
+                let la = ra - 1;
+                if within(la, &gaps) {
+                    continue;
+                }
+                if !within(la, &mods) {
+                    match snap.classify(la) {
+                        (false, g) => {
+                            gaps = [g, gaps[0]];
+                            continue;
+                        }
+                        (true, m) => mods = [m, mods[0]],
+                    }
+                }
+                // Code with unwind data: back to framehop, which will
+                // count this step itself.
+                steps -= 1;
+                regs.set_ip(ra);
+                regs.set_sp(fsp);
+                regs.set_bp(fbp);
+                // ra != 0 was checked above.
+                addr = FrameAddress::from_return_address(ra).unwrap_or(addr);
+                handed_back = true;
+                break;
+            }
+            if handed_back {
+                continue;
+            }
+            break;
+        }
+        let next = if fp {
+            fp_step(&mut regs, &mut read)
+        } else {
+            unw.unwind_frame(addr, &mut regs, cache, &mut read)
+        };
+        let a = match next {
+            Ok(Some(a)) => a,
             Ok(None) => break,
             Err(_) => {
                 UNWIND_ERRORS.fetch_add(1, Ordering::Relaxed);
                 break;
             }
         };
-        let a = match f {
-            FrameAddress::InstructionPointer(_) => continue,
-            FrameAddress::ReturnAddress(r) => r.get(),
+        let Some(fa) = FrameAddress::from_return_address(a) else {
+            UNWIND_ERRORS.fetch_add(1, Ordering::Relaxed);
+            break;
         };
-        if DEBUG.load(Ordering::Relaxed) {
+        addr = fa;
+        if debug {
             let mut m = crate::sys::Fmt::<128>::new();
             m.s(b"frame ")
                 .u(a)
@@ -185,5 +304,35 @@ pub fn capture(
         n += 1;
     }
     guard.raw_unlock();
+    t.gaps.set(gaps);
+    t.mods.set(mods);
+    t.gaps_gen.set(snap.generation);
     (n, truncated)
+}
+
+/// framehop's `UseFramePointer` rule for a frame below the first, step for
+/// step (same checks, same results): `*bp` is the caller's frame pointer,
+/// `*(bp + 8)` the return address.
+#[inline(always)]
+fn fp_step(
+    regs: &mut UnwindRegsNative,
+    read: &mut impl FnMut(u64) -> Result<u64, ()>,
+) -> Result<Option<u64>, Error> {
+    let (sp, bp) = (regs.sp(), regs.bp());
+    if bp == 0 {
+        return Ok(None);
+    }
+    let new_sp = bp.checked_add(16).ok_or(Error::IntegerOverflow)?;
+    if new_sp <= sp {
+        return Err(Error::FramepointerUnwindingMovedBackwards);
+    }
+    let new_bp = read(bp).map_err(|_| Error::CouldNotReadStack(bp))?;
+    let ra = read(new_sp - 8).map_err(|_| Error::CouldNotReadStack(new_sp - 8))?;
+    if ra == 0 {
+        return Ok(None);
+    }
+    regs.set_ip(ra);
+    regs.set_sp(new_sp);
+    regs.set_bp(new_bp);
+    Ok(Some(ra))
 }
