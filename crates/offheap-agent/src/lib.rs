@@ -190,7 +190,8 @@ fn slow_alloc(t: &Tls, p: usize, size: usize, kind: AllocKind) {
     };
     if size > 0 {
         writer::maybe_spawn();
-        record(t, p, size, kind, bytes, count, cfg.max_depth);
+        let start = unwind::regs();
+        record(t, start, p, size, kind, bytes, count, cfg.max_depth);
     }
     sys::set_errno(saved);
     t.busy.set(false);
@@ -209,8 +210,10 @@ fn weights(size: usize, period: u64) -> (u64, u64) {
 }
 
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn record(
     t: &Tls,
+    start: (u64, u64, u64),
     p: usize,
     size: usize,
     kind: AllocKind,
@@ -220,7 +223,7 @@ fn record(
 ) {
     // Not zeroed: 2 KiB of memset per sample would cost more than the rest.
     let mut frames = [core::mem::MaybeUninit::<u64>::uninit(); unwind::MAX_FRAMES];
-    let (n, truncated) = unwind::capture(t, &mut frames, max_depth);
+    let (n, truncated) = unwind::capture(t, start, &mut frames, max_depth);
     // SAFETY: capture initialised frames[..n] (n <= MAX_FRAMES).
     let frames = unsafe { core::slice::from_raw_parts(frames.as_ptr() as *const u64, n) };
     let Some(id) = stacks::intern(kind, truncated, frames) else {

@@ -2,7 +2,7 @@
 //! address tables (malloc family), and a small region list (mmap family).
 
 use crate::sys::SpinLock;
-use core::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
 /// One live sampled allocation.
 #[derive(Clone, Copy, Debug, Default)]
@@ -48,7 +48,11 @@ pub fn saturate_filter() {
     for f in FILTER.iter() {
         f.store(u16::MAX, Ordering::Relaxed);
     }
+    SATURATED.store(true, Ordering::Relaxed);
 }
+
+/// Set by `saturate_filter`: `insert` then skips the filter (a cold line).
+static SATURATED: AtomicBool = AtomicBool::new(false);
 
 fn filter_inc(h: u64) {
     let f = &FILTER[filter_index(h)];
@@ -194,7 +198,7 @@ pub fn insert(p: usize, v: Live) {
     let mut s = SHARD_LOCKS[shard_of(h)].lock();
     let before = s.used;
     s.put(p, v);
-    if s.used > before {
+    if s.used > before && !SATURATED.load(Ordering::Relaxed) {
         filter_inc(h);
     }
 }

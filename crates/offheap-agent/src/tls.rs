@@ -13,11 +13,10 @@ pub struct Tls {
     pub rng: Cell<u64>,
     pub stack_lo: Cell<u64>,
     pub stack_hi: Cell<u64>,
-    /// The two module gaps (code without unwind data) and the two modules
-    /// this thread's stacks met last, and the unwinder generation they
-    /// belong to.
-    pub gaps: Cell<[(u64, u64); 2]>,
-    pub mods: Cell<[(u64, u64); 2]>,
+    /// The module gaps (code without unwind data) and the modules this
+    /// thread's stacks met last, and the unwinder generation they belong to.
+    pub gaps: Cell<[(u64, u64); crate::unwind::MEMO]>,
+    pub mods: Cell<[(u64, u64); crate::unwind::MEMO]>,
     pub gaps_gen: Cell<u64>,
     tid: Cell<u32>,
 }
@@ -30,8 +29,8 @@ thread_local! {
             rng: Cell::new(0),
             stack_lo: Cell::new(0),
             stack_hi: Cell::new(0),
-            gaps: Cell::new([(0, 0); 2]),
-            mods: Cell::new([(0, 0); 2]),
+            gaps: Cell::new([(0, 0); crate::unwind::MEMO]),
+            mods: Cell::new([(0, 0); crate::unwind::MEMO]),
             gaps_gen: Cell::new(0),
             tid: Cell::new(0),
         }

@@ -74,8 +74,11 @@ fn thread_stack() -> (u64, u64) {
     }
 }
 
+/// The current pc, sp and bp, where the unwind starts. Taken in
+/// `slow_alloc` (the outermost agent frame below the hook), so framehop
+/// has two agent frames to step through instead of four.
 #[inline(always)]
-fn regs() -> (u64, u64, u64) {
+pub fn regs() -> (u64, u64, u64) {
     let (ip, sp, bp): (u64, u64, u64);
     // SAFETY: reads rip/rsp/rbp only; no memory access, no flags.
     unsafe {
@@ -98,13 +101,16 @@ fn regs() -> (u64, u64, u64) {
 #[inline(never)]
 pub fn capture(
     t: &Tls,
+    start: (u64, u64, u64),
     out: &mut [core::mem::MaybeUninit<u64>; MAX_FRAMES],
     max_depth: usize,
 ) -> (usize, bool) {
     let Some(snap) = modules::unwinder() else {
         return (0, false);
     };
-    let (ip, sp, bp) = regs();
+    // `start` was taken in a caller whose frame is live below ours, so the
+    // stack above its sp is intact.
+    let (ip, sp, bp) = start;
     let (lo, hi) = bounds(t, sp);
     let mut read = |addr: u64| -> Result<u64, ()> {
         if addr < lo || addr.checked_add(8).is_none_or(|e| e > hi) || addr & 7 != 0 {
@@ -145,15 +151,14 @@ pub fn capture(
     // return addresses.
     let mut addr = FrameAddress::InstructionPointer(ip);
     let debug = DEBUG.load(Ordering::Relaxed);
-    // The two gaps between modules (no unwind data) seen last: node's main
-    // program and V8's JIT code, most of a node stack.
+    // The gaps between modules (code without unwind data: node's main
+    // program, V8's JIT code) and the modules this thread's stacks met last.
     let (mut gaps, mut mods) = if t.gaps_gen.get() == snap.generation {
         (t.gaps.get(), t.mods.get())
     } else {
-        ([(0u64, 0u64); 2], [(0u64, 0u64); 2])
+        ([(0u64, 0u64); MEMO], [(0u64, 0u64); MEMO])
     };
-    let within =
-        |a: u64, m: &[(u64, u64); 2]| (a >= m[0].0 && a < m[0].1) || (a >= m[1].0 && a < m[1].1);
+    let within = |a: u64, m: &[(u64, u64); MEMO]| m.iter().any(|r| a >= r.0 && a < r.1);
     loop {
         steps += 1;
         if steps > MAX_FRAMES + 64 {
@@ -173,11 +178,11 @@ pub fn capture(
                 } else {
                     match snap.classify(la) {
                         (false, g) => {
-                            gaps = [g, gaps[0]];
+                            push_front(&mut gaps, g);
                             true
                         }
                         (true, m) => {
-                            mods = [m, mods[0]];
+                            push_front(&mut mods, m);
                             false
                         }
                     }
@@ -233,10 +238,10 @@ pub fn capture(
                 if !within(la, &mods) {
                     match snap.classify(la) {
                         (false, g) => {
-                            gaps = [g, gaps[0]];
+                            push_front(&mut gaps, g);
                             continue;
                         }
-                        (true, m) => mods = [m, mods[0]],
+                        (true, m) => push_front(&mut mods, m),
                     }
                 }
                 // Code with unwind data: back to framehop, which will
@@ -308,6 +313,16 @@ pub fn capture(
     t.mods.set(mods);
     t.gaps_gen.set(snap.generation);
     (n, truncated)
+}
+
+/// Entries of the per-thread module and gap memos: node's stacks touch the
+/// agent, libstdc++ and libc (modules), the main program and JIT code (gaps).
+pub const MEMO: usize = 4;
+
+#[inline(always)]
+fn push_front(m: &mut [(u64, u64); MEMO], r: (u64, u64)) {
+    m.copy_within(0..MEMO - 1, 1);
+    m[0] = r;
 }
 
 /// framehop's `UseFramePointer` rule for a frame below the first, step for
