@@ -5,6 +5,7 @@ use crate::stats::trend;
 use crate::verdict::{Evidence, decide};
 use offheap_format::Recording;
 use offheap_format::native::{AllocKind, NativeStream};
+use std::collections::HashSet;
 
 /// (seconds since start, value) points.
 pub type Points = Vec<(f64, f64)>;
@@ -43,7 +44,7 @@ fn rel(t_ms: f64, start_ms: f64) -> f64 {
 
 /// Builds the timeline from every stream of the target process.
 /// Also returns heapUsed after natural major GCs, and after the agent's exit GC.
-pub fn timeline(rec: &Recording) -> (Timeline, Points, Option<(f64, f64)>) {
+pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Option<(f64, f64)>) {
     let start = rec.meta.start_ms;
     let pid = rec.meta.pid;
     let mut tl = Timeline::default();
@@ -113,7 +114,7 @@ pub fn timeline(rec: &Recording) -> (Timeline, Points, Option<(f64, f64)>) {
             .and_then(|g| Some((rel(g.t, start), g.heap_used_after? as f64)));
     }
     if let Some(native) = rec.main_native_stream() {
-        let (live, retained) = native_totals(native, start);
+        let (live, retained) = native_totals(native, start, skip);
         push("native_live", live);
         push("allocator_retained", retained);
     }
@@ -134,14 +135,15 @@ pub fn timeline(rec: &Recording) -> (Timeline, Points, Option<(f64, f64)>) {
 
 /// Sum of live malloc bytes per snapshot (aged when the agent recorded ages),
 /// and the allocator's retained free bytes.
-fn native_totals(native: &NativeStream, start: f64) -> (Points, Points) {
+fn native_totals(native: &NativeStream, start: f64, skip: &HashSet<u32>) -> (Points, Points) {
     let n = native.snapshot_times_ms.len();
     let mut live = vec![0f64; n];
     for s in &native.series {
-        if native
-            .stacks
-            .get(s.stack as usize)
-            .is_some_and(|st| st.kind != AllocKind::Malloc)
+        if skip.contains(&s.stack)
+            || native
+                .stacks
+                .get(s.stack as usize)
+                .is_some_and(|st| st.kind != AllocKind::Malloc)
         {
             continue;
         }
@@ -255,7 +257,28 @@ fn stack_figures(
 
 /// The whole analysis.
 pub fn analyze(rec: &Recording, opts: &Options) -> Model {
-    let (tl, post_gc, exit_gc) = timeline(rec);
+    // Symbolize every stack once, up front: the verdict must not count the
+    // memory of offheap's own instrumentation (V8's allocation tracker and
+    // heap profiler, switched on by --track-allocations / --snapshots).
+    let native = rec.main_native_stream();
+    let (mut frames_of, sym_notes) = match native {
+        Some(n) => {
+            let ids: Vec<u32> = n
+                .series
+                .iter()
+                .map(|s| s.stack)
+                .filter(|&id| (id as usize) < n.stacks.len())
+                .collect();
+            crate::symbolize::symbolize(rec, n, &ids)
+        }
+        None => Default::default(),
+    };
+    let instrumentation: HashSet<u32> = frames_of
+        .iter()
+        .filter(|(_, frames)| frames.iter().any(crate::suspects::is_instrumentation))
+        .map(|(&id, _)| id)
+        .collect();
+    let (tl, post_gc, exit_gc) = timeline(rec, &instrumentation);
     let ev = Evidence::from_timeline(&tl, &post_gc, exit_gc, rec.meta.node);
     let verdict = decide(&ev);
     let growth = ev.growth();
@@ -312,14 +335,22 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
                 (f.stack as usize) < native.stacks.len() && (f.alloc_bytes > 0 || f.live_end > 0)
             })
             .collect();
-        let ids: Vec<u32> = active.iter().map(|f| f.stack).collect();
-        let (mut frames_of, sym_notes) = crate::symbolize::symbolize(rec, native, &ids);
         // Suspects: sustained growth of aged live bytes, at least 64 KiB over the window.
         let mut ranked: Vec<&StackFigures> = active
             .iter()
             .copied()
             .filter(|f| f.slope > 0.0 && f.slope * span >= 64.0 * 1024.0)
+            .filter(|f| !instrumentation.contains(&f.stack))
             .collect();
+        if active
+            .iter()
+            .any(|f| instrumentation.contains(&f.stack) && f.live_end > 0)
+        {
+            notes.push(
+                "memory used by V8's heap profiler for offheap's snapshots/allocation tracking is left out of the native figures"
+                    .into(),
+            );
+        }
         ranked.sort_by(|a, b| b.slope.total_cmp(&a.slope));
         for (i, f) in ranked.into_iter().take(opts.top).enumerate() {
             let stack = &native.stacks[f.stack as usize];

@@ -3,6 +3,18 @@
 
 use offheap_symbols::{Frame, FrameKind};
 
+/// Frames of V8's heap profiler and allocation tracker: memory that exists
+/// because offheap took snapshots or tracked allocations, not the target's.
+pub fn is_instrumentation(f: &Frame) -> bool {
+    let n = f.function.as_str();
+    n.contains("v8::internal::AllocationTracker")
+        || n.contains("v8::internal::HeapObjectsMap")
+        || n.contains("v8::internal::HeapSnapshotGenerator")
+        || n.contains("v8::internal::HeapProfiler")
+        || n.contains("v8::internal::V8HeapExplorer")
+        || n.contains("v8::internal::HeapSnapshot::")
+}
+
 /// Drops leading allocator frames (keeping at least one frame).
 pub fn collapse_allocator(frames: Vec<Frame>) -> Vec<Frame> {
     let skip = frames

@@ -1139,7 +1139,10 @@ pub fn compare(
         bytes: u64,
         new_count: u64,
         new_bytes: u64,
-        example: Option<(u64, NodeIx)>,
+        /// New objects per holder (immediate dominator): (count, bytes, one of them).
+        /// The example is taken from the holder of most new objects, not from
+        /// the single biggest one, which is often an unrelated one-off.
+        holders: HashMap<NodeIx, (u64, u64, NodeIx)>,
     }
     let mut ctor: HashMap<(String, String), C> = HashMap::new();
     let mut retained_delta: Vec<(NodeIx, u64)> = Vec::new();
@@ -1153,9 +1156,12 @@ pub fn compare(
             if before.is_none() {
                 c.new_count += 1;
                 c.new_bytes += s.self_size(i);
-                let r = s.retained_size(i);
-                if c.example.is_none_or(|(er, _)| r > er) {
-                    c.example = Some((r, i));
+                let h = c.holders.entry(s.idom(i)).or_insert((0, 0, i));
+                h.0 += 1;
+                h.1 += s.retained_size(i);
+                // Prefer an example whose allocating function is known.
+                if h.2 != i && s.allocation_site(h.2).is_none() && s.allocation_site(i).is_some() {
+                    h.2 = i;
                 }
             }
         }
@@ -1198,8 +1204,9 @@ pub fn compare(
     });
     for (k, c) in cs.into_iter().take(opts.top) {
         let (bc, bb) = a.ctor.get(k).copied().unwrap_or((0, 0));
-        let (path, node_id, alloc) = match c.example {
-            Some((_, i)) => (
+        let example = c.holders.values().max_by_key(|h| (h.0, h.1)).map(|h| h.2);
+        let (path, node_id, alloc) = match example {
+            Some(i) => (
                 build_path(s, i, opts.max_path),
                 Some(s.node_id(i)),
                 s.allocation_site(i),

@@ -27,6 +27,8 @@ fn agent_expression(dir: &Path, interval: Duration) -> String {
     )
 }
 
+const AGENT_TICK: &str = "(function () { const s = globalThis[Symbol.for('offheap.agent')]; if (s && s.tick) s.tick(); return 0; })()";
+
 const AGENT_STOP: &str = "(function () { const s = globalThis[Symbol.for('offheap.agent')]; if (s && s.stop) { s.stop(); return 'stopped'; } return 'absent'; })()";
 
 fn cmdline(pid: u32) -> Vec<String> {
@@ -55,6 +57,8 @@ pub fn snapshot_into(
     dir: &Path,
     name: &str,
 ) -> Result<offheap_node::LiveSnapshot> {
+    // The JS agent's own pending records would show up in the heap: flush them first.
+    let _ = insp.evaluate(AGENT_TICK);
     let path = dir.join(name);
     offheap_node::snapshot_session(insp, &path, &AnalyzeOptions::default()).map_err(inspector_error)
 }
@@ -150,6 +154,9 @@ fn record_attached(
     } else {
         None
     };
+    if rec.track_allocations {
+        insp.start_allocation_tracking().map_err(inspector_error)?;
+    }
     let meta = Meta {
         start_ms: now_ms(),
         ..meta.clone()
@@ -192,7 +199,7 @@ fn record_attached(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = insp.evaluate("(function () { const s = globalThis[Symbol.for('offheap.agent')]; if (s && s.tick) s.tick(); return 0; })()");
+    let _ = insp.evaluate(AGENT_TICK);
     collector.tick();
     collector.finish();
     status.clear();
@@ -211,6 +218,10 @@ fn record_attached(
         if grows {
             last = Some(snapshot_into(insp, dir, "end.heapsnapshot")?);
         }
+    }
+    if rec.track_allocations {
+        // Leave the target as it was.
+        let _ = insp.stop_allocation_tracking();
     }
     Ok((
         End {

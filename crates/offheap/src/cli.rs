@@ -71,6 +71,10 @@ pub struct RecordOpts {
     /// Take heap snapshots at the start and the end when the verdict is js-heap or external.
     #[arg(long)]
     pub snapshots: bool,
+    /// With --snapshots: record allocation stacks between the snapshots, so the findings name the JS
+    /// function that allocated each object (costs CPU and memory in the target while on).
+    #[arg(long, requires = "snapshots")]
+    pub track_allocations: bool,
     /// Ignore allocations younger than this when ranking suspects (e.g. 5s).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub min_age: Duration,

@@ -37,6 +37,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
             interval: Duration::from_millis(250),
             quiet: args.quiet,
             snapshots: false,
+            track_allocations: false,
             min_age: Duration::from_secs(3),
         },
         sample_interval: 512 * 1024,

@@ -274,7 +274,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
     };
     write_json(&dir.join(layout::META), &meta)?;
 
-    let snapshots = HeapSnapshots::new(args.record.snapshots && target.node, &dir);
+    let snapshots = HeapSnapshots::new(
+        args.record.snapshots && target.node,
+        args.record.track_allocations,
+        &dir,
+    );
     if args.record.snapshots && !target.node {
         notes.push("--snapshots needs a Node target: no heap snapshots taken".into());
     }
@@ -326,6 +330,7 @@ fn send(pid: u32, sig: i32) {
 /// memory grows. The inspector is opened with SIGUSR1, like `attach`.
 struct HeapSnapshots {
     enabled: bool,
+    track_allocations: bool,
     dir: PathBuf,
     insp: Option<offheap_node::Inspector>,
     first: Option<offheap_node::LiveSnapshot>,
@@ -335,9 +340,10 @@ struct HeapSnapshots {
 }
 
 impl HeapSnapshots {
-    fn new(enabled: bool, dir: &Path) -> Self {
+    fn new(enabled: bool, track_allocations: bool, dir: &Path) -> Self {
         HeapSnapshots {
             enabled,
+            track_allocations,
             dir: dir.to_path_buf(),
             insp: None,
             first: None,
@@ -357,6 +363,12 @@ impl HeapSnapshots {
                 match crate::attach::snapshot_into(&mut insp, &self.dir, "start.heapsnapshot") {
                     Ok(s) => {
                         self.first = Some(s);
+                        if self.track_allocations
+                            && let Err(e) = insp.start_allocation_tracking()
+                        {
+                            self.notes
+                                .push(format!("allocation tracking could not start: {e}"));
+                        }
                         self.insp = Some(insp);
                     }
                     Err(e) => {
@@ -393,6 +405,9 @@ impl HeapSnapshots {
         } else {
             self.notes
                 .push("no end heap snapshot: neither the JS heap nor external memory grows".into());
+        }
+        if self.track_allocations {
+            let _ = insp.stop_allocation_tracking();
         }
         let _ = insp.close();
     }
