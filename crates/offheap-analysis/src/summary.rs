@@ -76,7 +76,12 @@ impl Model {
             offheap_version: env!("CARGO_PKG_VERSION"),
             command: &self.meta.command,
             pid: self.meta.pid,
-            exit_status: self.end.as_ref().map(|e| e.exit_status),
+            // Attach detaches from a process that keeps running: no exit status.
+            exit_status: self
+                .end
+                .as_ref()
+                .filter(|e| e.reason != "detached")
+                .map(|e| e.exit_status),
             duration_s: (self.timeline.duration * 1000.0).round() / 1000.0,
             verdict,
             growth_bytes_per_s: &self.growth,

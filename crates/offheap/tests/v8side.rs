@@ -118,6 +118,10 @@ fn attach_records_gives_a_verdict_and_detaches_cleanly() {
     let s = summary(&sb.path("rec"));
     assert_eq!(s["pid"], pid);
     assert!(
+        s["exit_status"].is_null(),
+        "a detached target has no exit status: {s:#}"
+    );
+    assert!(
         kinds(&s).contains(&"external".to_string()),
         "{}",
         describe(&out, &s)
