@@ -221,6 +221,9 @@ fn record(
     count: u64,
     max_depth: usize,
 ) {
+    if kind == AllocKind::Malloc {
+        live::prefetch(p);
+    }
     // Not zeroed: 2 KiB of memset per sample would cost more than the rest.
     let mut frames = [core::mem::MaybeUninit::<u64>::uninit(); unwind::MAX_FRAMES];
     let (n, truncated) = unwind::capture(t, start, &mut frames, max_depth);

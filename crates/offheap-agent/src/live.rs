@@ -192,12 +192,45 @@ fn shard_of(h: u64) -> usize {
     (h >> (64 - SHARD_BITS)) as usize
 }
 
+#[allow(clippy::declare_interior_mutable_const)]
+const HINT0: (AtomicUsize, AtomicUsize) = (AtomicUsize::new(0), AtomicUsize::new(0));
+/// Per shard: the address of its slot array and the index mask, published
+/// after every resize, read without the lock only to issue a prefetch.
+static HINTS: [(AtomicUsize, AtomicUsize); SHARDS] = [HINT0; SHARDS];
+
+/// Starts loading the slot where `insert(p, ..)` will probe first, so the
+/// cache miss overlaps the unwind instead of following it (the table is
+/// large and cold in exact mode).
+#[inline]
+pub fn prefetch(p: usize) {
+    let (base, mask) = &HINTS[shard_of(hash(p))];
+    let base = base.load(Ordering::Relaxed);
+    if base == 0 {
+        return;
+    }
+    let at =
+        base.wrapping_add(home(p, mask.load(Ordering::Relaxed)) * core::mem::size_of::<Slot>());
+    // SAFETY: a prefetch is a hint: it never faults, even if the table was
+    // resized and `at` is stale.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(at as *const i8)
+    };
+}
+
 /// Records a sampled allocation at `p`.
 pub fn insert(p: usize, v: Live) {
     let h = hash(p);
-    let mut s = SHARD_LOCKS[shard_of(h)].lock();
+    let idx = shard_of(h);
+    let mut s = SHARD_LOCKS[idx].lock();
     let before = s.used;
+    let cap = s.slots.len();
     s.put(p, v);
+    if s.slots.len() != cap {
+        HINTS[idx].1.store(s.slots.len() - 1, Ordering::Relaxed);
+        HINTS[idx]
+            .0
+            .store(s.slots.as_ptr() as usize, Ordering::Relaxed);
+    }
     if s.used > before && !SATURATED.load(Ordering::Relaxed) {
         filter_inc(h);
     }
