@@ -63,7 +63,7 @@ pub struct RecordOpts {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Sampling period of the telemetry (e.g. 500ms, 1s).
-    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    #[arg(long, value_parser = parse_interval, default_value = "500ms")]
     pub interval: Duration,
     /// No live status line.
     #[arg(long, short)]
@@ -99,8 +99,8 @@ pub struct RunArgs {
     /// Also profile programs the target execs (LD_PRELOAD and NODE_OPTIONS are otherwise removed from children).
     #[arg(long)]
     pub follow_exec: bool,
-    /// Maximum unwind depth.
-    #[arg(long, default_value_t = 64)]
+    /// Maximum unwind depth (1-256).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_depth: u32,
     /// Time between SIGINT, SIGTERM and SIGKILL when --duration ends the target.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
@@ -223,6 +223,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A sampling period: at least 10 ms.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!(
+            "{s:?} is too short: the interval must be at least 10ms"
+        ));
+    }
+    Ok(d)
+}
+
 /// Parses `524288`, `512KiB`, `512k`, `1MiB`, `4M`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -268,6 +279,8 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5y").is_err());
+        assert!(parse_interval("1ms").is_err());
+        assert!(parse_interval("250ms").is_ok());
     }
 
     #[test]
