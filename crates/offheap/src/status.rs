@@ -69,6 +69,19 @@ impl Metric {
     }
 }
 
+/// Columns of the terminal on stderr (80 if unknown).
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own; fd 2 is only queried.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
+            ws.ws_col as usize
+        } else {
+            80
+        }
+    }
+}
+
 pub struct StatusLine {
     enabled: bool,
     tty: bool,
@@ -141,7 +154,13 @@ impl StatusLine {
         }
         let mut err = std::io::stderr().lock();
         if self.tty {
-            let _ = write!(err, "\r\x1b[K{}", self.line());
+            // Never wider than the terminal: a wrapped line cannot be redrawn in place.
+            let line: String = self
+                .line()
+                .chars()
+                .take(terminal_width().saturating_sub(1))
+                .collect();
+            let _ = write!(err, "\r\x1b[K{line}");
             self.drawn = true;
         } else if self
             .last_plain
