@@ -3,6 +3,7 @@
 #
 #   bench/run.sh            # everything (about 2-4 minutes on 2 cores)
 #   ROUNDS=5 bench/run.sh   # more rounds (medians are reported)
+#   CALLGRIND_NODE=0 bench/run.sh   # skip the node callgrind runs (about 3 minutes)
 #
 # OFFHEAP_AGENT_SO=/path/to/liboffheap_agent.so skips the cargo build.
 # Every ratio compares runs made in this same invocation, interleaved.
@@ -110,6 +111,19 @@ if [[ "${CALLGRIND_NODE:-1}" == 1 ]] && command -v valgrind >/dev/null; then
             env $1 OFFHEAP_FOLLOW_EXEC=1 node bench/node_churn.js 40000 2>&1 | grep Collected | tail -1 | awk '{print $4}' | tr -d ,; }
   a=$(nir ""); b=$(nir "$(agent_env default)"); rm -f "$REC"/*
   printf "  callgrind (N=40000, incl. start-up): plain %d, default %d instructions: ratio plain/default %.3f\n" "$a" "$b" "$(echo "$a / $b" | bc -l)"
+  # Exact mode, loop only: the difference of a 30000- and a 10000-iteration
+  # run cancels start-up (which, with NODE_EXTRA_CA_CERTS set, is itself
+  # hundreds of thousands of mallocs).
+  nirn() { valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=/dev/null \
+             env $1 OFFHEAP_FOLLOW_EXEC=1 node bench/node_churn.js "$2" 2>&1 | grep Collected | tail -1 | awk '{print $4}' | tr -d ,; }
+  declare -A NI
+  for m in plain exact; do
+    a=$(nirn "$(agent_env $m)" 10000); rm -f "$REC"/*
+    b=$(nirn "$(agent_env $m)" 30000); rm -f "$REC"/*
+    NI[$m]=$(echo "($b - $a) / 20000" | bc -l)
+  done
+  printf "  callgrind, exact mode, per loop iteration (N=30000 minus N=10000): plain %.0f, exact %.0f instructions: ratio plain/exact %.3f\n" \
+    "${NI[plain]}" "${NI[exact]}" "$(echo "${NI[plain]} / ${NI[exact]}" | bc -l)"
 fi
 
 # ------------------------------------------------------------ 3. agent memory

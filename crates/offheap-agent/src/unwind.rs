@@ -18,9 +18,16 @@ type Cache = CacheNative<MayAllocateDuringUnwind>;
 
 const POOL: usize = 16;
 #[allow(clippy::declare_interior_mutable_const)]
-const SLOT: SpinLock<Option<Box<Cache>>> = SpinLock::new(None);
+const SLOT: SpinLock<Option<Box<[Cache; WAYS]>>> = SpinLock::new(None);
 /// Unwind caches, shared by all threads (no per-thread allocation to leak).
-pub static CACHES: [SpinLock<Option<Box<Cache>>>; POOL] = [SLOT; POOL];
+/// Each pool slot holds `WAYS` framehop caches, chosen by a hash of the
+/// address: framehop's cache is direct-mapped on `address % 509`, so two
+/// hot return addresses that collide there (libstdc++'s operator new and a
+/// libc frame at the bottom of every stack, say) would evict each other on
+/// every allocation and re-parse CFI each time. Spread over `WAYS` caches,
+/// such a pair shares one only a quarter of the time.
+pub static CACHES: [SpinLock<Option<Box<[Cache; WAYS]>>>; POOL] = [SLOT; POOL];
+const WAYS: usize = 4;
 
 pub static UNWIND_ERRORS: AtomicU64 = AtomicU64::new(0);
 pub static OFF_STACK: AtomicU64 = AtomicU64::new(0);
@@ -134,7 +141,7 @@ pub fn capture(
     };
     // SAFETY: we hold this slot's lock.
     let cache = unsafe { guard.get_unchecked() };
-    let cache = cache.get_or_insert_with(|| Box::new(Cache::new()));
+    let caches = cache.get_or_insert_with(|| Box::new(core::array::from_fn(|_| Cache::new())));
     let agent = (
         AGENT_LO.load(Ordering::Relaxed),
         AGENT_HI.load(Ordering::Relaxed),
@@ -263,7 +270,11 @@ pub fn capture(
         let next = if fp {
             fp_step(&mut regs, &mut read)
         } else {
-            unw.unwind_frame(addr, &mut regs, cache, &mut read)
+            let way = (addr
+                .address_for_lookup()
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                >> 62) as usize;
+            unw.unwind_frame(addr, &mut regs, &mut caches[way], &mut read)
         };
         let a = match next {
             Ok(Some(a)) => a,
