@@ -84,6 +84,8 @@ pub struct UnwSnap {
 }
 
 static SNAP_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Generation of the snapshot in `UNWINDER` (0: none yet).
+pub static SNAP_CURRENT: AtomicU64 = AtomicU64::new(0);
 
 impl UnwSnap {
     /// Where the lookup address `a` is: `(true, range)` if framehop has a
@@ -530,7 +532,13 @@ fn merge(ctx: ScanCtx) {
             generation: SNAP_GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
         })
     };
-    let old = UNWINDER.lock().replace(unw);
+    let old = {
+        let mut g = UNWINDER.lock();
+        let generation = unw.generation;
+        let old = g.replace(unw);
+        SNAP_CURRENT.store(generation, Ordering::Release);
+        old
+    };
     drop(old);
     if new_stdcxx {
         find_wrappers();

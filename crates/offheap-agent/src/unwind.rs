@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use framehop::{
     CacheNative, Error, FrameAddress, MayAllocateDuringUnwind, UnwindRegsNative, Unwinder,
 };
+use std::sync::Arc;
 
 /// Hard cap on recorded frames, whatever OFFHEAP_MAX_DEPTH says.
 pub const MAX_FRAMES: usize = 256;
@@ -18,7 +19,16 @@ type Cache = CacheNative<MayAllocateDuringUnwind>;
 
 const POOL: usize = 16;
 #[allow(clippy::declare_interior_mutable_const)]
-const SLOT: SpinLock<Option<Box<[Cache; WAYS]>>> = SpinLock::new(None);
+const SLOT: SpinLock<Option<Box<PoolSlot>>> = SpinLock::new(None);
+
+/// One entry of the cache pool: framehop caches, and the unwinder snapshot
+/// last used with them (kept here, under the slot's lock, so an unwind
+/// takes no other lock and touches no reference count unless the modules
+/// changed since).
+pub struct PoolSlot {
+    caches: [Cache; WAYS],
+    snap: Option<Arc<modules::UnwSnap>>,
+}
 /// Unwind caches, shared by all threads (no per-thread allocation to leak).
 /// Each pool slot holds `WAYS` framehop caches, chosen by a hash of the
 /// address: framehop's cache is direct-mapped on `address % 509`, so two
@@ -26,7 +36,7 @@ const SLOT: SpinLock<Option<Box<[Cache; WAYS]>>> = SpinLock::new(None);
 /// libc frame at the bottom of every stack, say) would evict each other on
 /// every allocation and re-parse CFI each time. Spread over `WAYS` caches,
 /// such a pair shares one only a quarter of the time.
-pub static CACHES: [SpinLock<Option<Box<[Cache; WAYS]>>>; POOL] = [SLOT; POOL];
+pub static CACHES: [SpinLock<Option<Box<PoolSlot>>>; POOL] = [SLOT; POOL];
 const WAYS: usize = 4;
 
 pub static UNWIND_ERRORS: AtomicU64 = AtomicU64::new(0);
@@ -112,9 +122,6 @@ pub fn capture(
     out: &mut [core::mem::MaybeUninit<u64>; MAX_FRAMES],
     max_depth: usize,
 ) -> (usize, bool) {
-    let Some(snap) = modules::unwinder() else {
-        return (0, false);
-    };
     // `start` was taken in a caller whose frame is live below ours, so the
     // stack above its sp is intact.
     let (ip, sp, bp) = start;
@@ -127,21 +134,43 @@ pub fn capture(
         // which is mapped and readable.
         Ok(unsafe { (addr as *const u64).read_volatile() })
     };
-    let slot = (t.tid() as usize) % POOL;
-    let mut i = slot;
+    let current = modules::SNAP_CURRENT.load(Ordering::Acquire);
+    let mut fresh: Option<Arc<modules::UnwSnap>> = None;
     let guard = loop {
-        if CACHES[i].try_raw_lock() {
-            break &CACHES[i];
+        let guard = lock_slot(t);
+        // SAFETY: we hold this slot's lock.
+        let entry = unsafe { guard.get_unchecked() };
+        let entry = entry.get_or_insert_with(|| {
+            Box::new(PoolSlot {
+                caches: core::array::from_fn(|_| Cache::new()),
+                snap: None,
+            })
+        });
+        if entry.snap.as_ref().is_some_and(|s| s.generation == current) {
+            break guard;
         }
-        i = (i + 1) % POOL;
-        if i == slot {
-            CACHES[slot].raw_lock();
-            break &CACHES[slot];
+        if fresh.is_some() {
+            entry.snap = fresh.take();
+            break guard;
+        }
+        // The modules changed: fetch the new snapshot with no slot held
+        // (fork_prepare takes UNWINDER before the slots).
+        guard.raw_unlock();
+        fresh = modules::unwinder();
+        if fresh.is_none() {
+            return (0, false);
         }
     };
     // SAFETY: we hold this slot's lock.
-    let cache = unsafe { guard.get_unchecked() };
-    let caches = cache.get_or_insert_with(|| Box::new(core::array::from_fn(|_| Cache::new())));
+    let Some(entry) = unsafe { guard.get_unchecked() }.as_deref_mut() else {
+        guard.raw_unlock();
+        return (0, false);
+    };
+    let PoolSlot { caches, snap } = entry;
+    let Some(snap) = snap.as_deref() else {
+        guard.raw_unlock();
+        return (0, false);
+    };
     let agent = (
         AGENT_LO.load(Ordering::Relaxed),
         AGENT_HI.load(Ordering::Relaxed),
@@ -324,6 +353,22 @@ pub fn capture(
     t.mods.set(mods);
     t.gaps_gen.set(snap.generation);
     (n, truncated)
+}
+
+/// Locks a pool slot: the thread's own if free, else the next free one.
+fn lock_slot(t: &Tls) -> &'static SpinLock<Option<Box<PoolSlot>>> {
+    let slot = (t.tid() as usize) % POOL;
+    let mut i = slot;
+    loop {
+        if CACHES[i].try_raw_lock() {
+            return &CACHES[i];
+        }
+        i = (i + 1) % POOL;
+        if i == slot {
+            CACHES[slot].raw_lock();
+            return &CACHES[slot];
+        }
+    }
 }
 
 /// Entries of the per-thread module and gap memos: node's stacks touch the
