@@ -413,6 +413,11 @@ impl HeapSnapshots {
     }
 
     fn findings(&mut self) -> Option<serde_json::Value> {
+        if self.enabled && !self.tried {
+            self.notes.push(
+                "the target ended before the first heap snapshot (taken 1.5 s after start)".into(),
+            );
+        }
         if self.insp.take().is_some() {
             self.notes.push(
                 "the target ended before the end heap snapshot (use --duration to get one)".into(),

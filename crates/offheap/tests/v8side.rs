@@ -309,3 +309,17 @@ fn run_with_tracked_allocations_names_who_allocates_and_who_holds() {
         "allocation site {site}"
     );
 }
+
+#[test]
+fn snapshots_of_a_target_that_ends_at_once_are_explained() {
+    let sb = Sandbox::new();
+    let out = sb.run("rec", &["--snapshots"], &["node", "-e", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    let s = summary(&sb.path("rec"));
+    assert!(
+        s["notes"]
+            .to_string()
+            .contains("before the first heap snapshot"),
+        "{s:#}"
+    );
+}
