@@ -63,6 +63,22 @@ pub fn snapshot_into(
     offheap_node::snapshot_session(insp, &path, &AnalyzeOptions::default()).map_err(inspector_error)
 }
 
+/// True if the recording so far says the JS heap or external memory grows:
+/// the only verdicts an end-of-run heap snapshot can explain.
+pub fn heap_grows(dir: &Path) -> bool {
+    reporting::build_model(dir, 0.0)
+        .ok()
+        .and_then(|m| m.verdict)
+        .is_some_and(|v| {
+            v.kinds.iter().any(|k| {
+                matches!(
+                    k,
+                    offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External
+                )
+            })
+        })
+}
+
 /// Heap findings for the model's `heap` (summary.json, report.html): the
 /// last snapshot's findings, and what grew since the first.
 pub fn heap_findings(
@@ -206,15 +222,7 @@ fn record_attached(
     let mut last = None;
     if rec.snapshots && reason == "detached" {
         // Only worth its cost when the heap or external memory grows.
-        let model = reporting::build_model(dir, 0.0)?;
-        let grows = model.verdict.as_ref().is_some_and(|v| {
-            v.kinds.iter().any(|k| {
-                matches!(
-                    k,
-                    offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External
-                )
-            })
-        });
+        let grows = heap_grows(dir);
         if grows {
             last = Some(snapshot_into(insp, dir, "end.heapsnapshot")?);
         }

@@ -386,17 +386,7 @@ impl HeapSnapshots {
         let Some(mut insp) = self.insp.take() else {
             return;
         };
-        let grows = crate::reporting::build_model(&self.dir, 0.0)
-            .ok()
-            .and_then(|m| m.verdict)
-            .is_some_and(|v| {
-                v.kinds.iter().any(|k| {
-                    matches!(
-                        k,
-                        offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External
-                    )
-                })
-            });
+        let grows = crate::attach::heap_grows(&self.dir);
         if grows {
             match crate::attach::snapshot_into(&mut insp, &self.dir, "end.heapsnapshot") {
                 Ok(s) => self.last = Some(s),

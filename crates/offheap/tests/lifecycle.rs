@@ -262,12 +262,7 @@ fn offheap_killed_with_sigkill_leaves_a_readable_recording() {
     let mut text = std::fs::read(&proc_path).unwrap();
     text.truncate(text.len() - 7);
     std::fs::write(&proc_path, text).unwrap();
-    let rep = offheap()
-        .arg("report")
-        .arg(sb.path("rec"))
-        .output()
-        .unwrap();
-    assert!(rep.status.success(), "{rep:?}");
+    let rep = report(&sb.path("rec"));
     let out = String::from_utf8_lossy(&rep.stdout);
     assert!(out.contains("Verdict:"), "{out}");
     assert!(out.contains("end.json is missing"), "{out}");
@@ -379,12 +374,7 @@ fn truncated_recording_is_analysed_up_to_its_last_record() {
         .unwrap();
     bytes.truncate(bytes.len() * 2 / 3);
     std::fs::write(&node_file, &bytes).unwrap();
-    let rep = offheap()
-        .arg("report")
-        .arg(sb.path("rec"))
-        .output()
-        .unwrap();
-    assert!(rep.status.success(), "{rep:?}");
+    let rep = report(&sb.path("rec"));
     let text = String::from_utf8_lossy(&rep.stdout);
     assert!(text.contains("truncated; skipped"), "{text}");
     assert!(text.contains("Verdict:"), "{text}");
@@ -420,4 +410,11 @@ fn children_do_not_inherit_the_injection_unless_asked() {
         text.contains("liboffheap_agent.so") && text.contains("offheap-agent.js"),
         "{text}"
     );
+}
+
+/// `offheap report DIR`, which must succeed.
+fn report(dir: &std::path::Path) -> std::process::Output {
+    let rep = offheap().arg("report").arg(dir).output().unwrap();
+    assert!(rep.status.success(), "{rep:?}");
+    rep
 }
