@@ -229,11 +229,10 @@ fn record(
     let (n, truncated) = unwind::capture(t, start, &mut frames, max_depth);
     // SAFETY: capture initialised frames[..n] (n <= MAX_FRAMES).
     let frames = unsafe { core::slice::from_raw_parts(frames.as_ptr() as *const u64, n) };
-    let Some(id) = stacks::intern(kind, truncated, frames) else {
+    let Some(id) = stacks::intern_add(t, kind, truncated, frames, bytes, count) else {
         writer::DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    stacks::add(id, bytes, count);
     let born_ms = sys::mono_ms().saturating_sub(START_MONO.load(Ordering::Relaxed)) as u32;
     match kind {
         AllocKind::Malloc => live::insert(
@@ -254,27 +253,25 @@ fn record(
             count,
         }),
     }
-    writer::SAMPLES.fetch_add(1, Ordering::Relaxed);
-    writer::ALLOCATED.fetch_add(bytes, Ordering::Relaxed);
+    writer::count_sample(t, bytes);
 }
 
 /// The free side: drop the record of a sampled pointer before the memory
 /// goes back to the allocator (so the address cannot be reused meanwhile).
-#[inline(always)]
-fn on_free(p: *mut c_void) {
-    if live::maybe_tracked(p as usize) {
-        slow_free(p as usize);
-    }
-}
-
+///
+/// The common case is one bit test and a tail jump to glibc: the sampled
+/// case is a separate function that ends in `__libc_free` itself, so the
+/// fast path saves no registers.
 #[cold]
 #[inline(never)]
-fn slow_free(p: usize) {
+unsafe fn free_tracked(p: *mut c_void) {
     guarded(|| {
-        if let Some(l) = live::remove(p) {
+        if let Some(l) = live::remove(p as usize) {
             stacks::sub(l.stack, l.bytes, l.count);
         }
-    })
+    });
+    // SAFETY: forwarding the caller's pointer to glibc.
+    unsafe { __libc_free(p) }
 }
 
 /// Runs `f` (which takes agent locks) with this thread marked busy, so an
@@ -308,9 +305,13 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    on_free(p);
-    // SAFETY: forwarding the caller's pointer to glibc.
-    unsafe { __libc_free(p) }
+    if live::maybe_tracked(p as usize) {
+        // SAFETY: the caller's pointer, freed once.
+        unsafe { free_tracked(p) }
+    } else {
+        // SAFETY: forwarding the caller's pointer to glibc.
+        unsafe { __libc_free(p) }
+    }
 }
 
 #[unsafe(no_mangle)]

@@ -1,19 +1,67 @@
 //! Stack interning and per-stack counters.
 //!
-//! The intern table sits behind one lock (taken only on sampled events);
-//! the counters live in never-moving chunks of atomics, so updates and the
-//! writer's reads need no lock.
+//! The intern table sits behind one lock; a per-thread memo of recently
+//! interned stacks (by their 64-bit hash, length, first and last frame)
+//! answers most lookups without it. The counters live in never-moving chunks
+//! of atomics, so the writer reads them without a lock.
+//!
+//! A stack's counters are split by who writes them: the allocation side
+//! (`alloc`) by allocating threads, the free side (`freed`) by freeing
+//! threads, in separate arrays, so that a process that allocates on one
+//! thread and frees on another (node: the main thread allocates Buffers,
+//! V8's sweeper threads free them) does not bounce one cache line between
+//! their cores on every pair. Live figures are `alloc - freed`.
 
 use crate::sys::{SpinLock, map_anon};
+use crate::tls::Tls;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use offheap_format::native::AllocKind;
 
+/// Bytes and allocations, one side of a stack's counters.
 #[derive(Default)]
+pub struct Side {
+    bytes: AtomicU64,
+    count: AtomicU64,
+}
+
+/// One stack's counters: the allocation side and the free side.
 pub struct Counters {
-    pub alloc_bytes: AtomicU64,
-    pub alloc_count: AtomicU64,
-    pub live_bytes: AtomicU64,
-    pub live_count: AtomicU64,
+    alloc: &'static Side,
+    freed: &'static Side,
+}
+
+/// One stack's figures as the writer reads them.
+pub struct Figures {
+    pub alloc_bytes: u64,
+    pub alloc_count: u64,
+    pub live_bytes: u64,
+    pub live_count: u64,
+}
+
+impl Counters {
+    /// A consistent-enough read: the free side first (every free it counts
+    /// was preceded by its allocation's add, published through the shard
+    /// lock the free took, and the free side's adds are releases), so live
+    /// figures never go below zero.
+    pub fn read(&self) -> Figures {
+        let fb = self.freed.bytes.load(Ordering::Acquire);
+        let fc = self.freed.count.load(Ordering::Acquire);
+        let ab = self.alloc.bytes.load(Ordering::Acquire);
+        let ac = self.alloc.count.load(Ordering::Acquire);
+        Figures {
+            alloc_bytes: ab,
+            alloc_count: ac,
+            live_bytes: ab.saturating_sub(fb),
+            live_count: ac.saturating_sub(fc),
+        }
+    }
+}
+
+/// A chunk of counters: both sides of `CHUNK` stacks.
+#[repr(C)]
+struct Chunk {
+    alloc: [Side; CHUNK],
+    freed: [Side; CHUNK],
 }
 
 const CHUNK_BITS: u32 = 12;
@@ -23,8 +71,8 @@ const MAX_CHUNKS: usize = 1024;
 pub const MAX_STACKS: usize = CHUNK * MAX_CHUNKS;
 
 #[allow(clippy::declare_interior_mutable_const)]
-const NULL_CHUNK: AtomicPtr<Counters> = AtomicPtr::new(core::ptr::null_mut());
-static CHUNKS: [AtomicPtr<Counters>; MAX_CHUNKS] = [NULL_CHUNK; MAX_CHUNKS];
+const NULL_CHUNK: AtomicPtr<Chunk> = AtomicPtr::new(core::ptr::null_mut());
+static CHUNKS: [AtomicPtr<Chunk>; MAX_CHUNKS] = [NULL_CHUNK; MAX_CHUNKS];
 /// Number of stacks whose counters exist.
 pub static COUNT: AtomicU32 = AtomicU32::new(0);
 
@@ -104,16 +152,96 @@ impl Table {
 }
 
 /// The counters of stack `id` (which must exist).
-pub fn counters(id: u32) -> &'static Counters {
+pub fn counters(id: u32) -> Counters {
     let c = CHUNKS[(id as usize) >> CHUNK_BITS].load(Ordering::Acquire);
-    // SAFETY: chunks are published before COUNT covers their ids, never freed,
-    // and `id` < COUNT by contract.
-    unsafe { &*c.add(id as usize & (CHUNK - 1)) }
+    let i = id as usize & (CHUNK - 1);
+    // SAFETY: chunks are published before any id in them is handed out (and
+    // before COUNT covers them), never freed; `id` came from `intern`.
+    unsafe {
+        Counters {
+            alloc: &(*c).alloc[i],
+            freed: &(*c).freed[i],
+        }
+    }
 }
 
-/// Interns a stack; `None` if the table is full.
-pub fn intern(kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
+/// Counts `bytes` and `count` as allocated (and live) on stack `id`.
+fn add(id: u32, bytes: u64, count: u64) {
+    let a = counters(id).alloc;
+    a.bytes.fetch_add(bytes, Ordering::Relaxed);
+    if count != 0 {
+        a.count.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+/// A per-thread memo entry: a stack interned recently by this thread.
+#[derive(Clone, Copy)]
+pub struct Memo {
+    hash: u64,
+    first: u64,
+    last: u64,
+    id: u32,
+    len: u32,
+}
+
+impl Memo {
+    pub const EMPTY: Memo = Memo {
+        hash: 0,
+        first: 0,
+        last: 0,
+        id: 0,
+        len: 0,
+    };
+}
+
+/// Entries of the per-thread memo (direct-mapped by hash).
+pub const MEMO: usize = 64;
+
+/// Interns a stack and counts `bytes` and `count` as allocated (and live)
+/// on it; `None` if the table is full.
+///
+/// A stack this thread interned recently is found in its memo without the
+/// table's lock, the index probe and the frame comparison (each a cache
+/// miss in a process with thousands of stacks): a hit needs the same 64-bit
+/// hash of kind and frames, the same depth and the same first and last
+/// frame. Two different stacks agreeing on all of that would need a 64-bit
+/// hash collision, and even then the same innermost and outermost frames.
+pub fn intern_add(
+    t: &Tls,
+    kind: AllocKind,
+    truncated: bool,
+    frames: &[u64],
+    bytes: u64,
+    count: u64,
+) -> Option<u32> {
     let h = hash_frames(kind, frames);
+    let first = frames.first().copied().unwrap_or(0);
+    let last = frames.last().copied().unwrap_or(0);
+    let slot = &t.memo[(h >> 40) as usize % MEMO];
+    let m = slot.get();
+    let id = if m.hash == h && m.len as usize == frames.len() && m.first == first && m.last == last
+    {
+        m.id
+    } else {
+        let id = intern(h, kind, truncated, frames)?;
+        slot.set(Memo {
+            hash: h,
+            first,
+            last,
+            id,
+            len: frames.len() as u32,
+        });
+        id
+    };
+    add(id, bytes, count);
+    Some(id)
+}
+
+/// Interns a stack and counts `bytes` and `count` as allocated (and live)
+/// on it; `None` if the table is full.
+/// The table lookup behind `intern_add`: the stack's id, a new one if it
+/// was not known; `None` if the table is full.
+fn intern(h: u64, kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
     let mut t = TABLE.lock();
     if t.index.is_empty() {
         t.rehash();
@@ -140,11 +268,11 @@ pub fn intern(kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
     }
     if id.is_multiple_of(CHUNK) && CHUNKS[id >> CHUNK_BITS].load(Ordering::Relaxed).is_null() {
         // A fresh kernel mapping is zeroed: all-zero atomics are valid counters.
-        let p = map_anon(CHUNK * core::mem::size_of::<Counters>());
+        let p = map_anon(core::mem::size_of::<Chunk>());
         if p.is_null() {
             return None;
         }
-        CHUNKS[id >> CHUNK_BITS].store(p as *mut Counters, Ordering::Release);
+        CHUNKS[id >> CHUNK_BITS].store(p as *mut Chunk, Ordering::Release);
     }
     let start = t.frames.len() as u32;
     t.frames.extend_from_slice(frames);
@@ -169,24 +297,17 @@ pub fn intern(kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
     Some(id as u32)
 }
 
-pub fn add(id: u32, bytes: u64, count: u64) {
-    let c = counters(id);
-    c.alloc_bytes.fetch_add(bytes, Ordering::Relaxed);
-    c.alloc_count.fetch_add(count, Ordering::Relaxed);
-    c.live_bytes.fetch_add(bytes, Ordering::Relaxed);
-    c.live_count.fetch_add(count, Ordering::Relaxed);
-}
-
 /// Extra bytes counted as allocated and live without a new allocation
 /// (mremap growth of a tracked mapping).
 pub fn grow(id: u32, bytes: u64) {
-    let c = counters(id);
-    c.alloc_bytes.fetch_add(bytes, Ordering::Relaxed);
-    c.live_bytes.fetch_add(bytes, Ordering::Relaxed);
+    add(id, bytes, 0);
 }
 
+/// Bytes and allocations of stack `id` that are no longer live.
 pub fn sub(id: u32, bytes: u64, count: u64) {
-    let c = counters(id);
-    c.live_bytes.fetch_sub(bytes, Ordering::Relaxed);
-    c.live_count.fetch_sub(count, Ordering::Relaxed);
+    let f = counters(id).freed;
+    f.bytes.fetch_add(bytes, Ordering::Release);
+    if count != 0 {
+        f.count.fetch_add(count, Ordering::Release);
+    }
 }

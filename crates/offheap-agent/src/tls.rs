@@ -18,6 +18,11 @@ pub struct Tls {
     pub gaps: Cell<[(u64, u64); crate::unwind::MEMO]>,
     pub mods: Cell<[(u64, u64); crate::unwind::MEMO]>,
     pub gaps_gen: Cell<u64>,
+    /// Samples and their bytes not yet added to the global counters.
+    pub pend_samples: Cell<u64>,
+    pub pend_bytes: Cell<u64>,
+    /// Stacks this thread interned recently (see `stacks::intern_add`).
+    pub memo: [Cell<crate::stacks::Memo>; crate::stacks::MEMO],
     tid: Cell<u32>,
 }
 
@@ -32,6 +37,9 @@ thread_local! {
             gaps: Cell::new([(0, 0); crate::unwind::MEMO]),
             mods: Cell::new([(0, 0); crate::unwind::MEMO]),
             gaps_gen: Cell::new(0),
+            pend_samples: Cell::new(0),
+            pend_bytes: Cell::new(0),
+            memo: [const { Cell::new(crate::stacks::Memo::EMPTY) }; crate::stacks::MEMO],
             tid: Cell::new(0),
         }
     };

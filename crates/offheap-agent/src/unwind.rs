@@ -126,6 +126,7 @@ pub fn capture(
     // stack above its sp is intact.
     let (ip, sp, bp) = start;
     let (lo, hi) = bounds(t, sp);
+
     let mut read = |addr: u64| -> Result<u64, ()> {
         if addr < lo || addr.checked_add(8).is_none_or(|e| e > hi) || addr & 7 != 0 {
             return Err(());
@@ -187,6 +188,21 @@ pub fn capture(
     // return addresses.
     let mut addr = FrameAddress::InstructionPointer(ip);
     let debug = DEBUG.load(Ordering::Relaxed);
+    if !debug && let Some((ra, nsp, nbp, k)) = walk_agent_frames(start, lo, hi, agent) {
+        // The allocation function's caller, reached without framehop: the
+        // same frame the loop below would have produced after stepping
+        // through the agent's frames.
+        regs = UnwindRegsNative::new(ra, nsp, nbp);
+        if let Some(fa) = FrameAddress::from_return_address(ra) {
+            addr = fa;
+            steps += k;
+            if !modules::is_wrapper(ra) {
+                skipping = false;
+                out[0].write(ra);
+                n = 1;
+            }
+        }
+    }
     // The gaps between modules (code without unwind data: node's main
     // program, V8's JIT code) and the modules this thread's stacks met last.
     let (mut gaps, mut mods) = if t.gaps_gen.get() == snap.generation {
@@ -353,6 +369,45 @@ pub fn capture(
     t.mods.set(mods);
     t.gaps_gen.set(snap.generation);
     (n, truncated)
+}
+
+/// Steps out of the agent's own frames by their frame pointers (the agent
+/// is built with `-C force-frame-pointers=yes`, see `.cargo/config.toml`):
+/// two frame-pointer steps instead of two framehop lookups per sample.
+/// `start` was taken in `slow_alloc`, whose caller is always an agent hook:
+/// if the first return address is not in the agent, this build has no
+/// frame pointers and `None` leaves the whole walk to framehop. Returns the
+/// first return address outside the agent with the sp and bp of its frame,
+/// and the number of frames stepped.
+#[inline(always)]
+fn walk_agent_frames(
+    start: (u64, u64, u64),
+    lo: u64,
+    hi: u64,
+    agent: (u64, u64),
+) -> Option<(u64, u64, u64, usize)> {
+    let (_, mut sp, mut bp) = start;
+    for k in 1..=8 {
+        let new_sp = bp.checked_add(16)?;
+        if bp < sp || bp < lo || new_sp > hi || bp & 7 != 0 {
+            return None;
+        }
+        // SAFETY: bp..bp+16 is 8-aligned and inside the stack we are
+        // running on, which is mapped and readable.
+        let (nbp, ra) = unsafe {
+            (
+                (bp as *const u64).read_volatile(),
+                ((bp + 8) as *const u64).read_volatile(),
+            )
+        };
+        sp = new_sp;
+        bp = nbp;
+        let ours = ra >= agent.0 && ra < agent.1;
+        if !ours {
+            return (k > 1 && ra != 0).then_some((ra, sp, bp, k));
+        }
+    }
+    None
 }
 
 /// Locks a pool slot: the thread's own if free, else the next free one.
