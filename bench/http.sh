@@ -31,7 +31,7 @@ serve() {
     plain) node bench/http_server.js > "$out" & ;;
     default) LD_PRELOAD=$SO OFFHEAP_DIR=$REC node bench/http_server.js > "$out" & ;;
     exact) LD_PRELOAD=$SO OFFHEAP_DIR=$REC OFFHEAP_EXACT=1 node bench/http_server.js > "$out" & ;;
-    heaptrack) (cd "$WORK" && exec heaptrack -o "$WORK/ht" node "$OLDPWD/bench/http_server.js") > "$out" & ;;
+    heaptrack) (cd "$WORK" && exec heaptrack -o "$WORK/ht" node "$OLDPWD/bench/http_server.js") > "$out" 2>/dev/null & ;;
   esac
   pid=$!
   for _ in $(seq 200); do port=$(awk '/^port /{print $2}' "$out"); [[ -n $port ]] && break; sleep 0.05; done

@@ -226,10 +226,10 @@ fn record(
     }
     // Not zeroed: 2 KiB of memset per sample would cost more than the rest.
     let mut frames = [core::mem::MaybeUninit::<u64>::uninit(); unwind::MAX_FRAMES];
-    let (n, truncated) = unwind::capture(t, start, &mut frames, max_depth);
+    let (n, truncated, fh) = unwind::capture(t, start, &mut frames, max_depth);
     // SAFETY: capture initialised frames[..n] (n <= MAX_FRAMES).
     let frames = unsafe { core::slice::from_raw_parts(frames.as_ptr() as *const u64, n) };
-    let Some(id) = stacks::intern_add(t, kind, truncated, frames, bytes, count) else {
+    let Some(id) = stacks::intern_add(t, fh, kind, truncated, frames, bytes, count) else {
         writer::DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -265,6 +265,7 @@ fn record(
 #[cold]
 #[inline(never)]
 unsafe fn free_tracked(p: *mut c_void) {
+    live::prefetch(p as usize);
     guarded(|| {
         if let Some(l) = live::remove(p as usize) {
             stacks::sub(l.stack, l.bytes, l.count);
@@ -723,6 +724,7 @@ extern "C" fn init() {
     if cfg.exact {
         live::saturate_filter();
     }
+    live::detect_prefetchw();
     modules::init(real_dlopen());
     STATE.store(ENABLED, Ordering::Release);
     sys::set_errno(saved);

@@ -5,12 +5,18 @@
 //! answers most lookups without it. The counters live in never-moving chunks
 //! of atomics, so the writer reads them without a lock.
 //!
-//! A stack's counters are split by who writes them: the allocation side
-//! (`alloc`) by allocating threads, the free side (`freed`) by freeing
-//! threads, in separate arrays, so that a process that allocates on one
-//! thread and frees on another (node: the main thread allocates Buffers,
-//! V8's sweeper threads free them) does not bounce one cache line between
-//! their cores on every pair. Live figures are `alloc - freed`.
+//! A stack's counters are split by who writes them, in separate arrays:
+//! - `own`: allocations by the thread that first interned the stack (its
+//!   owner), which updates them with a plain load and store, no `lock`
+//!   prefix (it is their only writer);
+//! - `shared`: allocations by any other thread (atomic adds);
+//! - `freed`: frees, by any thread (atomic adds).
+//!
+//! So a process that allocates on one thread and frees on another (node:
+//! the main thread allocates Buffers, V8's sweeper threads free them) does
+//! not bounce one cache line between their cores on every pair, and the
+//! allocating thread pays no locked instruction for its counters. Live
+//! figures are `own + shared - freed`.
 
 use crate::sys::{SpinLock, map_anon};
 use crate::tls::Tls;
@@ -24,9 +30,10 @@ pub struct Side {
     count: AtomicU64,
 }
 
-/// One stack's counters: the allocation side and the free side.
+/// One stack's counters.
 pub struct Counters {
-    alloc: &'static Side,
+    own: &'static Side,
+    shared: &'static Side,
     freed: &'static Side,
 }
 
@@ -46,8 +53,10 @@ impl Counters {
     pub fn read(&self) -> Figures {
         let fb = self.freed.bytes.load(Ordering::Acquire);
         let fc = self.freed.count.load(Ordering::Acquire);
-        let ab = self.alloc.bytes.load(Ordering::Acquire);
-        let ac = self.alloc.count.load(Ordering::Acquire);
+        let ab = (self.own.bytes.load(Ordering::Acquire))
+            .wrapping_add(self.shared.bytes.load(Ordering::Acquire));
+        let ac = (self.own.count.load(Ordering::Acquire))
+            .wrapping_add(self.shared.count.load(Ordering::Acquire));
         Figures {
             alloc_bytes: ab,
             alloc_count: ac,
@@ -57,10 +66,11 @@ impl Counters {
     }
 }
 
-/// A chunk of counters: both sides of `CHUNK` stacks.
+/// A chunk of counters: all three sides of `CHUNK` stacks.
 #[repr(C)]
 struct Chunk {
-    alloc: [Side; CHUNK],
+    own: [Side; CHUNK],
+    shared: [Side; CHUNK],
     freed: [Side; CHUNK],
 }
 
@@ -82,6 +92,8 @@ pub struct Entry {
     pub len: u16,
     pub kind: AllocKind,
     pub truncated: bool,
+    /// The thread that interned it first: the writer of its `own` counters.
+    pub owner: u32,
 }
 
 pub struct Table {
@@ -96,17 +108,41 @@ pub static TABLE: SpinLock<Table> = SpinLock::new(Table {
     frames: Vec::new(),
 });
 
-/// A hash of the frames whose per-frame dependency chain is a rotate and
-/// an xor (the multiplies are off the chain), finished by a full mix.
-fn hash_frames(kind: AllocKind, frames: &[u64]) -> u64 {
-    let mut h: u64 = 0x9E37_79B9_7F4A_7C15 ^ kind as u64 ^ ((frames.len() as u64) << 48);
-    for &f in frames {
-        h = h.rotate_left(23) ^ f.wrapping_mul(0xff51_afd7_ed55_8ccd);
+/// A hash of a stack's frames, computed one frame at a time as the unwinder
+/// produces them (so its work overlaps the unwind's stack reads instead of
+/// being a second pass). The per-frame dependency chain is a rotate and an
+/// xor (the multiplies are off the chain); `finish` mixes in the kind and
+/// depth.
+#[derive(Clone, Copy)]
+pub struct FrameHash(u64);
+
+impl FrameHash {
+    pub const fn new() -> Self {
+        FrameHash(0x9E37_79B9_7F4A_7C15)
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 29;
-    h | 1
+
+    #[inline(always)]
+    pub fn push(&mut self, f: u64) {
+        self.0 = self.0.rotate_left(23) ^ f.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    }
+
+    /// The final hash (never 0, which marks a free index slot).
+    pub fn finish(self, kind: AllocKind, len: usize) -> u64 {
+        let mut h = self.0 ^ kind as u64 ^ ((len as u64) << 48);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 29;
+        h | 1
+    }
+}
+
+/// The hash of a whole stack: what `FrameHash` gives frame by frame.
+pub fn hash_frames(kind: AllocKind, frames: &[u64]) -> u64 {
+    let mut h = FrameHash::new();
+    for &f in frames {
+        h.push(f);
+    }
+    h.finish(kind, frames.len())
 }
 
 /// An index slot: enough to compare a stack without touching `entries`.
@@ -159,19 +195,31 @@ pub fn counters(id: u32) -> Counters {
     // before COUNT covers them), never freed; `id` came from `intern`.
     unsafe {
         Counters {
-            alloc: &(*c).alloc[i],
+            own: &(*c).own[i],
+            shared: &(*c).shared[i],
             freed: &(*c).freed[i],
         }
     }
 }
 
-/// Counts `bytes` and `count` as allocated (and live) on stack `id`.
+/// Counts `bytes` and `count` as allocated (and live) on stack `id`, from
+/// a thread that is not its owner.
 fn add(id: u32, bytes: u64, count: u64) {
-    let a = counters(id).alloc;
+    let a = counters(id).shared;
     a.bytes.fetch_add(bytes, Ordering::Relaxed);
     if count != 0 {
         a.count.fetch_add(count, Ordering::Relaxed);
     }
+}
+
+/// The same, from the stack's owner thread: its only writer, so a load and
+/// a store, no read-modify-write.
+fn add_owned(id: u32, bytes: u64, count: u64) {
+    let a = counters(id).own;
+    let b = a.bytes.load(Ordering::Relaxed);
+    a.bytes.store(b.wrapping_add(bytes), Ordering::Relaxed);
+    let c = a.count.load(Ordering::Relaxed);
+    a.count.store(c.wrapping_add(count), Ordering::Relaxed);
 }
 
 /// A per-thread memo entry: a stack interned recently by this thread.
@@ -181,7 +229,9 @@ pub struct Memo {
     first: u64,
     last: u64,
     id: u32,
-    len: u32,
+    len: u16,
+    /// This thread owns the stack's `own` counters.
+    owned: bool,
 }
 
 impl Memo {
@@ -191,6 +241,7 @@ impl Memo {
         last: 0,
         id: 0,
         len: 0,
+        owned: false,
     };
 }
 
@@ -208,40 +259,54 @@ pub const MEMO: usize = 64;
 /// hash collision, and even then the same innermost and outermost frames.
 pub fn intern_add(
     t: &Tls,
+    h: FrameHash,
     kind: AllocKind,
     truncated: bool,
     frames: &[u64],
     bytes: u64,
     count: u64,
 ) -> Option<u32> {
-    let h = hash_frames(kind, frames);
+    let h = h.finish(kind, frames.len());
+    debug_assert_eq!(h, hash_frames(kind, frames));
     let first = frames.first().copied().unwrap_or(0);
     let last = frames.last().copied().unwrap_or(0);
     let slot = &t.memo[(h >> 40) as usize % MEMO];
     let m = slot.get();
-    let id = if m.hash == h && m.len as usize == frames.len() && m.first == first && m.last == last
-    {
-        m.id
+    let (id, owned) =
+        if m.hash == h && m.len as usize == frames.len() && m.first == first && m.last == last {
+            (m.id, m.owned)
+        } else {
+            let (id, owned) = intern(h, kind, truncated, frames, t.tid())?;
+            slot.set(Memo {
+                hash: h,
+                first,
+                last,
+                id,
+                len: frames.len() as u16,
+                owned,
+            });
+            (id, owned)
+        };
+    if owned {
+        add_owned(id, bytes, count);
     } else {
-        let id = intern(h, kind, truncated, frames)?;
-        slot.set(Memo {
-            hash: h,
-            first,
-            last,
-            id,
-            len: frames.len() as u32,
-        });
-        id
-    };
-    add(id, bytes, count);
+        add(id, bytes, count);
+    }
     Some(id)
 }
 
 /// Interns a stack and counts `bytes` and `count` as allocated (and live)
 /// on it; `None` if the table is full.
-/// The table lookup behind `intern_add`: the stack's id, a new one if it
-/// was not known; `None` if the table is full.
-fn intern(h: u64, kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u32> {
+/// The table lookup behind `intern_add`: the stack's id, a new one (owned
+/// by thread `tid`) if it was not known, and whether `tid` owns it; `None`
+/// if the table is full.
+fn intern(
+    h: u64,
+    kind: AllocKind,
+    truncated: bool,
+    frames: &[u64],
+    tid: u32,
+) -> Option<(u32, bool)> {
     let mut t = TABLE.lock();
     if t.index.is_empty() {
         t.rehash();
@@ -258,7 +323,7 @@ fn intern(h: u64, kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u3
             && x.len as usize == frames.len()
             && t.frames[x.start as usize..x.start as usize + x.len as usize] == *frames
         {
-            return Some(x.id);
+            return Some((x.id, t.entries[x.id as usize].owner == tid));
         }
         i = (i + 1) & mask;
     }
@@ -282,6 +347,7 @@ fn intern(h: u64, kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u3
         len: frames.len() as u16,
         kind,
         truncated,
+        owner: tid,
     });
     t.index[i] = Slot {
         hash: h,
@@ -294,7 +360,7 @@ fn intern(h: u64, kind: AllocKind, truncated: bool, frames: &[u64]) -> Option<u3
         t.rehash();
     }
     COUNT.store(t.entries.len() as u32, Ordering::Release);
-    Some(id as u32)
+    Some((id as u32, true))
 }
 
 /// Extra bytes counted as allocated and live without a new allocation

@@ -4,6 +4,7 @@
 //! stack we are running on.
 
 use crate::modules::{self, AGENT_HI, AGENT_LO};
+use crate::stacks::FrameHash;
 use crate::sys::SpinLock;
 use crate::tls::Tls;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -114,14 +115,14 @@ pub fn regs() -> (u64, u64, u64) {
 
 /// Unwinds the current thread. Fills `out` with return addresses, innermost
 /// first, starting at the caller of the allocation function. Returns
-/// (frames, truncated).
+/// (frames, truncated, the frames' hash so far: see `stacks::FrameHash`).
 #[inline(never)]
 pub fn capture(
     t: &Tls,
     start: (u64, u64, u64),
     out: &mut [core::mem::MaybeUninit<u64>; MAX_FRAMES],
     max_depth: usize,
-) -> (usize, bool) {
+) -> (usize, bool, FrameHash) {
     // `start` was taken in a caller whose frame is live below ours, so the
     // stack above its sp is intact.
     let (ip, sp, bp) = start;
@@ -159,18 +160,18 @@ pub fn capture(
         guard.raw_unlock();
         fresh = modules::unwinder();
         if fresh.is_none() {
-            return (0, false);
+            return (0, false, FrameHash::new());
         }
     };
     // SAFETY: we hold this slot's lock.
     let Some(entry) = unsafe { guard.get_unchecked() }.as_deref_mut() else {
         guard.raw_unlock();
-        return (0, false);
+        return (0, false, FrameHash::new());
     };
     let PoolSlot { caches, snap } = entry;
     let Some(snap) = snap.as_deref() else {
         guard.raw_unlock();
-        return (0, false);
+        return (0, false, FrameHash::new());
     };
     let agent = (
         AGENT_LO.load(Ordering::Relaxed),
@@ -178,6 +179,7 @@ pub fn capture(
     );
     let max_depth = max_depth.min(MAX_FRAMES);
     let mut n = 0usize;
+    let mut fh = FrameHash::new();
     let mut truncated = false;
     let mut skipping = true;
     // framehop's iterator counted the first (pc) frame as a step.
@@ -199,6 +201,7 @@ pub fn capture(
             if !modules::is_wrapper(ra) {
                 skipping = false;
                 out[0].write(ra);
+                fh.push(ra);
                 n = 1;
             }
         }
@@ -210,7 +213,7 @@ pub fn capture(
     } else {
         ([(0u64, 0u64); MEMO], [(0u64, 0u64); MEMO])
     };
-    let within = |a: u64, m: &[(u64, u64); MEMO]| m.iter().any(|r| a >= r.0 && a < r.1);
+    let within = within;
     loop {
         steps += 1;
         if steps > MAX_FRAMES + 64 {
@@ -278,6 +281,7 @@ pub fn capture(
                     break;
                 }
                 out[n].write(ra);
+                fh.push(ra);
                 n += 1;
                 steps += 1;
                 if steps > MAX_FRAMES + 64 {
@@ -362,13 +366,14 @@ pub fn capture(
             break;
         }
         out[n].write(a);
+        fh.push(a);
         n += 1;
     }
     guard.raw_unlock();
     t.gaps.set(gaps);
     t.mods.set(mods);
     t.gaps_gen.set(snap.generation);
-    (n, truncated)
+    (n, truncated, fh)
 }
 
 /// Steps out of the agent's own frames by their frame pointers (the agent
@@ -424,6 +429,18 @@ fn lock_slot(t: &Tls) -> &'static SpinLock<Option<Box<PoolSlot>>> {
             return &CACHES[slot];
         }
     }
+}
+
+/// Whether `a` lies in one of the ranges of a memo: all four tested
+/// without a branch per range (a stack that alternates between node's
+/// binary and JIT code would mispredict a chain of compares on most frames).
+#[inline(always)]
+fn within(a: u64, m: &[(u64, u64); MEMO]) -> bool {
+    let mut hit = false;
+    for r in m {
+        hit |= a.wrapping_sub(r.0) < r.1.wrapping_sub(r.0);
+    }
+    hit
 }
 
 /// Entries of the per-thread module and gap memos: node's stacks touch the
