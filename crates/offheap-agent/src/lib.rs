@@ -293,10 +293,45 @@ fn guarded<R>(f: impl FnOnce() -> R) -> R {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
+    // The countdown is charged before the allocation (its size is known),
+    // so the common case ends in a tail jump to glibc: no registers saved,
+    // nothing to do after. A failed allocation still counts toward the
+    // next sample, which changes nothing measurable.
+    let Some(t) = tls::fast() else {
+        // SAFETY: same contract.
+        return unsafe { malloc_dynamic_tls(size) };
+    };
+    let c = t.countdown.get().wrapping_sub(size as i64);
+    t.countdown.set(c);
+    if c >= 0 {
+        // SAFETY: forwarding to glibc.
+        return unsafe { __libc_malloc(size) };
+    }
+    // SAFETY: as above.
+    unsafe { malloc_sampled(t, size) }
+}
+
+/// `malloc` without the static-TLS fast path (the agent was not preloaded).
+#[cold]
+#[inline(never)]
+unsafe fn malloc_dynamic_tls(size: size_t) -> *mut c_void {
     // SAFETY: forwarding to glibc.
     let p = unsafe { __libc_malloc(size) };
     if !p.is_null() {
         on_alloc(p, size, AllocKind::Malloc);
+    }
+    p
+}
+
+/// `malloc` whose allocation ends this thread's countdown (already
+/// charged): allocate, then take the sample.
+#[cold]
+#[inline(never)]
+unsafe fn malloc_sampled(t: &Tls, size: size_t) -> *mut c_void {
+    // SAFETY: forwarding to glibc.
+    let p = unsafe { __libc_malloc(size) };
+    if !p.is_null() {
+        slow_alloc(t, p as usize, size, AllocKind::Malloc);
     }
     p
 }
