@@ -5,8 +5,9 @@
 //! Architecture invariants:
 //! - Never allocates through the hooked path: the agent's own allocations go
 //!   through a private `#[global_allocator]` that calls glibc's `__libc_*`.
-//! - The hot path is one TLS subtract-and-branch (malloc) or one relaxed load
-//!   of a counting prefilter (free). Everything else is behind a sample.
+//! - The hot path is one TLS subtract-and-branch before a tail jump to glibc
+//!   (malloc) or one bit test of a 32 KiB prefilter (free). Everything else
+//!   is behind a sample.
 //! - No agent lock is held while calling into the dynamic loader.
 //! - Never symbolizes, never panics across FFI (panic = abort, no unwraps
 //!   on hook paths), keeps working as a pass-through after exit.
