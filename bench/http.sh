@@ -12,16 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}; DUR=${DUR:-5}; WARM=${WARM:-2}
 command -v wrk >/dev/null || { echo "bench/http.sh needs wrk (apt-get install wrk)"; exit 1; }
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-agent}
-if [[ -z "${OFFHEAP_AGENT_SO:-}" ]]; then
-  cargo build -p offheap-agent --release --quiet
-  OFFHEAP_AGENT_SO=$CARGO_TARGET_DIR/release/liboffheap_agent.so
-fi
-SO=$OFFHEAP_AGENT_SO
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-REC=$WORK/rec
-mkdir -p "$REC"
+source bench/lib.sh
 
 # serve MODE: starts the server, loads it, prints requests/s of the measured part.
 serve() {
@@ -57,7 +48,6 @@ for r in $(seq "$ROUNDS"); do
   done
   echo "  $line"
 done
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 echo
 echo "requests/s (median of $ROUNDS) and median of the per-round ratios to plain:"
 for m in $modes; do

@@ -10,18 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-agent}
-if [[ -z "${OFFHEAP_AGENT_SO:-}" ]]; then
-  cargo build -p offheap-agent --release --quiet
-  OFFHEAP_AGENT_SO=$CARGO_TARGET_DIR/release/liboffheap_agent.so
-fi
-SO=$OFFHEAP_AGENT_SO
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-REC=$WORK/rec
-mkdir -p "$REC"
-
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+source bench/lib.sh
 agent_env() { # mode -> env assignments
   case $1 in
     plain) echo "" ;;
