@@ -598,3 +598,107 @@ fn fragmentation_shows_in_allocator_stats_not_in_live_bytes() {
         "{last:?}"
     );
 }
+
+/// Calls through which the agent's frame-pointer shortcut out of its own
+/// frames must give the same stacks as framehop: every hooked entry point,
+/// and a libc function that allocates (`strdup`, a frame with DWARF unwind
+/// data between the hook and the program).
+const ENTRY_POINTS_C: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <malloc.h>
+__attribute__((noinline)) void *via_malloc(size_t n) { return malloc(n); }
+__attribute__((noinline)) void *via_calloc(size_t n) { return calloc(1, n); }
+__attribute__((noinline)) void *via_realloc(void *p, size_t n) { return realloc(p, n); }
+__attribute__((noinline)) void *via_memalign(size_t n) { void *p = 0; posix_memalign(&p, 64, n); return p; }
+__attribute__((noinline)) void *via_aligned(size_t n) { return aligned_alloc(128, n); }
+__attribute__((noinline)) char *via_strdup(const char *s) { return strdup(s); }
+int main(void) {
+    void *keep[600];
+    int k = 0;
+    for (int i = 0; i < 100; i++) {
+        keep[k++] = via_malloc(100 + i);
+        keep[k++] = via_calloc(200 + i);
+        keep[k++] = via_realloc(via_malloc(16), 300 + i);
+        keep[k++] = via_memalign(400 + i);
+        keep[k++] = via_aligned(512);
+        keep[k++] = via_strdup("an allocating libc function");
+    }
+    for (int i = 0; i < k; i++) free(keep[i]);
+    puts("done");
+    return 0;
+}
+"#;
+
+/// Regression guard for the unwinder's shortcut: the agent steps out of its
+/// own frames by frame pointer instead of framehop. With ASLR off, the same
+/// program recorded with the shortcut and with `OFFHEAP_DEBUG_UNWIND=1`
+/// (framehop for every frame, no frame-pointer shortcuts) must give the
+/// same set of stacks, and every stack must start at the program's caller of
+/// the allocation function (or in libc, for strdup), never in the agent.
+#[test]
+fn agent_frame_shortcut_gives_the_same_stacks_as_framehop() {
+    let sb = Sandbox::new();
+    // No sibling calls: each via_* keeps its frame, so it is the first frame.
+    // Frame pointers, as in node: a shortcut that stepped one frame too far
+    // would then find a valid-looking frame instead of giving up.
+    let exe = sb.gcc(
+        "entry",
+        ENTRY_POINTS_C,
+        &["-fno-optimize-sibling-calls", "-fno-omit-frame-pointer"],
+    );
+    let record = |name: &str, debug: bool| {
+        let rec = sb.rec(name);
+        let mut cmd = Command::new("setarch");
+        cmd.args(["x86_64", "-R"]).arg(&exe);
+        let mut env = vec![("OFFHEAP_EXACT", "1"), ("OFFHEAP_FOLLOW_EXEC", "1")];
+        if debug {
+            env.push(("OFFHEAP_DEBUG_UNWIND", "1"));
+        }
+        let out = run(cmd, Some(&rec), &env);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(stdout(&out), "done\n");
+        let exe_name = exe.to_string_lossy().into_owned();
+        let s = streams(&rec)
+            .into_iter()
+            .map(|(_, s)| s)
+            .find(|s| s.exe == exe_name)
+            .expect("the program's own stream");
+        let mut stacks: Vec<(u8, Vec<u64>)> = s
+            .stacks
+            .iter()
+            .map(|st| (st.kind as u8, st.frames.clone()))
+            .collect();
+        stacks.sort();
+        stacks.dedup();
+        (s, stacks)
+    };
+    let (s, fast) = record("fast", false);
+    let (_, slow) = record("framehop", true);
+    assert_eq!(
+        fast, slow,
+        "stacks differ between the shortcut and framehop"
+    );
+    for name in [
+        "via_malloc",
+        "via_calloc",
+        "via_realloc",
+        "via_memalign",
+        "via_aligned",
+    ] {
+        let (lo, hi) = symbol_range(&s, &exe, name);
+        assert!(
+            fast.iter()
+                .any(|(_, f)| f.first().is_some_and(|&a| a > lo && a <= hi)),
+            "no stack starts in {name}"
+        );
+    }
+    let (lo, hi) = symbol_range(&s, &exe, "via_strdup");
+    assert!(
+        fast.iter()
+            .any(|(_, f)| f.len() > 1 && f[1] > lo && f[1] <= hi),
+        "no stack has strdup's caller as its second frame"
+    );
+}
