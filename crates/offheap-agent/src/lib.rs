@@ -760,7 +760,6 @@ extern "C" fn init() {
     if cfg.exact {
         live::saturate_filter();
     }
-    live::detect_prefetchw();
     modules::init(real_dlopen());
     STATE.store(ENABLED, Ordering::Release);
     sys::set_errno(saved);

@@ -243,52 +243,31 @@ const HINT0: (AtomicUsize, AtomicUsize) = (AtomicUsize::new(0), AtomicUsize::new
 /// after every resize, read without the lock only to issue a prefetch.
 static HINTS: [(AtomicUsize, AtomicUsize); SHARDS] = [HINT0; SHARDS];
 
-/// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8); set by
-/// `detect_prefetchw` at start.
-static PREFETCHW: AtomicBool = AtomicBool::new(false);
-
-/// Checks for `prefetchw` once, in the constructor.
-pub fn detect_prefetchw() {
-    // Leaf 0x8000_0001 exists when the maximum extended leaf covers it.
-    use core::arch::x86_64::__cpuid;
-    let has = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
-    PREFETCHW.store(has, Ordering::Relaxed);
-}
-
-/// Starts loading the line at `a` in a state we may write it in.
+/// Starts loading the line at `a`.
 #[inline(always)]
-fn prefetch_for_write(a: usize) {
-    if PREFETCHW.load(Ordering::Relaxed) {
-        // SAFETY: a prefetch never faults and touches no architectural state.
-        unsafe {
-            core::arch::asm!("prefetchw [{}]", in(reg) a, options(nostack, readonly, preserves_flags))
-        };
-    } else {
-        // SAFETY: as above.
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(a as *const i8)
-        };
-    }
+fn prefetch_line(a: usize) {
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(a as *const i8)
+    };
 }
 
-/// Starts loading, for writing, the shard lock and the slot that
-/// `insert(p, ..)` or `remove(p)` will touch first, so that their cache
-/// misses (often lines another core wrote last: node's sweeper threads free
-/// what the main thread allocated) overlap each other and, on the
-/// allocation side, the unwind, instead of following one another. For
-/// writing: a line fetched shared would need a second round trip to the
-/// other core when the lock is taken or the slot written.
+/// Starts loading the shard lock and the slot that `insert(p, ..)` or
+/// `remove(p)` will touch first, so that their cache misses (often lines
+/// another core wrote last: node's sweeper threads free what the main thread
+/// allocated) overlap each other and, on the allocation side, the unwind,
+/// instead of following one another.
 #[inline]
 pub fn prefetch(p: usize) {
     let idx = shard_of(hash(p));
-    prefetch_for_write(&SHARD_LOCKS[idx] as *const PaddedShard as usize);
+    prefetch_line(&SHARD_LOCKS[idx] as *const PaddedShard as usize);
     let (base, mask) = &HINTS[idx];
     let base = base.load(Ordering::Relaxed);
     if base == 0 {
         return;
     }
     // Possibly stale (the table was resized): a prefetch is only a hint.
-    prefetch_for_write(
+    prefetch_line(
         base.wrapping_add(home(p, mask.load(Ordering::Relaxed)) * core::mem::size_of::<Slot>()),
     );
 }

@@ -136,8 +136,9 @@ impl FrameHash {
     }
 }
 
-/// The hash of a whole stack: what `FrameHash` gives frame by frame.
-pub fn hash_frames(kind: AllocKind, frames: &[u64]) -> u64 {
+/// The hash of a whole stack: what `FrameHash` gives frame by frame (the
+/// check behind `intern_add`'s debug assertion).
+fn hash_frames(kind: AllocKind, frames: &[u64]) -> u64 {
     let mut h = FrameHash::new();
     for &f in frames {
         h.push(f);
@@ -295,8 +296,6 @@ pub fn intern_add(
     Some(id)
 }
 
-/// Interns a stack and counts `bytes` and `count` as allocated (and live)
-/// on it; `None` if the table is full.
 /// The table lookup behind `intern_add`: the stack's id, a new one (owned
 /// by thread `tid`) if it was not known, and whether `tid` owns it; `None`
 /// if the table is full.

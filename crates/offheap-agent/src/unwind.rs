@@ -127,7 +127,6 @@ pub fn capture(
     // stack above its sp is intact.
     let (ip, sp, bp) = start;
     let (lo, hi) = bounds(t, sp);
-
     let mut read = |addr: u64| -> Result<u64, ()> {
         if addr < lo || addr.checked_add(8).is_none_or(|e| e > hi) || addr & 7 != 0 {
             return Err(());
@@ -213,7 +212,6 @@ pub fn capture(
     } else {
         ([(0u64, 0u64); MEMO], [(0u64, 0u64); MEMO])
     };
-    let within = within;
     loop {
         steps += 1;
         if steps > MAX_FRAMES + 64 {

@@ -39,6 +39,11 @@ static LAST_SNAP_MONO: AtomicU64 = AtomicU64::new(0);
 pub static ALLOCATED: AtomicU64 = AtomicU64::new(0);
 static ALLOC_AT_LAST: AtomicU64 = AtomicU64::new(0);
 pub static SAMPLES: AtomicU64 = AtomicU64::new(0);
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Unix ms of the start of this process's stream (fork time in a child), as f64 bits.
+pub static START_MS_BITS: AtomicU64 = AtomicU64::new(0);
+/// Hooked dlopen/dlclose calls in progress (no thread spawn meanwhile).
+pub static DLOPEN_DEPTH: AtomicU64 = AtomicU64::new(0);
 
 /// Counts a sample in `SAMPLES` and `ALLOCATED`, batched per thread (a
 /// locked add on a line every allocating thread shares cost exact mode
@@ -60,11 +65,6 @@ fn flush_pending(t: &crate::tls::Tls) {
     SAMPLES.fetch_add(t.pend_samples.replace(0), Ordering::Relaxed);
     ALLOCATED.fetch_add(t.pend_bytes.replace(0), Ordering::Relaxed);
 }
-pub static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Unix ms of the start of this process's stream (fork time in a child), as f64 bits.
-pub static START_MS_BITS: AtomicU64 = AtomicU64::new(0);
-/// Hooked dlopen/dlclose calls in progress (no thread spawn meanwhile).
-pub static DLOPEN_DEPTH: AtomicU64 = AtomicU64::new(0);
 
 struct VecSink<'a>(&'a mut Vec<u8>);
 impl Sink for VecSink<'_> {
