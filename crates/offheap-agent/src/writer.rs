@@ -344,7 +344,11 @@ extern "C" fn writer_main(_: *mut c_void) -> *mut c_void {
     unsafe { libc::prctl(libc::PR_SET_NAME, c"offheap-writer".as_ptr()) };
     let cfg = CONFIG.get();
     let tick = cfg.interval_ms.clamp(10, 100);
-    LAST_SNAP_MONO.store(sys::mono_ms(), Ordering::Relaxed);
+    // A first snapshot at once: the stream (header, modules, configuration)
+    // exists from the first sample on, even for a process that a signal
+    // ends before the first tick (a cluster worker killed right after it
+    // reports back: its recording must not be missing).
+    snapshot(Trigger::Periodic);
     loop {
         sys::sleep_ms(tick);
         if STOP.load(Ordering::Relaxed) || STATE.load(Ordering::Acquire) != crate::ENABLED {
