@@ -16,6 +16,7 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+mod header;
 mod live;
 mod modules;
 mod stacks;
@@ -161,11 +162,15 @@ fn slow_alloc(t: &Tls, p: usize, size: usize, kind: AllocKind) {
     match STATE.load(Ordering::Acquire) {
         ENABLED => {}
         DISABLED => {
-            t.countdown.set(i64::MAX);
+            t.countdown.set(if header::is_on() {
+                header::COUNTDOWN
+            } else {
+                i64::MAX
+            });
             return;
         }
         _ => {
-            t.countdown.set(0);
+            t.countdown.set(exact_countdown());
             return;
         }
     }
@@ -173,7 +178,7 @@ fn slow_alloc(t: &Tls, p: usize, size: usize, kind: AllocKind) {
     t.busy.set(true);
     let saved = sys::errno();
     let (bytes, count) = if cfg.exact {
-        t.countdown.set(0);
+        t.countdown.set(exact_countdown());
         (size as u64, 1u64)
     } else if t.rng.get() == 0 {
         // First event on this thread: start its countdown, then apply this allocation.
@@ -196,6 +201,173 @@ fn slow_alloc(t: &Tls, p: usize, size: usize, kind: AllocKind) {
     }
     sys::set_errno(saved);
     t.busy.set(false);
+}
+
+/// The countdown that sends the next allocation of this thread to the slow
+/// path: -1 (so `malloc(0)` goes there too), or header mode's.
+fn exact_countdown() -> i64 {
+    if header::is_on() {
+        header::COUNTDOWN
+    } else {
+        -1
+    }
+}
+
+/// Header mode: the stack of an allocation of `size` bytes about to be
+/// handed out, counted as allocated (and live), and the current epoch.
+/// `NO_STACK` when nothing is recorded (before the constructor, inside the
+/// agent, after exit, in a child that is not followed).
+#[cold]
+#[inline(never)]
+fn sample_header(t: &Tls, size: usize) -> (u32, u32) {
+    t.countdown.set(header::COUNTDOWN);
+    if t.busy.get() || size == 0 || STATE.load(Ordering::Acquire) != ENABLED {
+        return (header::NO_STACK, 0);
+    }
+    t.busy.set(true);
+    let saved = sys::errno();
+    writer::maybe_spawn();
+    let start = unwind::regs();
+    let id = stack_of(
+        t,
+        start,
+        AllocKind::Malloc,
+        size as u64,
+        1,
+        CONFIG.get().max_depth,
+    )
+    .unwrap_or(header::NO_STACK);
+    if id != header::NO_STACK {
+        writer::count_sample(t, size as u64);
+    }
+    sys::set_errno(saved);
+    t.busy.set(false);
+    (id, stacks::EPOCH.load(Ordering::Relaxed))
+}
+
+/// Header mode: records the allocation and writes the header of `base`
+/// (from glibc, `1 << shift` bytes of header room in front of at least
+/// `size` bytes); returns the caller's block.
+#[inline(always)]
+unsafe fn hand_out(base: *mut c_void, shift: u32, size: usize) -> *mut c_void {
+    if base.is_null() {
+        return base;
+    }
+    let (stack, epoch) = sample_header(tls::current(), size);
+    // SAFETY: base has room for the header and size bytes (the callers
+    // asked glibc for `(1 << shift) + size`).
+    unsafe { header::write(base, shift, size, stack, epoch) }
+}
+
+/// `size` plus `extra`, or ENOMEM.
+fn with_room(size: usize, extra: usize) -> Option<usize> {
+    let r = size.checked_add(extra);
+    if r.is_none() {
+        sys::set_errno(libc::ENOMEM);
+    }
+    r
+}
+
+/// Header mode's malloc.
+#[cold]
+#[inline(never)]
+unsafe fn malloc_header(size: usize) -> *mut c_void {
+    let Some(total) = with_room(size, header::HDR) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: forwarding to glibc; the header goes in front.
+    unsafe { hand_out(__libc_malloc(total), header::HDR_SHIFT, size) }
+}
+
+/// Header mode's memalign: the caller's block at the first aligned address
+/// past the header, `align` (at least 16) bytes into glibc's block.
+/// `size` bytes are allocated, `counted` of them recorded (less for
+/// pvalloc, which rounds the size up).
+#[cold]
+#[inline(never)]
+unsafe fn memalign_header(align: usize, size: usize, counted: usize) -> *mut c_void {
+    // glibc rounds an alignment that is not a power of two up to one.
+    let Some(a) = align.max(header::HDR).checked_next_power_of_two() else {
+        sys::set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    };
+    let Some(total) = with_room(size, a) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: forwarding to glibc; the header goes in the first `a` bytes.
+    unsafe { hand_out(__libc_memalign(a, total), a.trailing_zeros(), counted) }
+}
+
+/// Header mode's realloc (`p` non-null, handed out in header mode).
+#[cold]
+#[inline(never)]
+unsafe fn realloc_header(p: *mut c_void, size: usize) -> *mut c_void {
+    if size == 0 {
+        // glibc: realloc(p, 0) frees p and returns NULL.
+        // SAFETY: p is a live headered block.
+        unsafe { header::free(p) };
+        return core::ptr::null_mut();
+    }
+    // SAFETY: p is a live headered block.
+    let h = unsafe { header::read(p as usize) };
+    if h.shift == header::HDR_SHIFT {
+        let Some(total) = with_room(size, header::HDR) else {
+            return core::ptr::null_mut();
+        };
+        // SAFETY: forwarding glibc's own block; the header moves with the data.
+        let q = unsafe { __libc_realloc(h.base(p as usize) as *mut c_void, total) };
+        if q.is_null() {
+            return q; // p is untouched
+        }
+        if h.stack != header::NO_STACK {
+            stacks::sub_born(h.stack, h.size as u64, h.epoch);
+        }
+        // SAFETY: q has room for the header and size bytes.
+        return unsafe { hand_out(q, header::HDR_SHIFT, size) };
+    }
+    // An aligned block: a new block with the plain offset, and a copy of
+    // what the old one could hold.
+    // SAFETY: a fresh allocation.
+    let q = unsafe { malloc_header(size) };
+    if !q.is_null() {
+        // SAFETY: p is live with at least `usable_header(p)` bytes; q has size.
+        unsafe {
+            let n = usable_header(p, h).min(size);
+            core::ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, n);
+            header::free(p);
+        }
+    }
+    q
+}
+
+/// Usable bytes of a headered block.
+unsafe fn usable_header(p: *mut c_void, h: header::Header) -> usize {
+    // SAFETY: the block glibc returned for p.
+    let u = unsafe { real_usable_size(h.base(p as usize) as *mut c_void) };
+    u.saturating_sub(1usize << h.shift)
+}
+
+type UsableFn = unsafe extern "C" fn(*mut c_void) -> size_t;
+static REAL_USABLE: AtomicU64 = AtomicU64::new(0);
+
+/// glibc's `malloc_usable_size` (found by the constructor). Before that,
+/// glibc's own formula on the chunk's size word: the chunk size less its
+/// size word, less the previous-size word too for a chunk of its own
+/// mapping.
+unsafe fn real_usable_size(p: *mut c_void) -> size_t {
+    let f = REAL_USABLE.load(Ordering::Relaxed);
+    if f != 0 {
+        // SAFETY: the value came from dlsym for "malloc_usable_size".
+        return unsafe { core::mem::transmute::<usize, UsableFn>(f as usize)(p) };
+    }
+    // SAFETY: a live glibc block starts 8 bytes after its chunk's size word.
+    let sz = unsafe { ((p as usize - 8) as *const usize).read() };
+    let chunk = sz & !7;
+    if sz & 2 != 0 {
+        chunk.saturating_sub(16)
+    } else {
+        chunk.saturating_sub(8)
+    }
 }
 
 /// Unbiased weights of a sampled allocation of `size` bytes with mean
@@ -225,13 +397,7 @@ fn record(
     if kind == AllocKind::Malloc {
         live::prefetch(p);
     }
-    // Not zeroed: 2 KiB of memset per sample would cost more than the rest.
-    let mut frames = [core::mem::MaybeUninit::<u64>::uninit(); unwind::MAX_FRAMES];
-    let (n, truncated, fh) = unwind::capture(t, start, &mut frames, max_depth);
-    // SAFETY: capture initialised frames[..n] (n <= MAX_FRAMES).
-    let frames = unsafe { core::slice::from_raw_parts(frames.as_ptr() as *const u64, n) };
-    let Some(id) = stacks::intern_add(t, fh, kind, truncated, frames, bytes, count) else {
-        writer::DROPPED.fetch_add(1, Ordering::Relaxed);
+    let Some(id) = stack_of(t, start, kind, bytes, count, max_depth) else {
         return;
     };
     let born_ms = sys::mono_ms().saturating_sub(START_MONO.load(Ordering::Relaxed)) as u32;
@@ -257,6 +423,29 @@ fn record(
     writer::count_sample(t, bytes);
 }
 
+/// Unwinds from `start`, interns the stack and counts `bytes` and `count`
+/// as allocated on it; `None` (counted as dropped) if the table is full.
+#[inline(always)]
+fn stack_of(
+    t: &Tls,
+    start: (u64, u64, u64),
+    kind: AllocKind,
+    bytes: u64,
+    count: u64,
+    max_depth: usize,
+) -> Option<u32> {
+    // Not zeroed: 2 KiB of memset per sample would cost more than the rest.
+    let mut frames = [core::mem::MaybeUninit::<u64>::uninit(); unwind::MAX_FRAMES];
+    let (n, truncated, fh) = unwind::capture(t, start, &mut frames, max_depth);
+    // SAFETY: capture initialised frames[..n] (n <= MAX_FRAMES).
+    let frames = unsafe { core::slice::from_raw_parts(frames.as_ptr() as *const u64, n) };
+    let id = stacks::intern_add(t, fh, kind, truncated, frames, bytes, count);
+    if id.is_none() {
+        writer::DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+    id
+}
+
 /// The free side: drop the record of a sampled pointer before the memory
 /// goes back to the allocator (so the address cannot be reused meanwhile).
 ///
@@ -266,6 +455,10 @@ fn record(
 #[cold]
 #[inline(never)]
 unsafe fn free_tracked(p: *mut c_void) {
+    if header::is_on() {
+        // SAFETY: in header mode every block reaching free is headered.
+        return unsafe { header::free(p) };
+    }
     live::prefetch(p as usize);
     guarded(|| {
         if let Some(l) = live::remove(p as usize) {
@@ -316,6 +509,10 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
 #[cold]
 #[inline(never)]
 unsafe fn malloc_dynamic_tls(size: size_t) -> *mut c_void {
+    if header::on() {
+        // SAFETY: same contract.
+        return unsafe { malloc_header(size) };
+    }
     // SAFETY: forwarding to glibc.
     let p = unsafe { __libc_malloc(size) };
     if !p.is_null() {
@@ -329,6 +526,10 @@ unsafe fn malloc_dynamic_tls(size: size_t) -> *mut c_void {
 #[cold]
 #[inline(never)]
 unsafe fn malloc_sampled(t: &Tls, size: size_t) -> *mut c_void {
+    if header::on() {
+        // SAFETY: same contract.
+        return unsafe { malloc_header(size) };
+    }
     // SAFETY: forwarding to glibc.
     let p = unsafe { __libc_malloc(size) };
     if !p.is_null() {
@@ -353,6 +554,20 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
+    if header::on() {
+        let Some(total) = n.checked_mul(size).and_then(|b| with_room(b, header::HDR)) else {
+            sys::set_errno(libc::ENOMEM);
+            return core::ptr::null_mut();
+        };
+        // SAFETY: forwarding to glibc; the header goes in front.
+        return unsafe {
+            hand_out(
+                __libc_calloc(1, total),
+                header::HDR_SHIFT,
+                total - header::HDR,
+            )
+        };
+    }
     // SAFETY: forwarding to glibc (which checks the overflow).
     let p = unsafe { __libc_calloc(n, size) };
     if !p.is_null() {
@@ -366,6 +581,10 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
     if p.is_null() {
         // SAFETY: realloc(NULL, n) is malloc(n).
         return unsafe { malloc(size) };
+    }
+    if header::is_on() {
+        // SAFETY: in header mode every block reaching realloc is headered.
+        return unsafe { realloc_header(p, size) };
     }
     let old = if live::maybe_tracked(p as usize) {
         guarded(|| live::remove(p as usize))
@@ -408,6 +627,10 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: size_t, size: size_t) -
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memalign(align: size_t, size: size_t) -> *mut c_void {
+    if header::on() {
+        // SAFETY: same contract.
+        return unsafe { memalign_header(align, size, size) };
+    }
     // SAFETY: forwarding to glibc.
     let p = unsafe { __libc_memalign(align, size) };
     if !p.is_null() {
@@ -434,13 +657,21 @@ pub unsafe extern "C" fn posix_memalign(
         return libc::EINVAL;
     }
     let saved = sys::errno();
-    // SAFETY: forwarding to glibc.
-    let p = unsafe { __libc_memalign(align, size) };
+    // SAFETY: forwarding to glibc (or the header path, same contract).
+    let p = unsafe {
+        if header::on() {
+            memalign_header(align, size, size)
+        } else {
+            __libc_memalign(align, size)
+        }
+    };
     sys::set_errno(saved);
     if p.is_null() {
         return libc::ENOMEM;
     }
-    on_alloc(p, size, AllocKind::Malloc);
+    if !header::is_on() {
+        on_alloc(p, size, AllocKind::Malloc);
+    }
     // SAFETY: the caller passes a valid out pointer.
     unsafe { *out = p };
     0
@@ -448,6 +679,10 @@ pub unsafe extern "C" fn posix_memalign(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
+    if header::on() {
+        // SAFETY: valloc is memalign to the page size.
+        return unsafe { memalign_header(PAGE, size, size) };
+    }
     // SAFETY: forwarding to glibc.
     let p = unsafe { __libc_valloc(size) };
     if !p.is_null() {
@@ -458,12 +693,34 @@ pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pvalloc(size: size_t) -> *mut c_void {
+    if header::on() {
+        // pvalloc rounds the size up to whole pages (0 to one page).
+        let Some(n) = size.max(1).checked_add(PAGE - 1) else {
+            sys::set_errno(libc::ENOMEM);
+            return core::ptr::null_mut();
+        };
+        // SAFETY: pvalloc is memalign to the page size of whole pages.
+        return unsafe { memalign_header(PAGE, n & !(PAGE - 1), size) };
+    }
     // SAFETY: forwarding to glibc.
     let p = unsafe { __libc_pvalloc(size) };
     if !p.is_null() {
         on_alloc(p, size, AllocKind::Malloc);
     }
     p
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> size_t {
+    if p.is_null() {
+        return 0;
+    }
+    if header::is_on() {
+        // SAFETY: in header mode every live block is headered.
+        return unsafe { usable_header(p, header::read(p as usize)) };
+    }
+    // SAFETY: forwarding the caller's block to glibc.
+    unsafe { real_usable_size(p) }
 }
 
 // ---------------------------------------------------------------------------
@@ -707,6 +964,11 @@ extern "C" fn init() {
     }
     TLS.with(|t| t.busy.set(true));
     let saved = sys::errno();
+    // SAFETY: dlsym with RTLD_NEXT from this library; the name is NUL-terminated.
+    REAL_USABLE.store(
+        unsafe { libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) } as u64,
+        Ordering::Relaxed,
+    );
     let preloaded = sys::getenv(c"LD_PRELOAD")
         .is_some_and(|v| v.windows(19).any(|w| w == b"liboffheap_agent.so"));
     tls::enable_fast_path(preloaded);
@@ -722,6 +984,9 @@ extern "C" fn init() {
     cfg.dir_len = dir.len();
     cfg.sample_interval = sys::env_u64(c"OFFHEAP_SAMPLE_INTERVAL", 524_288).max(1);
     cfg.exact = sys::env_bool(c"OFFHEAP_EXACT", false) || cfg.sample_interval == 1;
+    // Header mode was decided by the first allocation, from the same
+    // environment; it implies exact tracking.
+    cfg.exact |= header::on();
     cfg.interval_ms = sys::env_u64(c"OFFHEAP_INTERVAL_MS", 1000).max(10);
     cfg.snapshot_bytes = sys::env_u64(c"OFFHEAP_SNAPSHOT_BYTES", 64 << 20).max(1);
     cfg.max_depth = (sys::env_u64(c"OFFHEAP_MAX_DEPTH", 64) as usize).clamp(1, unwind::MAX_FRAMES);

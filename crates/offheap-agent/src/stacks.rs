@@ -17,6 +17,14 @@
 //! not bounce one cache line between their cores on every pair, and the
 //! allocating thread pays no locked instruction for its counters. Live
 //! figures are `own + shared - freed`.
+//!
+//! In header mode (exact, see `header.rs`) a free also knows the epoch its
+//! allocation was born in. Frees of allocations born in the last
+//! `YOUNG - 1` epochs are counted per birth epoch (`young`), the rest in
+//! `bytes`: with the writer's per-epoch snapshots of the allocated bytes
+//! this gives the bytes still live that were allocated before a given epoch
+//! (the aged live bytes) without a walk over the live allocations, which
+//! header mode does not keep.
 
 use crate::sys::{SpinLock, map_anon};
 use crate::tls::Tls;
@@ -30,11 +38,32 @@ pub struct Side {
     count: AtomicU64,
 }
 
+/// Ring slots of `Freed::young`: frees of allocations born in the current
+/// epoch and the `YOUNG - 2` before it are counted per epoch; one slot is
+/// the slack that lets the writer recycle a slot no free can be adding to.
+pub const YOUNG: usize = 6;
+
+/// The free side of a stack's counters, one cache line per stack.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub struct Freed {
+    /// Bytes freed, other than those in `young`.
+    bytes: AtomicU64,
+    count: AtomicU64,
+    /// Header mode: bytes freed of allocations born in epoch `e`, at
+    /// `e % YOUNG`, for the recent epochs.
+    young: [AtomicU64; YOUNG],
+}
+
+/// The current epoch (header mode): advanced by the writer, stored in every
+/// allocation's header.
+pub static EPOCH: AtomicU32 = AtomicU32::new(0);
+
 /// One stack's counters.
 pub struct Counters {
     own: &'static Side,
     shared: &'static Side,
-    freed: &'static Side,
+    freed: &'static Freed,
 }
 
 /// One stack's figures as the writer reads them.
@@ -51,7 +80,13 @@ impl Counters {
     /// lock the free took, and the free side's adds are releases), so live
     /// figures never go below zero.
     pub fn read(&self) -> Figures {
-        let fb = self.freed.bytes.load(Ordering::Acquire);
+        let fb = self
+            .freed
+            .young
+            .iter()
+            .fold(self.freed.bytes.load(Ordering::Acquire), |a, y| {
+                a.wrapping_add(y.load(Ordering::Acquire))
+            });
         let fc = self.freed.count.load(Ordering::Acquire);
         let ab = (self.own.bytes.load(Ordering::Acquire))
             .wrapping_add(self.shared.bytes.load(Ordering::Acquire));
@@ -64,6 +99,28 @@ impl Counters {
             live_count: ac.saturating_sub(fc),
         }
     }
+
+    /// Bytes allocated so far.
+    pub fn alloc_bytes(&self) -> u64 {
+        (self.own.bytes.load(Ordering::Acquire))
+            .wrapping_add(self.shared.bytes.load(Ordering::Acquire))
+    }
+
+    /// Bytes freed and not counted in `young`, and the `young` slots.
+    pub fn freed_split(&self) -> (u64, [u64; YOUNG]) {
+        let y = core::array::from_fn(|i| self.freed.young[i].load(Ordering::Acquire));
+        (self.freed.bytes.load(Ordering::Acquire), y)
+    }
+
+    /// Moves ring slot `slot` into `bytes` (the writer, before the epoch
+    /// that reuses the slot begins; no free adds to it meanwhile, see
+    /// `sub_born`).
+    pub fn recycle(&self, slot: usize) {
+        let v = self.freed.young[slot].swap(0, Ordering::AcqRel);
+        if v != 0 {
+            self.freed.bytes.fetch_add(v, Ordering::Release);
+        }
+    }
 }
 
 /// A chunk of counters: all three sides of `CHUNK` stacks.
@@ -71,7 +128,7 @@ impl Counters {
 struct Chunk {
     own: [Side; CHUNK],
     shared: [Side; CHUNK],
-    freed: [Side; CHUNK],
+    freed: [Freed; CHUNK],
 }
 
 const CHUNK_BITS: u32 = 12;
@@ -366,6 +423,24 @@ fn intern(
 /// (mremap growth of a tracked mapping).
 pub fn grow(id: u32, bytes: u64) {
     add(id, bytes, 0);
+}
+
+/// Header mode: an allocation of `bytes` on stack `id`, born in epoch
+/// `born`, is freed. Born in one of the last `YOUNG - 1` epochs, it is
+/// counted in the ring slot of its epoch. The writer recycles slot
+/// `(k + 1) % YOUNG` before it publishes epoch `k + 1`; a free that still
+/// sees epoch `k` only adds to the slots of epochs `k - YOUNG + 2 ..= k`,
+/// none of which is that slot.
+#[inline(always)]
+pub fn sub_born(id: u32, bytes: u64, born: u32) {
+    let f = counters(id).freed;
+    f.count.fetch_add(1, Ordering::Release);
+    let now = EPOCH.load(Ordering::Relaxed);
+    if now.wrapping_sub(born) < (YOUNG - 1) as u32 {
+        f.young[born as usize % YOUNG].fetch_add(bytes, Ordering::Release);
+    } else {
+        f.bytes.fetch_add(bytes, Ordering::Release);
+    }
 }
 
 /// Bytes and allocations of stack `id` that are no longer live.

@@ -6,6 +6,8 @@ use core::sync::atomic::{AtomicIsize, Ordering};
 
 pub struct Tls {
     /// Bytes left until the next sample; the hot path subtracts and tests.
+    /// Starts negative, so that a thread's first allocation, even of 0
+    /// bytes, takes the slow path (where header mode is decided).
     pub countdown: Cell<i64>,
     /// Set while the agent itself runs on this thread (reentrancy guard).
     pub busy: Cell<bool>,
@@ -29,7 +31,7 @@ pub struct Tls {
 thread_local! {
     pub static TLS: Tls = const {
         Tls {
-            countdown: Cell::new(0),
+            countdown: Cell::new(-1),
             busy: Cell::new(false),
             rng: Cell::new(0),
             stack_lo: Cell::new(0),

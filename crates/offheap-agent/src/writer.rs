@@ -18,6 +18,16 @@ pub struct WState {
     aged: Vec<u64>,
     entries: Vec<(u32, StackCounters)>,
     write_failed: bool,
+    /// Which written stacks are of the mmap family.
+    mmap_stack: Vec<bool>,
+    epochs: Epochs,
+}
+
+/// Header mode: when each epoch of the ring began (ms since start, at
+/// `epoch % YOUNG`), and per stack its allocated bytes at that moment.
+pub struct Epochs {
+    began: [u64; stacks::YOUNG],
+    allocated: Vec<[u64; stacks::YOUNG]>,
 }
 
 pub static W: SpinLock<WState> = SpinLock::new(WState {
@@ -29,6 +39,11 @@ pub static W: SpinLock<WState> = SpinLock::new(WState {
     aged: Vec::new(),
     entries: Vec::new(),
     write_failed: false,
+    mmap_stack: Vec::new(),
+    epochs: Epochs {
+        began: [0; stacks::YOUNG],
+        allocated: Vec::new(),
+    },
 });
 
 pub static WRITER_STARTED: AtomicBool = AtomicBool::new(false);
@@ -187,6 +202,70 @@ pub enum Trigger {
     Final,
 }
 
+/// Header mode's aged live bytes of the malloc-family stacks (no live
+/// records to walk; see `stacks::Freed`). First, on a periodic snapshot,
+/// starts a new epoch if the current one is `min_age / 3` old: recycles
+/// the ring slot the new epoch will use, publishes the epoch, and notes
+/// every stack's allocated bytes. Then, with `j` the latest epoch that
+/// began at least `min_age` ago, a stack's aged bytes are its allocated
+/// bytes when `j` began less the frees of allocations born before `j`
+/// (the settled frees and the ring slots of epochs before `j`): the bytes
+/// allocated at least `min_age` ago, give or take an epoch, still live.
+fn aged_from_epochs(
+    ep: &mut Epochs,
+    mmap_stack: &[bool],
+    aged: &mut [u64],
+    now: u64,
+    min_age: u64,
+    periodic: bool,
+) {
+    const Y: usize = stacks::YOUNG;
+    let mut k = stacks::EPOCH.load(Ordering::Relaxed);
+    if periodic && min_age > 0 && now.saturating_sub(ep.began[k as usize % Y]) >= min_age / 3 {
+        k += 1;
+        let slot = k as usize % Y;
+        let count = stacks::COUNT.load(Ordering::Acquire);
+        for id in 0..count {
+            stacks::counters(id).recycle(slot);
+        }
+        stacks::EPOCH.store(k, Ordering::Release);
+        ep.began[slot] = now;
+        ep.allocated.resize(count as usize, [0; Y]);
+        for (id, row) in ep.allocated.iter_mut().enumerate() {
+            row[slot] = stacks::counters(id as u32).alloc_bytes();
+        }
+    }
+    let all_live = min_age == 0;
+    if !all_live && now < min_age {
+        return; // nothing is that old yet
+    }
+    // Epochs k-Y+2 ..= k are in the ring; epoch 0 began at 0.
+    let lo = k.saturating_sub(Y as u32 - 2);
+    let cutoff = now.saturating_sub(min_age);
+    let j = (lo..=k)
+        .rev()
+        .find(|&e| ep.began[e as usize % Y] <= cutoff)
+        .unwrap_or(lo);
+    let in_window = |s: usize| (j..=k).any(|e| e as usize % Y == s);
+    for (id, out) in aged.iter_mut().enumerate() {
+        if mmap_stack.get(id).copied().unwrap_or(true) {
+            continue;
+        }
+        let c = stacks::counters(id as u32);
+        let live = c.read().live_bytes;
+        *out = if all_live {
+            live
+        } else {
+            let (settled, young) = c.freed_split();
+            let before_j = (0..Y)
+                .filter(|&s| !in_window(s))
+                .fold(settled, |a, s| a.wrapping_add(young[s]));
+            let allocated = ep.allocated.get(id).map_or(0, |r| r[j as usize % Y]);
+            allocated.saturating_sub(before_j).min(live)
+        };
+    }
+}
+
 /// Writes one snapshot. Call with no agent lock held.
 pub fn snapshot(trigger: Trigger) {
     if sys::getpid() != PID.load(Ordering::Relaxed) {
@@ -244,6 +323,7 @@ pub fn snapshot(trigger: Trigger) {
         for id in w.stacks_written as usize..t.entries.len() {
             let e = &t.entries[id];
             fmt::write_stack(&mut s, id as u32, e.kind, e.truncated, t.frames_of(e));
+            w.mmap_stack.push(e.kind == fmt::AllocKind::Mmap);
         }
         w.stacks_written = t.entries.len() as u32;
     }
@@ -259,6 +339,18 @@ pub fn snapshot(trigger: Trigger) {
         w.aged.resize(n, 0);
         let age_now = sys::mono_ms().saturating_sub(START_MONO.load(Ordering::Relaxed));
         let cutoff = age_now.saturating_sub(cfg.min_age_ms);
+        if crate::header::is_on() {
+            aged_from_epochs(
+                &mut w.epochs,
+                &w.mmap_stack,
+                &mut w.aged,
+                age_now,
+                cfg.min_age_ms,
+                trigger == Trigger::Periodic,
+            );
+        }
+        // The live records: every sampled allocation without header mode,
+        // the mmap family's regions always.
         let aged = &mut w.aged;
         live::for_each(|l| {
             if (l.born_ms as u64) <= cutoff && (l.stack as usize) < aged.len() {
@@ -495,6 +587,7 @@ pub extern "C" fn fork_child() {
         w.fd = -1;
         w.index = 0;
         w.stacks_written = 0;
+        w.mmap_stack.clear();
         w.last.clear();
         w.write_failed = false;
         for r in modules::TABLE.get_unchecked().recs.iter_mut() {

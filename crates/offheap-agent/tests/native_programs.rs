@@ -702,3 +702,233 @@ fn agent_frame_shortcut_gives_the_same_stacks_as_framehop() {
         "no stack has strdup's caller as its second frame"
     );
 }
+
+/// Every malloc-family entry point, with alignments, usable sizes and
+/// content checks, then one kept block per entry point.
+const MALLOC_FAMILY_C: &str = r#"
+#define _GNU_SOURCE
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+static void check(int ok, const char *what, long i) {
+  if (!ok) { printf("FAIL %s at %ld\n", what, i); fflush(stdout); exit(1); }
+}
+static void *use(void *p, size_t n, size_t align, long i) {
+  check(p != 0, "null", i);
+  check(((uintptr_t)p % align) == 0, "alignment", i);
+  size_t u = malloc_usable_size(p);
+  check(u >= n, "usable size", i);
+  memset(p, (int)(i & 0x7f), u);  /* the whole usable size is the caller's */
+  return p;
+}
+__attribute__((noinline)) void *keep_malloc(void) { return malloc(1001); }
+__attribute__((noinline)) void *keep_calloc(void) { return calloc(3, 1001); }
+__attribute__((noinline)) void *keep_realloc(void) { return realloc(malloc(10), 5005); }
+__attribute__((noinline)) void *keep_memalign(void) { return memalign(64, 7007); }
+__attribute__((noinline)) void *keep_posix_memalign(void) { void *p = 0; posix_memalign(&p, 256, 9009); return p; }
+__attribute__((noinline)) void *keep_aligned_alloc(void) { return aligned_alloc(4096, 11011); }
+__attribute__((noinline)) void *keep_valloc(void) { return valloc(13013); }
+__attribute__((noinline)) void *keep_pvalloc(void) { return pvalloc(15015); }
+__attribute__((noinline)) void *keep_strdup(void) { return strdup("sixteen chars..."); }
+int main(void) {
+  unsigned long sum = 0;
+  for (long i = 0; i < 3000; i++) {
+    size_t n = 1 + (size_t)(i * 37 % 5000);
+    size_t al = (size_t)16 << (i % 9);          /* 16 .. 4096 */
+    char *a = use(malloc(n), n, 16, i);
+    char *b = use(calloc(i % 7 + 1, n), (i % 7 + 1) * n, 16, i);
+    for (size_t k = 0; k < (i % 7 + 1) * n; k += 97) check(b[k] == (char)(i & 0x7f), "calloc", i);
+    char *c = use(memalign(al, n), n, al, i);
+    void *d = 0;
+    check(posix_memalign(&d, al, n) == 0, "posix_memalign", i);
+    use(d, n, al, i);
+    char *e = use(aligned_alloc(al, n), n, al, i);
+    char *f = use(valloc(n), n, 4096, i);
+    char *g = use(pvalloc(n), n, 4096, i);
+    /* realloc keeps the contents: grow and shrink, a plain and an aligned block */
+    memset(a, 0x55, n);
+    a = realloc(a, n * 3 + 1);
+    check(a != 0, "realloc", i);
+    for (size_t k = 0; k < n; k++) check(a[k] == 0x55, "realloc grow keeps", i);
+    a = realloc(a, n / 2 + 1);
+    for (size_t k = 0; k < n / 2 + 1; k++) check(a[k] == 0x55, "realloc shrink keeps", i);
+    memset(c, 0x33, n);
+    c = realloc(c, n + 100);
+    check(c != 0, "realloc aligned", i);
+    for (size_t k = 0; k < n; k++) check(c[k] == 0x33, "realloc aligned keeps", i);
+    use(c, n + 100, 16, i);
+    char *h = reallocarray(0, 3, n);
+    use(h, 3 * n, 16, i);
+    h = reallocarray(h, 4, n);
+    check(h != 0, "reallocarray", i);
+    check(reallocarray(h, SIZE_MAX / 2, 3) == 0, "reallocarray overflow", i);
+    check(calloc(SIZE_MAX / 2, 3) == 0, "calloc overflow", i);
+    check(malloc(SIZE_MAX - 8) == 0, "huge malloc", i);
+    char *z = malloc(0);
+    check(z != 0, "malloc(0)", i);
+    check(realloc(realloc(0, 10), 0) == 0, "realloc to 0", i);
+    free(0);
+    char *s = strdup("a string to copy");
+    sum += (unsigned char)a[0] + (unsigned char)s[3] + malloc_usable_size(0);
+    free(a); free(b); free(c); free(d); free(e); free(f); free(g); free(h); free(z); free(s);
+  }
+  void *kept[] = { keep_malloc(), keep_calloc(), keep_realloc(), keep_memalign(),
+                   keep_posix_memalign(), keep_aligned_alloc(), keep_valloc(),
+                   keep_pvalloc(), keep_strdup() };
+  for (int i = 0; i < 9; i++) check(kept[i] != 0, "kept", i);
+  printf("ok %lu\n", sum);
+  return 0;
+}
+"#;
+
+/// Exact mode, with allocation headers (the default) and with the address
+/// table (`OFFHEAP_HEADERS=0`): every entry point behaves as without the
+/// agent (alignment, usable size, contents across realloc, overflow and
+/// zero-size cases), and what each kept block's function allocated is live,
+/// to the byte and the block.
+#[test]
+fn exact_mode_entry_points_behave_and_count_to_the_byte() {
+    let sb = Sandbox::new();
+    // No tail calls: each keep_ function stays on its allocation's stack.
+    let exe = sb.gcc("family", MALLOC_FAMILY_C, &["-fno-optimize-sibling-calls"]);
+    let plain = run(Command::new(&exe), None, &[]);
+    assert!(stdout(&plain).starts_with("ok "), "{}", stdout(&plain));
+    for headers in ["1", "0"] {
+        let rec = sb.rec(&format!("rec{headers}"));
+        let o = run(
+            Command::new(&exe),
+            Some(&rec),
+            &[("OFFHEAP_EXACT", "1"), ("OFFHEAP_HEADERS", headers)],
+        );
+        assert!(
+            o.status.success(),
+            "headers={headers}: {:?} {}",
+            o.status,
+            stdout(&o)
+        );
+        assert_eq!(stdout(&plain), stdout(&o), "headers={headers}");
+        let s = &streams(&rec)[0].1;
+        assert!(s.exact);
+        for (f, bytes) in [
+            ("keep_malloc", 1001),
+            ("keep_calloc", 3003),
+            ("keep_realloc", 5005),
+            ("keep_memalign", 7007),
+            ("keep_posix_memalign", 9009),
+            ("keep_aligned_alloc", 11011),
+            ("keep_valloc", 13013),
+            ("keep_pvalloc", 15015),
+            ("keep_strdup", 17),
+        ] {
+            let (lo, hi) = symbol_range(s, &exe, f);
+            let (live, count) = s
+                .series
+                .iter()
+                .filter(|x| {
+                    s.stacks[x.stack as usize]
+                        .frames
+                        .iter()
+                        .any(|&a| a > lo && a <= hi)
+                })
+                .fold((0, 0), |(b, c), x| {
+                    (b + x.last().live_bytes, c + x.last().live_count)
+                });
+            assert_eq!((live, count), (bytes, 1), "headers={headers}: {f}");
+        }
+    }
+}
+
+/// A steady leak, short-lived churn, and blocks that live 300 ms: with a
+/// minimum age of 600 ms, the aged live bytes count the leak's older part
+/// only. Exact mode with headers computes them from per-epoch counters
+/// instead of a walk over live records; the table gives the reference.
+const AGES_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+static void *volatile sink;
+__attribute__((noinline)) void leak(void) { sink = malloc(1000); memset(sink, 1, 1000); }
+__attribute__((noinline)) void churn(void) { void *p = malloc(200); sink = p; free(p); }
+static void *ring[300];
+__attribute__((noinline)) void medium(int i) { free(ring[i % 300]); ring[i % 300] = malloc(500); }
+int main(void) {
+  double t0 = now();
+  int i = 0;
+  while (now() - t0 < 3.0) {
+    leak();
+    for (int k = 0; k < 10; k++) churn();
+    medium(i++);
+    struct timespec d = {0, 1000000};
+    nanosleep(&d, 0);
+  }
+  printf("done\n");
+  return 0;
+}
+"#;
+
+#[test]
+fn exact_mode_aged_bytes_count_only_what_outlived_the_minimum_age() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("ages", AGES_C, &[]);
+    for headers in ["1", "0"] {
+        let rec = sb.rec(&format!("rec{headers}"));
+        let o = run(
+            Command::new(&exe),
+            Some(&rec),
+            &[
+                ("OFFHEAP_EXACT", "1"),
+                ("OFFHEAP_HEADERS", headers),
+                ("OFFHEAP_MIN_AGE_MS", "600"),
+                ("OFFHEAP_INTERVAL_MS", "100"),
+            ],
+        );
+        assert!(o.status.success(), "headers={headers}");
+        let s = &streams(&rec)[0].1;
+        let of = |f: &str| {
+            let (lo, hi) = symbol_range(s, &exe, f);
+            s.series
+                .iter()
+                .find(|x| {
+                    s.stacks[x.stack as usize]
+                        .frames
+                        .first()
+                        .is_some_and(|&a| a > lo && a <= hi)
+                })
+                .unwrap_or_else(|| panic!("no stack in {f}"))
+        };
+        let leak_series = of("leak");
+        let (leak, churn, medium) = (leak_series.last(), of("churn").last(), of("medium").last());
+        // The leak ran ~3 s: about the last 600 ms of it (plus up to an
+        // epoch of 200 ms, plus timer slack) is too young.
+        let share = leak.aged_live_bytes as f64 / leak.live_bytes as f64;
+        assert!(
+            (0.55..=0.85).contains(&share),
+            "headers={headers}: leak aged {} of live {}",
+            leak.aged_live_bytes,
+            leak.live_bytes
+        );
+        assert_eq!(churn.aged_live_bytes, 0, "headers={headers}");
+        assert_eq!(medium.live_count, 300, "headers={headers}");
+        assert!(
+            medium.aged_live_bytes <= medium.live_bytes / 20,
+            "headers={headers}: blocks that live 300 ms aged {} of {}",
+            medium.aged_live_bytes,
+            medium.live_bytes
+        );
+        // The leak is never freed: its aged bytes only grow.
+        let aged: Vec<u64> = leak_series
+            .points
+            .iter()
+            .map(|p| p.1.aged_live_bytes)
+            .collect();
+        assert!(
+            aged.windows(2).all(|w| w[0] <= w[1]),
+            "headers={headers}: {aged:?}"
+        );
+        assert!(aged.iter().filter(|&&a| a > 0).count() >= 10, "{aged:?}");
+    }
+}
