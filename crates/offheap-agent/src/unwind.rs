@@ -29,14 +29,20 @@ const SLOT: SpinLock<Option<Box<PoolSlot>>> = SpinLock::new(None);
 pub struct PoolSlot {
     caches: [Cache; WAYS],
     snap: Option<Arc<modules::UnwSnap>>,
+    /// Mixed into the address to choose the way (see `note_collisions`).
+    seed: u64,
+    /// Unwinds since the collision check, and the collision misses then.
+    unwinds: u32,
+    collisions: u64,
 }
 /// Unwind caches, shared by all threads (no per-thread allocation to leak).
-/// Each pool slot holds `WAYS` framehop caches, chosen by a hash of the
-/// address: framehop's cache is direct-mapped on `address % 509`, so two
-/// hot return addresses that collide there (libstdc++'s operator new and a
-/// libc frame at the bottom of every stack, say) would evict each other on
-/// every allocation and re-parse CFI each time. Spread over `WAYS` caches,
-/// such a pair shares one only a quarter of the time.
+/// Each pool slot holds `WAYS` framehop caches, chosen by a seeded hash of
+/// the address: framehop's cache is direct-mapped on `address % 509`, so
+/// two hot return addresses that collide there (libstdc++'s operator new
+/// and a libc frame at the bottom of every stack, say) would evict each
+/// other on every allocation and re-parse CFI each time. Spread over `WAYS`
+/// caches, such a pair shares one a quarter of the time, and a slot that
+/// sees it happen picks a new seed until the pair is apart.
 pub static CACHES: [SpinLock<Option<Box<PoolSlot>>>; POOL] = [SLOT; POOL];
 const WAYS: usize = 4;
 
@@ -145,6 +151,9 @@ pub fn capture(
             Box::new(PoolSlot {
                 caches: core::array::from_fn(|_| Cache::new()),
                 snap: None,
+                seed: 0,
+                unwinds: 0,
+                collisions: 0,
             })
         });
         if entry.snap.as_ref().is_some_and(|s| s.generation == current) {
@@ -167,7 +176,11 @@ pub fn capture(
         guard.raw_unlock();
         return (0, false, FrameHash::new());
     };
-    let PoolSlot { caches, snap } = entry;
+    note_collisions(entry);
+    let PoolSlot {
+        caches, snap, seed, ..
+    } = entry;
+    let seed = *seed;
     let Some(snap) = snap.as_deref() else {
         guard.raw_unlock();
         return (0, false, FrameHash::new());
@@ -317,10 +330,8 @@ pub fn capture(
         let next = if fp {
             fp_step(&mut regs, &mut read)
         } else {
-            let way = (addr
-                .address_for_lookup()
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                >> 62) as usize;
+            let way = ((addr.address_for_lookup() ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                >> (64 - WAYS.trailing_zeros())) as usize;
             unw.unwind_frame(addr, &mut regs, &mut caches[way], &mut read)
         };
         let a = match next {
@@ -372,6 +383,57 @@ pub fn capture(
     t.mods.set(mods);
     t.gaps_gen.set(snap.generation);
     (n, truncated, fh)
+}
+
+/// Unwinds between two checks of a pool slot's collision misses.
+const CHECK_EVERY: u32 = 256;
+
+/// Counts an unwind on `slot`; every `CHECK_EVERY` unwinds, if its caches
+/// missed on a slot another address held more than once per 4 unwinds
+/// (two hot addresses in the same way and the same one of framehop's 509
+/// slots evict each other on every stack that has both, and re-parse CFI
+/// each time: in one layout of node that doubled exact mode's
+/// instructions), picks a new seed, which sends every address to a new
+/// way. The rules cached so far stay valid (they are keyed by address);
+/// some are found again once in their new way.
+fn note_collisions(slot: &mut PoolSlot) {
+    slot.unwinds += 1;
+    if slot.unwinds < CHECK_EVERY {
+        return;
+    }
+    slot.unwinds = 0;
+    let now: u64 = slot
+        .caches
+        .iter()
+        .map(|c| c.stats().miss_wrong_address_count)
+        .sum();
+    let new = now - slot.collisions;
+    slot.collisions = now;
+    if new > (CHECK_EVERY / 4) as u64 {
+        slot.seed = (slot.seed ^ now)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        RESEEDS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Pool-slot reseeds so far (in the final note).
+pub static RESEEDS: AtomicU64 = AtomicU64::new(0);
+
+/// Cache misses on a slot that another address held, over every pool slot
+/// (in the final note).
+pub fn collision_misses() -> u64 {
+    CACHES
+        .iter()
+        .map(|c| {
+            c.lock().as_ref().map_or(0, |e| {
+                e.caches
+                    .iter()
+                    .map(|c| c.stats().miss_wrong_address_count)
+                    .sum()
+            })
+        })
+        .sum()
 }
 
 /// Steps out of the agent's own frames by their frame pointers (the agent

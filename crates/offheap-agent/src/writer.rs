@@ -399,7 +399,7 @@ pub fn snapshot(trigger: Trigger) {
         fmt::write_note(&mut s, f.bytes());
     }
     if final_ {
-        let mut f = Fmt::<256>::new();
+        let mut f = Fmt::<512>::new();
         f.s(b"final: samples=")
             .u(SAMPLES.load(Ordering::Relaxed))
             .s(b" dropped_samples=")
@@ -413,7 +413,11 @@ pub fn snapshot(trigger: Trigger) {
             .s(b" unwind_errors=")
             .u(unwind::UNWIND_ERRORS.load(Ordering::Relaxed))
             .s(b" off_stack_unwinds=")
-            .u(unwind::OFF_STACK.load(Ordering::Relaxed));
+            .u(unwind::OFF_STACK.load(Ordering::Relaxed))
+            .s(b" cache_reseeds=")
+            .u(unwind::RESEEDS.load(Ordering::Relaxed))
+            .s(b" cache_collisions=")
+            .u(unwind::collision_misses());
         fmt::write_note(&mut s, f.bytes());
     }
     fmt::write_snapshot_end(&mut s, idx);

@@ -932,3 +932,104 @@ fn exact_mode_aged_bytes_count_only_what_outlived_the_minimum_age() {
         assert!(aged.iter().filter(|&&a| a > 0).count() >= 10, "{aged:?}");
     }
 }
+
+/// Two hot call sites placed so that their return addresses fall in the
+/// same one of framehop's 509 cache slots and in the same cache way (the
+/// agent's hash with its initial seed), `PAD` bytes apart.
+const COLLIDE_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#define S(x) #x
+#define XS(x) S(x)
+static void *volatile sink;
+__attribute__((noinline)) void f1(void) { void *p = malloc(32); sink = p; free(p); }
+__asm__(".pushsection .text\n.skip " XS(PAD) ", 0xcc\n.popsection");
+__attribute__((noinline)) void f2(void) { void *p = malloc(32); sink = p; free(p); }
+int main(void) {
+  for (int i = 0; i < 100000; i++) { f1(); f2(); }
+  printf("ok\n");
+  return 0;
+}
+"#;
+
+/// The return address after `call malloc` in function `f` (objdump).
+fn return_address_after_malloc(exe: &std::path::Path, f: &str) -> u64 {
+    let o = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(exe)
+        .output()
+        .expect("objdump");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let body: Vec<&str> = text
+        .split(&format!("<{f}>:\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{f} not in objdump output"))
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    let i = body
+        .iter()
+        .position(|l| l.contains("call") && l.contains("<malloc@plt>"))
+        .expect("call malloc");
+    let next = body[i + 1].trim();
+    u64::from_str_radix(next.split(':').next().unwrap().trim(), 16).unwrap()
+}
+
+/// Regression: framehop's rule cache is direct-mapped (`address % 509`);
+/// the agent spreads addresses over 4 such caches by a hash. Two hot
+/// return addresses that share both the slot and the cache evict each
+/// other on every sample and re-parse CFI each time (in one layout of
+/// node under valgrind this doubled exact mode's instructions). A pool
+/// slot that sees such misses picks a new hash seed: after that the two
+/// call sites stop colliding.
+#[test]
+fn colliding_return_addresses_get_separated() {
+    let sb = Sandbox::new();
+    let flags = |pad: u64| {
+        vec![
+            format!("-DPAD={pad}"),
+            "-no-pie".into(),
+            "-fno-toplevel-reorder".into(),
+            "-fno-reorder-functions".into(),
+            "-falign-functions=1".into(),
+        ]
+    };
+    let build = |name: &str, pad: u64| {
+        let f = flags(pad);
+        let args: Vec<&str> = f.iter().map(|s| s.as_str()).collect();
+        sb.gcc(name, COLLIDE_C, &args)
+    };
+    let probe = build("probe", 0);
+    let r1 = return_address_after_malloc(&probe, "f1");
+    let d0 = return_address_after_malloc(&probe, "f2") - r1;
+    // framehop looks up return address - 1; the agent's way for seed 0.
+    let way = |r: u64| ((r - 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 62) as usize;
+    let d = (1..64)
+        .map(|j| 509 * j)
+        .find(|&d| d >= d0 && way(r1) == way(r1 + d))
+        .expect("a colliding distance");
+    let exe = build("collide", d - d0);
+    assert_eq!(return_address_after_malloc(&exe, "f1"), r1);
+    assert_eq!(return_address_after_malloc(&exe, "f2"), r1 + d);
+    let rec = sb.rec("rec");
+    let o = run(Command::new(&exe), Some(&rec), &[("OFFHEAP_EXACT", "1")]);
+    assert_eq!(stdout(&o), "ok\n");
+    let s = &streams(&rec)[0].1;
+    let fin = s
+        .agent_notes
+        .iter()
+        .find(|n| n.starts_with("final:"))
+        .expect("final note");
+    let field = |k: &str| -> u64 {
+        fin.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} in {fin}"))
+            .parse()
+            .unwrap()
+    };
+    let samples = field("samples");
+    assert!(samples >= 200_000, "{fin}");
+    assert!(field("cache_reseeds") >= 1, "{fin}");
+    // Without the reseed: about two collision misses per sample.
+    assert!(field("cache_collisions") < samples / 50, "{fin}");
+}
