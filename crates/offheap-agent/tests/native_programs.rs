@@ -405,18 +405,20 @@ fn python_workload_output_is_unchanged() {
     let mut c = Command::new(&python);
     c.args(["-c", code]);
     let plain = run(c, None, &[]);
-    let rec = sb.rec("rec");
-    let mut c = Command::new(&python);
-    c.args(["-c", code]);
-    let o = run(c, Some(&rec), &[]);
     assert!(plain.status.success());
-    assert_eq!(stdout(&plain), stdout(&o));
-    let ss = streams(&rec);
-    assert!(!ss.is_empty());
-    let s = &ss.last().unwrap().1;
-    assert!(s.exe.contains("python"), "{}", s.exe);
-    assert!(s.notes.is_empty(), "{:?}", s.notes);
-    assert!(s.series.iter().map(|x| x.last().alloc_bytes).sum::<u64>() > 10_000_000);
+    for exact in ["0", "1"] {
+        let rec = sb.rec(&format!("rec{exact}"));
+        let mut c = Command::new(&python);
+        c.args(["-c", code]);
+        let o = run(c, Some(&rec), &[("OFFHEAP_EXACT", exact)]);
+        assert_eq!(stdout(&plain), stdout(&o), "exact={exact}");
+        let ss = streams(&rec);
+        assert!(!ss.is_empty());
+        let s = &ss.last().unwrap().1;
+        assert!(s.exe.contains("python"), "{}", s.exe);
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        assert!(s.series.iter().map(|x| x.last().alloc_bytes).sum::<u64>() > 10_000_000);
+    }
 }
 
 #[test]

@@ -97,9 +97,27 @@ fn node_workers_child_process_and_cluster_run_unchanged() {
         "parent + execFileSync child + 2 cluster workers, got {}",
         ss.len()
     );
-    let parent = ss.iter().map(|x| x.1.pid).min().unwrap();
-    let _ = parent;
     for (_, s) in &ss {
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+    }
+
+    // Exact mode in every process (allocation headers in front of every
+    // block of the parent, its workers, the exec'd child and the cluster
+    // workers): the same output as with sampling.
+    let rec = sb.rec("exact");
+    let mut c = Command::new("node");
+    c.arg(&js);
+    let e = run(
+        c,
+        Some(&rec),
+        &[("OFFHEAP_FOLLOW_EXEC", "1"), ("OFFHEAP_EXACT", "1")],
+    );
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert_eq!(stdout(&o), stdout(&e));
+    let ss = streams(&rec);
+    assert!(ss.len() >= 4, "got {} streams", ss.len());
+    for (_, s) in &ss {
+        assert!(s.exact);
         assert!(s.notes.is_empty(), "{:?}", s.notes);
     }
 }
