@@ -17,6 +17,7 @@ agent_env() { # mode -> env assignments
     off) echo "LD_PRELOAD=$SO" ;;
     default) echo "LD_PRELOAD=$SO OFFHEAP_DIR=$REC" ;;
     exact) echo "LD_PRELOAD=$SO OFFHEAP_DIR=$REC OFFHEAP_EXACT=1" ;;
+    exact-table) echo "LD_PRELOAD=$SO OFFHEAP_DIR=$REC OFFHEAP_EXACT=1 OFFHEAP_HEADERS=0" ;;
   esac
 }
 
@@ -75,7 +76,9 @@ NODE_N=${NODE_N:-200000}
 NODE_ROUNDS=${NODE_ROUNDS:-$(( ROUNDS > 15 ? ROUNDS : 15 ))}
 declare -A O P R WR CR
 field() { echo "$1" | sed "s/.*\"$2\":\([0-9.e+]*\).*/\1/"; }
-node_modes="plain default exact"
+# exact-table: exact mode with the address table instead of allocation
+# headers (OFFHEAP_HEADERS=0), for comparison.
+node_modes="plain default exact exact-table"
 command -v heaptrack >/dev/null && node_modes="$node_modes heaptrack"
 for r in $(seq "$NODE_ROUNDS"); do
   for m in $node_modes; do
@@ -103,10 +106,10 @@ echo
 echo "[2] node bench/node_churn.js $NODE_N (Buffers > 4 KiB, JSON, zlib), $NODE_ROUNDS rounds"
 echo "    throughput per wall second and per CPU second (all threads, incl. the agent's writer):"
 echo "    medians of the runs, and the median (and quartiles) of the per-round ratios to plain"
-printf "  %-10s wall %9.0f ops/s   cpu %9.0f ops/s\n" plain "${M[o_plain]}" "${M[p_plain]}"
-for k in default exact heaptrack; do
+printf "  %-11s wall %9.0f ops/s   cpu %9.0f ops/s\n" plain "${M[o_plain]}" "${M[p_plain]}"
+for k in default exact exact-table heaptrack; do
   [[ -n "${M[o_$k]:-}" ]] || continue
-  printf "  %-10s wall %9.0f ops/s   cpu %9.0f ops/s   wall ratio %.3f (quartiles %s)   cpu ratio %.3f\n" "$k" \
+  printf "  %-11s wall %9.0f ops/s   cpu %9.0f ops/s   wall ratio %.3f (quartiles %s)   cpu ratio %.3f\n" "$k" \
     "${M[o_$k]}" "${M[p_$k]}" "${M[wr_$k]}" "$(echo ${WR[$k]} | quart)" "${M[cr_$k]}"
 done
 if [[ "${CALLGRIND_NODE:-1}" == 1 ]] && command -v valgrind >/dev/null; then
