@@ -844,8 +844,23 @@ pub unsafe extern "C" fn mremap(
 
 const RTLD_DEEPBIND: c_int = 0x8;
 
+/// The next definition of `name` after this library (glibc's), looked up
+/// once and kept in `cache`. Found lazily, so the hooks work whether or not
+/// the constructor ran or enabled the agent (a pass-through agent, without
+/// `OFFHEAP_DIR`, once made every `dlopen` fail).
+fn next_symbol(cache: &AtomicU64, name: &core::ffi::CStr) -> u64 {
+    let mut p = cache.load(Ordering::Relaxed);
+    if p == 0 {
+        // SAFETY: dlsym with RTLD_NEXT from this library; the name is
+        // NUL-terminated.
+        p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as u64;
+        cache.store(p, Ordering::Relaxed);
+    }
+    p
+}
+
 fn real_dlopen() -> Option<DlopenFn> {
-    let p = REAL_DLOPEN.load(Ordering::Relaxed);
+    let p = next_symbol(&REAL_DLOPEN, c"dlopen");
     // SAFETY: the value was produced by dlsym for "dlopen".
     (p != 0).then(|| unsafe { core::mem::transmute::<usize, DlopenFn>(p as usize) })
 }
@@ -882,7 +897,7 @@ pub unsafe extern "C" fn dlopen(file: *const c_char, mode: c_int) -> *mut c_void
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dlclose(h: *mut c_void) -> c_int {
-    let p = REAL_DLCLOSE.load(Ordering::Relaxed);
+    let p = next_symbol(&REAL_DLCLOSE, c"dlclose");
     if p == 0 {
         return -1;
     }
@@ -964,11 +979,9 @@ extern "C" fn init() {
     }
     TLS.with(|t| t.busy.set(true));
     let saved = sys::errno();
-    // SAFETY: dlsym with RTLD_NEXT from this library; the name is NUL-terminated.
-    REAL_USABLE.store(
-        unsafe { libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) } as u64,
-        Ordering::Relaxed,
-    );
+    next_symbol(&REAL_USABLE, c"malloc_usable_size");
+    next_symbol(&REAL_DLOPEN, c"dlopen");
+    next_symbol(&REAL_DLCLOSE, c"dlclose");
     let preloaded = sys::getenv(c"LD_PRELOAD")
         .is_some_and(|v| v.windows(19).any(|w| w == b"liboffheap_agent.so"));
     tls::enable_fast_path(preloaded);
@@ -1005,16 +1018,8 @@ extern "C" fn init() {
     if !cfg.follow_exec {
         strip_ld_preload();
     }
-    // SAFETY: dlsym with RTLD_NEXT from this library; names are NUL-terminated.
+    // SAFETY: registering our own extern "C" handlers with glibc.
     unsafe {
-        REAL_DLOPEN.store(
-            libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) as u64,
-            Ordering::Relaxed,
-        );
-        REAL_DLCLOSE.store(
-            libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) as u64,
-            Ordering::Relaxed,
-        );
         libc::pthread_atfork(
             Some(writer::fork_prepare),
             Some(writer::fork_parent),

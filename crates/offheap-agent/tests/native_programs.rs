@@ -477,6 +477,17 @@ fn without_offheap_dir_the_agent_is_a_pass_through() {
         .unwrap();
     assert!(o.status.success());
     assert_eq!(stdout(&o), "leaked 100000\n");
+    // Regression: a pass-through agent made every dlopen fail (it looked
+    // glibc's dlopen up only once enabled).
+    let lib = sb.gcc("libleak.so", LIB_C, &["-shared", "-fPIC"]);
+    let dl = sb.gcc("dl", DL_C, &["-ldl"]);
+    let o = Command::new(&dl)
+        .arg(&lib)
+        .env("LD_PRELOAD", agent_so())
+        .env_remove("OFFHEAP_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "ok\n");
 }
 
 const MMAP_C: &str = r#"
