@@ -87,7 +87,9 @@ pub struct RunArgs {
     /// Mean bytes between native allocation samples (Poisson by bytes, as in jemalloc).
     #[arg(long, default_value = "512KiB", value_parser = parse_size)]
     pub sample_interval: u64,
-    /// Track every allocation instead of sampling (CI, small programs).
+    /// Track every allocation instead of sampling (CI, small programs). Each block gets a 16-byte
+    /// header in front of it; OFFHEAP_HEADERS=0 in the environment tracks blocks in a table instead
+    /// (slower, the program's heap layout untouched).
     #[arg(long)]
     pub exact: bool,
     /// Do not preload the native agent (only /proc and Node telemetry).
