@@ -231,7 +231,14 @@ fn fork_without_exec_follows_children_or_not() {
     let exe = sb.gcc("fork", FORK_C, &[]);
     let plain = run(Command::new(&exe), None, &[]);
     let rec = sb.rec("follow");
-    let o = run(Command::new(&exe), Some(&rec), &[]);
+    // A 64 KiB mean interval: ~128 samples of each child's 8 MB, so the
+    // estimate is within a few percent (at the default 512 KiB, ~16 samples,
+    // it fell below half the truth about once in 30 runs).
+    let o = run(
+        Command::new(&exe),
+        Some(&rec),
+        &[("OFFHEAP_SAMPLE_INTERVAL", "65536")],
+    );
     assert_eq!(stdout(&plain), stdout(&o));
     let ss = streams(&rec);
     assert_eq!(ss.len(), 4, "parent + 3 children");

@@ -192,6 +192,11 @@ struct StackFigures {
     stack: u32,
     live_end: u64,
     count_end: u64,
+    /// The most live bytes at any snapshot of the window, and the live
+    /// allocations then (a Node target's exit frees most of what leaked
+    /// before the window's last snapshot).
+    live_peak: u64,
+    count_at_peak: u64,
     alloc_bytes: u64,
     alloc_count: u64,
     growth: i64,
@@ -226,6 +231,11 @@ fn stack_figures(
         .map(|s| {
             let end = s.at(last);
             let begin = s.at(first);
+            let peak = snaps
+                .iter()
+                .map(|&i| s.at(i))
+                .max_by_key(|c| c.live_bytes)
+                .unwrap_or(end);
             let slope = if shifted.len() >= 3 {
                 let mut pts: Vec<(f64, f64)> = shifted
                     .iter()
@@ -246,6 +256,8 @@ fn stack_figures(
                 stack: s.stack,
                 live_end: end.live_bytes,
                 count_end: end.live_count,
+                live_peak: peak.live_bytes,
+                count_at_peak: peak.live_count,
                 alloc_bytes: end.alloc_bytes,
                 alloc_count: end.alloc_count,
                 growth: end.live_bytes as i64 - begin.live_bytes as i64,
@@ -361,8 +373,8 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             suspects.push(Suspect {
                 rank: i as u32 + 1,
                 bytes_per_s: f.slope,
-                live_bytes: f.live_end,
-                allocations: f.count_end,
+                live_bytes: f.live_peak,
+                allocations: f.count_at_peak,
                 hint: crate::suspects::hint(&frames),
                 module,
                 function,
@@ -399,5 +411,42 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         profile,
         heap: None,
         notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use offheap_format::native::{NativeStream, StackCounters, StackSeries};
+
+    /// Regression: a suspect's live bytes were those of the window's last
+    /// snapshot, which for a Node server stopped gracefully (the demo) came
+    /// after its exit had freed what leaked: "+26 MiB/s, live 0 B in 0
+    /// allocations". Suspects now carry the peak of the window.
+    #[test]
+    fn figures_keep_the_peak_live_bytes_of_the_window() {
+        let mut n = NativeStream {
+            snapshot_times_ms: (0..10).map(|i| 1000.0 * i as f64).collect(),
+            ..Default::default()
+        };
+        let at = |live: u64| StackCounters {
+            alloc_bytes: 100 << 20,
+            alloc_count: 100,
+            live_bytes: live,
+            live_count: live >> 20,
+            aged_live_bytes: live,
+        };
+        n.series.push(StackSeries {
+            stack: 0,
+            points: (0..9)
+                .map(|i| (i, at((i as u64) << 20)))
+                .chain([(9, at(0))])
+                .collect(),
+        });
+        let snaps: Vec<u32> = (0..10).collect();
+        let f = &stack_figures(&n, &snaps, 0.0, 0.0)[0];
+        assert_eq!((f.live_end, f.count_end), (0, 0));
+        assert_eq!((f.live_peak, f.count_at_peak), (8 << 20, 8));
+        assert!(f.slope > 0.0);
     }
 }

@@ -106,9 +106,10 @@ pub struct Suspect {
     pub rank: u32,
     /// Sustained growth of live bytes (aged), bytes per second.
     pub bytes_per_s: f64,
-    /// Live bytes at the end of the analysis window.
+    /// Peak live bytes in the analysis window (at its end, a Node target's
+    /// exit has often freed what leaked).
     pub live_bytes: u64,
-    /// Live allocations at the end of the analysis window.
+    /// Live allocations at that peak.
     pub allocations: u64,
     /// Module that owns it: the first frame in user code or an addon.
     pub module: String,

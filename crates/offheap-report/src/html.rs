@@ -573,7 +573,7 @@ fn suspects(o: &mut String, m: &Model) {
     o.push_str(
         "<p class=\"muted\">Ranked by sustained growth of live bytes after warm-up (young allocations excluded), \
          never by what is live at exit. Frames innermost first.</p><table class=\"suspects\"><thead><tr>\
-         <th>#</th><th>growth</th><th>live</th><th>allocations</th><th>where</th><th>hint</th></tr></thead>",
+         <th>#</th><th>growth</th><th>peak live</th><th>allocations</th><th>where</th><th>hint</th></tr></thead>",
     );
     for (i, s) in m.suspects.iter().enumerate() {
         suspect_row(o, s, i == 0);

@@ -146,7 +146,7 @@ fn suspect_text(o: &mut String, s: &Suspect) {
     };
     let _ = writeln!(
         o,
-        "\n#{:<3}{}  live {} in {} allocations  [{kind}]",
+        "\n#{:<3}{}  peak live {} in {} allocations  [{kind}]",
         s.rank,
         format::rate(s.bytes_per_s),
         format::bytes(s.live_bytes),
