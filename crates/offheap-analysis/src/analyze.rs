@@ -133,6 +133,24 @@ pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Opti
     (tl, post_gc, exit_gc)
 }
 
+/// The timeline up to `t` seconds: what the verdict judges when the target
+/// was asked to stop at `t`.
+fn until(tl: &Timeline, t: f64) -> Timeline {
+    Timeline {
+        series: tl
+            .series
+            .iter()
+            .map(|s| Series {
+                name: s.name.clone(),
+                points: s.points.iter().copied().filter(|p| p.0 <= t).collect(),
+            })
+            .collect(),
+        gc: tl.gc.iter().filter(|g| g.t <= t).cloned().collect(),
+        warmup_end: tl.warmup_end,
+        duration: t,
+    }
+}
+
 /// Sum of live malloc bytes per snapshot (aged when the agent recorded ages),
 /// and the allocator's retained free bytes.
 fn native_totals(native: &NativeStream, start: f64, skip: &HashSet<u32>) -> (Points, Points) {
@@ -291,7 +309,23 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         .map(|(&id, _)| id)
         .collect();
     let (tl, post_gc, exit_gc) = timeline(rec, &instrumentation);
-    let ev = Evidence::from_timeline(&tl, &post_gc, exit_gc, rec.meta.node);
+    // The verdict and the suspects end where the target was asked to stop:
+    // a server stopped by --duration or Ctrl-C that closes its streams and
+    // frees its caches on the way out would otherwise end flat, and its leak
+    // would read as "no leak". The timeline drawn keeps everything.
+    let stop = rec
+        .end
+        .as_ref()
+        .and_then(|e| e.stop_ms)
+        .map(|t| rel(t, rec.meta.start_ms))
+        .filter(|&s| s > tl.warmup_end && s < tl.duration);
+    let judged = stop.map(|s| until(&tl, s));
+    let judged_tl = judged.as_ref().unwrap_or(&tl);
+    let post_gc: Points = post_gc
+        .into_iter()
+        .filter(|p| stop.is_none_or(|s| p.0 <= s))
+        .collect();
+    let ev = Evidence::from_timeline(judged_tl, &post_gc, exit_gc, rec.meta.node);
     let verdict = decide(&ev);
     let growth = ev.growth();
     let max_of = |name: &str| {
@@ -306,7 +340,15 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         native_live: max_of("native_live"),
     };
     let mut notes = rec.notes.clone();
-    let (from, to) = opts.window.unwrap_or((tl.warmup_end, tl.duration));
+    if let Some(s) = stop
+        && tl.duration - s >= 0.5
+    {
+        notes.push(format!(
+            "the analysis ends at {s:.1} s, when the target was asked to stop; the {:.1} s of shutdown after it are left out",
+            tl.duration - s
+        ));
+    }
+    let (from, to) = opts.window.unwrap_or((tl.warmup_end, judged_tl.duration));
     let mut suspects = Vec::new();
     let mut profile = Profile {
         window: (from, to),

@@ -53,6 +53,12 @@ pub struct End {
     pub exit_status: i32,
     /// Why recording stopped: "exited", "killed", "duration", "detached".
     pub reason: String,
+    /// Unix time in ms when the target was first asked to stop (the SIGINT
+    /// of `--duration`, or a SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to offheap
+    /// or the terminal), if it was. The analysis ends there: what a program
+    /// frees while it shuts down says nothing about what it kept running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_ms: Option<f64>,
 }
 
 /// One `/proc` sample of one process. Sizes in bytes.

@@ -193,6 +193,7 @@ fn model(nstacks: usize) -> Model {
             signal: None,
             exit_status: 0,
             reason: "duration".into(),
+            stop_ms: None,
         }),
         timeline: Timeline {
             series,

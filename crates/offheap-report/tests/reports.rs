@@ -382,6 +382,7 @@ fn snapshot_text_non_node() {
         signal: None,
         exit_status: 0,
         reason: "exited".into(),
+        stop_ms: None,
     });
     m.heap = None;
     m.notes.clear();

@@ -238,6 +238,7 @@ fn record_attached(
             signal: None,
             exit_status: 0,
             reason: reason.into(),
+            stop_ms: None,
         },
         first,
         last,

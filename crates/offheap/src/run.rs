@@ -435,6 +435,7 @@ fn supervise(
     // (when the stop began, signals sent so far)
     let mut stopping: Option<(Instant, u8)> = None;
     let mut reason = "exited";
+    let mut stop_ms = None;
     let exit = loop {
         if let Some(st) = child.try_wait()? {
             break st;
@@ -442,6 +443,12 @@ fn supervise(
         for s in signals.drain() {
             if !s.from_terminal {
                 send(pid, s.signo);
+            }
+            if matches!(
+                s.signo,
+                libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
+            ) {
+                stop_ms.get_or_insert_with(now_ms);
             }
         }
         let now = Instant::now();
@@ -451,6 +458,7 @@ fn supervise(
         {
             reason = "duration";
             snapshots.finish();
+            stop_ms.get_or_insert_with(now_ms);
             send(pid, libc::SIGINT);
             stopping = Some((now, 1));
         }
@@ -491,6 +499,7 @@ fn supervise(
         signal,
         exit_status: exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
         reason: reason.into(),
+        stop_ms,
     };
     Ok((end, heap, snapshots.notes))
 }

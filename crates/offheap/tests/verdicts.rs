@@ -146,3 +146,51 @@ fn leaking_c_program_is_native() {
         "{s}"
     );
 }
+
+/// A server that leaks zlib streams and closes them all when it is asked
+/// to stop: `--duration` sends SIGINT, the program frees what leaked and
+/// exits. Regression: the timeline then ended flat and the verdict was
+/// "none"; the analysis now ends where the target was asked to stop.
+const GRACEFUL_ZLIB_LEAK: &str = r#"
+const zlib = require('zlib');
+const keep = [];
+let i = 0;
+setInterval(() => { const z = zlib.createDeflate(); z.write('data ' + i++); keep.push(z); }, 50);
+process.on('SIGINT', () => {
+  keep.forEach(z => z.close());
+  keep.length = 0;
+  setTimeout(() => process.exit(0), 700);
+});
+"#;
+
+#[test]
+fn a_leak_freed_at_a_graceful_stop_is_still_named() {
+    let sb = Sandbox::new();
+    sb.write("z.js", GRACEFUL_ZLIB_LEAK);
+    let out = sb.run(
+        "rec",
+        &["--duration", "7s", "--interval", "250ms", "--min-age", "2s"],
+        &["node", "z.js"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_verdict(&sb, "rec", &out, "native", &["none", "fragmentation"]);
+    let s = summary(&sb.path("rec"));
+    let top = &s["suspects"][0];
+    assert!(
+        top["live_bytes"].as_u64().unwrap_or(0) > 1_000_000,
+        "{}\nsuspects: {}",
+        describe(&out, &s),
+        s["suspects"]
+    );
+    let end: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.path("rec").join("end.json")).unwrap()).unwrap();
+    assert!(end["stop_ms"].as_f64().is_some(), "{end}");
+    assert!(
+        s["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap_or("")
+            .contains("when the target was asked to stop")),
+        "{}",
+        describe(&out, &s)
+    );
+}

@@ -491,7 +491,7 @@ pub fn model() -> Model {
             sample_interval,
             settings: Default::default(),
         },
-        end: Some(End { end_ms: 1_795_000_060_000.0, exit_code: None, signal: Some(2), exit_status: 130, reason: "duration".into() }),
+        end: Some(End { end_ms: 1_795_000_060_000.0, exit_code: None, signal: Some(2), exit_status: 130, reason: "duration".into(), stop_ms: None }),
         timeline: Timeline { series, gc, warmup_end: 5.0, duration: 60.0 },
         verdict: Some(Verdict {
             kinds: vec![Kind::Native, Kind::External],
