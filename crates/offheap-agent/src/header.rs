@@ -64,6 +64,14 @@ impl Header {
     pub fn base(&self, p: usize) -> usize {
         p - (1usize << self.shift)
     }
+
+    /// Counts the block as no longer live on its stack (if it has one).
+    #[inline(always)]
+    pub fn settle(&self) {
+        if self.stack != NO_STACK {
+            crate::stacks::sub_born(self.stack, self.size as u64, self.epoch);
+        }
+    }
 }
 
 /// Header mode, decided on the first call (allocation hooks only: a block
@@ -149,9 +157,7 @@ pub unsafe fn write(
 pub unsafe fn free(p: *mut c_void) {
     // SAFETY: per the contract.
     let h = unsafe { read(p as usize) };
-    if h.stack != NO_STACK {
-        crate::stacks::sub_born(h.stack, h.size as u64, h.epoch);
-    }
+    h.settle();
     // SAFETY: the block glibc returned for p, freed once.
     unsafe { __libc_free(h.base(p as usize) as *mut c_void) }
 }

@@ -319,9 +319,7 @@ unsafe fn realloc_header(p: *mut c_void, size: usize) -> *mut c_void {
         if q.is_null() {
             return q; // p is untouched
         }
-        if h.stack != header::NO_STACK {
-            stacks::sub_born(h.stack, h.size as u64, h.epoch);
-        }
+        h.settle();
         // SAFETY: q has room for the header and size bytes.
         return unsafe { hand_out(q, header::HDR_SHIFT, size) };
     }
@@ -555,7 +553,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
     if header::on() {
-        let Some(total) = n.checked_mul(size).and_then(|b| with_room(b, header::HDR)) else {
+        let Some(total) = n.checked_mul(size).and_then(|b| b.checked_add(header::HDR)) else {
             sys::set_errno(libc::ENOMEM);
             return core::ptr::null_mut();
         };
@@ -657,9 +655,10 @@ pub unsafe extern "C" fn posix_memalign(
         return libc::EINVAL;
     }
     let saved = sys::errno();
+    let headers = header::on();
     // SAFETY: forwarding to glibc (or the header path, same contract).
     let p = unsafe {
-        if header::on() {
+        if headers {
             memalign_header(align, size, size)
         } else {
             __libc_memalign(align, size)
@@ -669,7 +668,7 @@ pub unsafe extern "C" fn posix_memalign(
     if p.is_null() {
         return libc::ENOMEM;
     }
-    if !header::is_on() {
+    if !headers {
         on_alloc(p, size, AllocKind::Malloc);
     }
     // SAFETY: the caller passes a valid out pointer.

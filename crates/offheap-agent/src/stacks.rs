@@ -88,8 +88,7 @@ impl Counters {
                 a.wrapping_add(y.load(Ordering::Acquire))
             });
         let fc = self.freed.count.load(Ordering::Acquire);
-        let ab = (self.own.bytes.load(Ordering::Acquire))
-            .wrapping_add(self.shared.bytes.load(Ordering::Acquire));
+        let ab = self.alloc_bytes();
         let ac = (self.own.count.load(Ordering::Acquire))
             .wrapping_add(self.shared.count.load(Ordering::Acquire));
         Figures {

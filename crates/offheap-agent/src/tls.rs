@@ -71,19 +71,17 @@ pub fn fast() -> Option<&'static Tls> {
     if off == 0 {
         return None;
     }
-    // SAFETY: as in `current`.
+    // SAFETY: TP_OFFSET is only set when the block is in static TLS, where
+    // it sits at the same offset from every thread's pointer; the value has
+    // no destructor and lives as long as the thread.
     Some(unsafe { &*((thread_pointer() as isize + off) as *const Tls) })
 }
 
 /// This thread's state.
 #[inline(always)]
 pub fn current() -> &'static Tls {
-    let off = TP_OFFSET.load(Ordering::Relaxed);
-    if off != 0 {
-        // SAFETY: TP_OFFSET is only set when the block is in static TLS,
-        // where it sits at the same offset from every thread's pointer; the
-        // value has no destructor and lives as long as the thread.
-        return unsafe { &*((thread_pointer() as isize + off) as *const Tls) };
+    if let Some(t) = fast() {
+        return t;
     }
     // SAFETY: the thread-local outlives every use on this thread (no
     // destructor, storage freed only with the thread itself).

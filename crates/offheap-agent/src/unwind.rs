@@ -99,8 +99,8 @@ fn thread_stack() -> (u64, u64) {
 }
 
 /// The current pc, sp and bp, where the unwind starts. Taken in
-/// `slow_alloc` (the outermost agent frame below the hook), so framehop
-/// has two agent frames to step through instead of four.
+/// `slow_alloc` or `sample_header` (the agent frames just below the hook),
+/// so few agent frames lie between it and the allocation's caller.
 #[inline(always)]
 pub fn regs() -> (u64, u64, u64) {
     let (ip, sp, bp): (u64, u64, u64);
@@ -402,11 +402,7 @@ fn note_collisions(slot: &mut PoolSlot) {
         return;
     }
     slot.unwinds = 0;
-    let now: u64 = slot
-        .caches
-        .iter()
-        .map(|c| c.stats().miss_wrong_address_count)
-        .sum();
+    let now = slot.collision_misses();
     let new = now - slot.collisions;
     slot.collisions = now;
     if new > (CHECK_EVERY / 4) as u64 {
@@ -425,21 +421,25 @@ pub static RESEEDS: AtomicU64 = AtomicU64::new(0);
 pub fn collision_misses() -> u64 {
     CACHES
         .iter()
-        .map(|c| {
-            c.lock().as_ref().map_or(0, |e| {
-                e.caches
-                    .iter()
-                    .map(|c| c.stats().miss_wrong_address_count)
-                    .sum()
-            })
-        })
+        .map(|c| c.lock().as_ref().map_or(0, |e| e.collision_misses()))
         .sum()
+}
+
+impl PoolSlot {
+    /// Misses of this slot's caches on a slot another address held.
+    fn collision_misses(&self) -> u64 {
+        self.caches
+            .iter()
+            .map(|c| c.stats().miss_wrong_address_count)
+            .sum()
+    }
 }
 
 /// Steps out of the agent's own frames by their frame pointers (the agent
 /// is built with `-C force-frame-pointers=yes`, see `.cargo/config.toml`):
 /// two frame-pointer steps instead of two framehop lookups per sample.
-/// `start` was taken in `slow_alloc`, whose caller is always an agent hook:
+/// `start` was taken in `slow_alloc` or `sample_header`, whose callers are
+/// agent hooks:
 /// if the first return address is not in the agent, this build has no
 /// frame pointers and `None` leaves the whole walk to framehop. Returns the
 /// first return address outside the agent with the sp and bp of its frame,

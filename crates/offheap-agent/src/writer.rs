@@ -246,7 +246,12 @@ fn aged_from_epochs(
         .rev()
         .find(|&e| ep.began[e as usize % Y] <= cutoff)
         .unwrap_or(lo);
-    let in_window = |s: usize| (j..=k).any(|e| e as usize % Y == s);
+    // Ring slots of the epochs before j (their frees count against j's
+    // allocated bytes); the others hold frees of allocations born since.
+    let mut before = [true; Y];
+    for e in j..=k {
+        before[e as usize % Y] = false;
+    }
     for (id, out) in aged.iter_mut().enumerate() {
         if mmap_stack.get(id).copied().unwrap_or(true) {
             continue;
@@ -258,7 +263,7 @@ fn aged_from_epochs(
         } else {
             let (settled, young) = c.freed_split();
             let before_j = (0..Y)
-                .filter(|&s| !in_window(s))
+                .filter(|&s| before[s])
                 .fold(settled, |a, s| a.wrapping_add(young[s]));
             let allocated = ep.allocated.get(id).map_or(0, |r| r[j as usize % Y]);
             allocated.saturating_sub(before_j).min(live)
