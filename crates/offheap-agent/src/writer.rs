@@ -88,17 +88,106 @@ impl Sink for VecSink<'_> {
     }
 }
 
-fn open_stream(w: &mut WState) -> bool {
+/// The stream's magic and header, at the start of its first snapshot.
+fn encode_header(buf: &mut Vec<u8>) {
     let cfg = CONFIG.get();
-    let pid = PID.load(Ordering::Relaxed);
-    for attempt in 0..16u64 {
-        let mut path = Fmt::<4200>::new();
-        path.s(&cfg.dir[..cfg.dir_len]).s(b"/native-").u(pid as u64);
-        if attempt > 0 {
-            // Same pid again (exec without fork): a new file per image.
-            path.s(b"-").u(attempt);
+    let mut exe = [0u8; 4096];
+    // SAFETY: exe is writable for its length.
+    let n = unsafe {
+        libc::readlink(
+            c"/proc/self/exe".as_ptr(),
+            exe.as_mut_ptr() as *mut libc::c_char,
+            exe.len(),
+        )
+    };
+    let exe = if n > 0 { &exe[..n as usize] } else { &exe[..0] };
+    let mut s = VecSink(buf);
+    fmt::write_magic(&mut s);
+    fmt::write_header(
+        &mut s,
+        &fmt::Header {
+            pid: PID.load(Ordering::Relaxed),
+            ppid: PPID.load(Ordering::Relaxed),
+            start_ms: f64::from_bits(START_MS_BITS.load(Ordering::Relaxed)),
+            sample_interval: if cfg.exact { 1 } else { cfg.sample_interval },
+            exact: cfg.exact,
+            min_age_ms: cfg.min_age_ms,
+            max_depth: cfg.max_depth as u32,
+            exe,
+        },
+    );
+}
+
+/// The path of this process's stream: `native-PID.bin`, or
+/// `native-PID-N.bin` for attempt N (an earlier image of this pid, before
+/// an exec, has the first name), NUL-terminated.
+fn stream_path(attempt: u64) -> Fmt<4200> {
+    let cfg = CONFIG.get();
+    let mut path = Fmt::<4200>::new();
+    path.s(&cfg.dir[..cfg.dir_len])
+        .s(b"/native-")
+        .u(PID.load(Ordering::Relaxed) as u64);
+    if attempt > 0 {
+        path.s(b"-").u(attempt);
+    }
+    path.s(b".bin\0");
+    path
+}
+
+/// Creates the stream and writes its first snapshot, `buf`; the descriptor,
+/// or `None` if the directory is unusable.
+///
+/// The file gets its name only once that snapshot is in it: it starts as
+/// an unnamed file in the recording directory (`O_TMPFILE`) and is linked
+/// as `native-PID.bin` after the write. A process that execs or is killed
+/// meanwhile (its other threads die wherever they are) leaves nothing
+/// rather than an empty stream that no reader can decode. Where the file
+/// system has no `O_TMPFILE`, or `/proc` is missing, the file is created by
+/// name first.
+fn create_stream(buf: &[u8]) -> Option<c_int> {
+    let cfg = CONFIG.get();
+    let mut dir = Fmt::<4200>::new();
+    dir.s(&cfg.dir[..cfg.dir_len]).s(b"\0");
+    // SAFETY: a NUL-terminated path; flags and mode are plain values.
+    let fd = unsafe {
+        libc::open(
+            dir.buf.as_ptr() as *const libc::c_char,
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd >= 0 {
+        if !sys::write_all(fd, buf) {
+            // SAFETY: closing our own descriptor.
+            unsafe { libc::close(fd) };
+            return None;
         }
-        path.s(b".bin\0");
+        let mut proc_fd = Fmt::<64>::new();
+        proc_fd.s(b"/proc/self/fd/").u(fd as u64).s(b"\0");
+        for attempt in 0..16u64 {
+            let path = stream_path(attempt);
+            // SAFETY: NUL-terminated paths.
+            let r = unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc_fd.buf.as_ptr() as *const libc::c_char,
+                    libc::AT_FDCWD,
+                    path.buf.as_ptr() as *const libc::c_char,
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            };
+            if r == 0 {
+                return Some(fd);
+            }
+            if sys::errno() != libc::EEXIST {
+                break;
+            }
+        }
+        // SAFETY: closing our own descriptor (the unnamed file goes with it).
+        unsafe { libc::close(fd) };
+    }
+    for attempt in 0..16u64 {
+        let path = stream_path(attempt);
         // SAFETY: path is NUL-terminated.
         let fd = unsafe {
             libc::open(
@@ -108,39 +197,13 @@ fn open_stream(w: &mut WState) -> bool {
             )
         };
         if fd >= 0 {
-            w.fd = fd;
-            let mut exe = [0u8; 4096];
-            // SAFETY: exe is writable for its length.
-            let n = unsafe {
-                libc::readlink(
-                    c"/proc/self/exe".as_ptr(),
-                    exe.as_mut_ptr() as *mut libc::c_char,
-                    exe.len(),
-                )
-            };
-            let exe = if n > 0 { &exe[..n as usize] } else { &exe[..0] };
-            let mut s = VecSink(&mut w.buf);
-            fmt::write_magic(&mut s);
-            fmt::write_header(
-                &mut s,
-                &fmt::Header {
-                    pid,
-                    ppid: PPID.load(Ordering::Relaxed),
-                    start_ms: f64::from_bits(START_MS_BITS.load(Ordering::Relaxed)),
-                    sample_interval: if cfg.exact { 1 } else { cfg.sample_interval },
-                    exact: cfg.exact,
-                    min_age_ms: cfg.min_age_ms,
-                    max_depth: cfg.max_depth as u32,
-                    exe,
-                },
-            );
-            return true;
+            return sys::write_all(fd, buf).then_some(fd);
         }
         if sys::errno() != libc::EEXIST {
-            return false;
+            return None;
         }
     }
-    false
+    None
 }
 
 /// Arena count (from `malloc_info`, which walks every bin: refreshed at most
@@ -289,11 +352,9 @@ pub fn snapshot(trigger: Trigger) {
         return;
     }
     w.buf.clear();
-    if w.fd < 0 && !open_stream(w) {
-        // No usable recording directory: stop sampling, stay a pass-through.
-        w.write_failed = true;
-        STATE.store(crate::DISABLED, Ordering::Release);
-        return;
+    let first = w.fd < 0;
+    if first {
+        encode_header(&mut w.buf);
     }
     let cfg = CONFIG.get();
     let idx = w.index;
@@ -426,7 +487,19 @@ pub fn snapshot(trigger: Trigger) {
         fmt::write_note(&mut s, f.bytes());
     }
     fmt::write_snapshot_end(&mut s, idx);
-    if !sys::write_all(w.fd, &w.buf) {
+    if first {
+        // The file is created with its first snapshot (see `create_stream`).
+        match create_stream(&w.buf) {
+            Some(fd) => w.fd = fd,
+            None => {
+                // No usable recording directory: stop sampling, stay a
+                // pass-through.
+                w.write_failed = true;
+                STATE.store(crate::DISABLED, Ordering::Release);
+                return;
+            }
+        }
+    } else if !sys::write_all(w.fd, &w.buf) {
         w.write_failed = true;
     }
     w.index += 1;
