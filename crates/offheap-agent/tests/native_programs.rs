@@ -108,16 +108,8 @@ fn exact_mode_counts_every_allocation() {
     assert!(o.status.success());
     let s = &streams(&rec)[0].1;
     assert!(s.exact);
-    let (lo, hi) = symbol_range(s, &exe, "leaky_function");
-    let leak = s
-        .series
-        .iter()
-        .find(|x| {
-            s.stacks[x.stack as usize]
-                .frames
-                .first()
-                .is_some_and(|&f| f > lo && f <= hi)
-        })
+    let leak = series_starting_in(s, &exe, "leaky_function")
+        .next()
         .expect("leak stack");
     assert_eq!(leak.last().live_count, 200);
     assert_eq!(leak.last().live_bytes, 200_000);
@@ -909,15 +901,8 @@ fn exact_mode_aged_bytes_count_only_what_outlived_the_minimum_age() {
         assert!(o.status.success(), "headers={headers}");
         let s = &streams(&rec)[0].1;
         let of = |f: &str| {
-            let (lo, hi) = symbol_range(s, &exe, f);
-            s.series
-                .iter()
-                .find(|x| {
-                    s.stacks[x.stack as usize]
-                        .frames
-                        .first()
-                        .is_some_and(|&a| a > lo && a <= hi)
-                })
+            series_starting_in(s, &exe, f)
+                .next()
                 .unwrap_or_else(|| panic!("no stack in {f}"))
         };
         let leak_series = of("leak");

@@ -254,15 +254,7 @@ fn napi_addon_leak_is_top_by_live_growth_beside_heavy_churn() {
     // 12000 leaks of 2048 bytes.
     // The leak may be split over a few stacks (the JS caller runs in
     // different V8 tiers over time); together they estimate 12000 x 2048 B.
-    let live: u64 = s
-        .series
-        .iter()
-        .filter(|x| {
-            s.stacks[x.stack as usize]
-                .frames
-                .first()
-                .is_some_and(|&f| f > lo && f <= hi)
-        })
+    let live: u64 = series_starting_in(s, &addon, "keep_forever")
         .map(|x| x.last().live_bytes)
         .sum();
     assert!(

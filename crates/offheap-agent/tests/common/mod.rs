@@ -158,6 +158,21 @@ pub fn symbol_range(s: &NativeStream, module: &Path, sym: &str) -> (u64, u64) {
     (m.bias + addr, m.bias + addr + size)
 }
 
+/// The series of the stacks whose innermost frame lies in `sym` of `module`.
+pub fn series_starting_in<'a>(
+    s: &'a NativeStream,
+    module: &Path,
+    sym: &str,
+) -> impl Iterator<Item = &'a offheap_format::native::StackSeries> {
+    let (lo, hi) = symbol_range(s, module, sym);
+    s.series.iter().filter(move |x| {
+        s.stacks[x.stack as usize]
+            .frames
+            .first()
+            .is_some_and(|&f| f > lo && f <= hi)
+    })
+}
+
 /// Series index sorted by a key, largest first.
 pub fn top_by(
     s: &NativeStream,
