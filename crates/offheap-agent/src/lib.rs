@@ -20,6 +20,7 @@ mod header;
 mod live;
 mod modules;
 mod stacks;
+mod stream;
 mod sys;
 mod tls;
 mod unwind;

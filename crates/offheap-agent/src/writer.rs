@@ -3,14 +3,17 @@
 //! A snapshot is encoded into one buffer and appended with `write(2)`, so a
 //! process killed at any point leaves every earlier snapshot intact.
 
+use crate::stream::Stream;
 use crate::sys::{self, Fmt, SpinLock};
 use crate::{CONFIG, PID, PPID, START_MONO, STATE, live, modules, stacks, unwind};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use libc::{c_int, c_void};
+use libc::c_void;
 use offheap_format::native::{self as fmt, AllocatorStats, Sink, StackCounters};
 
 pub struct WState {
-    fd: c_int,
+    stream: Stream,
+    /// `stream.reopened` as of the last note about it.
+    reopened_noted: u32,
     index: u32,
     stacks_written: u32,
     last: Vec<StackCounters>,
@@ -31,7 +34,8 @@ pub struct Epochs {
 }
 
 pub static W: SpinLock<WState> = SpinLock::new(WState {
-    fd: -1,
+    stream: Stream::NONE,
+    reopened_noted: 0,
     index: 0,
     stacks_written: 0,
     last: Vec::new(),
@@ -116,94 +120,6 @@ fn encode_header(buf: &mut Vec<u8>) {
             exe,
         },
     );
-}
-
-/// The path of this process's stream: `native-PID.bin`, or
-/// `native-PID-N.bin` for attempt N (an earlier image of this pid, before
-/// an exec, has the first name), NUL-terminated.
-fn stream_path(attempt: u64) -> Fmt<4200> {
-    let cfg = CONFIG.get();
-    let mut path = Fmt::<4200>::new();
-    path.s(&cfg.dir[..cfg.dir_len])
-        .s(b"/native-")
-        .u(PID.load(Ordering::Relaxed) as u64);
-    if attempt > 0 {
-        path.s(b"-").u(attempt);
-    }
-    path.s(b".bin\0");
-    path
-}
-
-/// Creates the stream and writes its first snapshot, `buf`; the descriptor,
-/// or `None` if the directory is unusable.
-///
-/// The file gets its name only once that snapshot is in it: it starts as
-/// an unnamed file in the recording directory (`O_TMPFILE`) and is linked
-/// as `native-PID.bin` after the write. A process that execs or is killed
-/// meanwhile (its other threads die wherever they are) leaves nothing
-/// rather than an empty stream that no reader can decode. Where the file
-/// system has no `O_TMPFILE`, or `/proc` is missing, the file is created by
-/// name first.
-fn create_stream(buf: &[u8]) -> Option<c_int> {
-    let cfg = CONFIG.get();
-    let mut dir = Fmt::<4200>::new();
-    dir.s(&cfg.dir[..cfg.dir_len]).s(b"\0");
-    // SAFETY: a NUL-terminated path; flags and mode are plain values.
-    let fd = unsafe {
-        libc::open(
-            dir.buf.as_ptr() as *const libc::c_char,
-            libc::O_TMPFILE | libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC,
-            0o600 as libc::c_uint,
-        )
-    };
-    if fd >= 0 {
-        if !sys::write_all(fd, buf) {
-            // SAFETY: closing our own descriptor.
-            unsafe { libc::close(fd) };
-            return None;
-        }
-        let mut proc_fd = Fmt::<64>::new();
-        proc_fd.s(b"/proc/self/fd/").u(fd as u64).s(b"\0");
-        for attempt in 0..16u64 {
-            let path = stream_path(attempt);
-            // SAFETY: NUL-terminated paths.
-            let r = unsafe {
-                libc::linkat(
-                    libc::AT_FDCWD,
-                    proc_fd.buf.as_ptr() as *const libc::c_char,
-                    libc::AT_FDCWD,
-                    path.buf.as_ptr() as *const libc::c_char,
-                    libc::AT_SYMLINK_FOLLOW,
-                )
-            };
-            if r == 0 {
-                return Some(fd);
-            }
-            if sys::errno() != libc::EEXIST {
-                break;
-            }
-        }
-        // SAFETY: closing our own descriptor (the unnamed file goes with it).
-        unsafe { libc::close(fd) };
-    }
-    for attempt in 0..16u64 {
-        let path = stream_path(attempt);
-        // SAFETY: path is NUL-terminated.
-        let fd = unsafe {
-            libc::open(
-                path.buf.as_ptr() as *const libc::c_char,
-                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
-            return sys::write_all(fd, buf).then_some(fd);
-        }
-        if sys::errno() != libc::EEXIST {
-            return None;
-        }
-    }
-    None
 }
 
 /// Arena count (from `malloc_info`, which walks every bin: refreshed at most
@@ -352,9 +268,14 @@ pub fn snapshot(trigger: Trigger) {
         return;
     }
     w.buf.clear();
-    let first = w.fd < 0;
+    let first = w.index == 0;
     if first {
         encode_header(&mut w.buf);
+    } else if !w.stream.ensure() {
+        // The program took the descriptor over and the file cannot be
+        // reopened by name: stop writing rather than write elsewhere.
+        w.write_failed = true;
+        return;
     }
     let cfg = CONFIG.get();
     let idx = w.index;
@@ -464,6 +385,14 @@ pub fn snapshot(trigger: Trigger) {
             .u(cfg.min_age_ms);
         fmt::write_note(&mut s, f.bytes());
     }
+    if w.stream.reopened != w.reopened_noted {
+        w.reopened_noted = w.stream.reopened;
+        let mut f = Fmt::<256>::new();
+        f.s(b"stream reopened: the program closed or replaced the agent's descriptor (")
+            .u(w.reopened_noted as u64)
+            .s(b" times so far); nothing was written into its files");
+        fmt::write_note(&mut s, f.bytes());
+    }
     if final_ {
         let mut f = Fmt::<512>::new();
         f.s(b"final: samples=")
@@ -488,9 +417,9 @@ pub fn snapshot(trigger: Trigger) {
     }
     fmt::write_snapshot_end(&mut s, idx);
     if first {
-        // The file is created with its first snapshot (see `create_stream`).
-        match create_stream(&w.buf) {
-            Some(fd) => w.fd = fd,
+        // The file is created with its first snapshot (see `Stream::create`).
+        match Stream::create(&w.buf) {
+            Some(st) => w.stream = st,
             None => {
                 // No usable recording directory: stop sampling, stay a
                 // pass-through.
@@ -499,7 +428,7 @@ pub fn snapshot(trigger: Trigger) {
                 return;
             }
         }
-    } else if !sys::write_all(w.fd, &w.buf) {
+    } else if !w.stream.append(&w.buf) {
         w.write_failed = true;
     }
     w.index += 1;
@@ -663,10 +592,9 @@ pub extern "C" fn fork_child() {
     // SAFETY: prepare took every lock and this is the only thread in the child.
     unsafe {
         let w = W.get_unchecked();
-        if w.fd >= 0 {
-            libc::close(w.fd);
-        }
-        w.fd = -1;
+        // The parent's descriptor, unless the program replaced it.
+        w.stream.close();
+        w.reopened_noted = 0;
         w.index = 0;
         w.stacks_written = 0;
         w.mmap_stack.clear();

@@ -1038,3 +1038,91 @@ fn colliding_return_addresses_get_separated() {
     // Without the reseed: about two collision misses per sample.
     assert!(field("cache_collisions") < samples / 50, "{fin}");
 }
+
+/// A daemon-style program: leaks, then closes every descriptor (or dup2s
+/// stderr over them), then opens its own file, writes lines into it and
+/// leaks on. The agent's stream must never land in the program's file or
+/// stderr, and the final snapshot must still be written.
+const CLOSES_FDS_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void *keep[256];
+static int k;
+__attribute__((noinline)) void leak(int n, int pause_us) {
+  for (int i = 0; i < n; i++) {
+    keep[k] = malloc(64 << 10);
+    memset(keep[k++], 1, 64 << 10);
+    usleep(pause_us);
+  }
+}
+int main(int argc, char **argv) {
+  leak(40, 10000);
+  if (!strcmp(argv[1], "close_range")) syscall(SYS_close_range, 3, ~0U, 0);
+  else if (!strcmp(argv[1], "closefrom")) for (int fd = 3; fd < 65536; fd++) close(fd);
+  else if (!strcmp(argv[1], "dup2")) for (int fd = 3; fd < 1100; fd++) dup2(2, fd);
+  int f = open(argv[2], O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  if (f < 0) return 9;
+  for (int i = 0; i < 40; i++) {
+    dprintf(f, "line %d\n", i);
+    leak(1, 20000);
+  }
+  close(f);
+  return 0;
+}
+"#;
+
+#[test]
+fn a_program_that_closes_every_descriptor_never_gets_the_stream_in_its_files() {
+    let sb = Sandbox::new();
+    let exe = sb.gcc("closes_fds", CLOSES_FDS_C, &[]);
+    let expected: String = (0..40).map(|i| format!("line {i}\n")).collect();
+    for mode in ["close_range", "closefrom", "dup2"] {
+        for exact in [false, true] {
+            let rec = sb.rec(&format!("rec-{mode}-{exact}"));
+            let own = sb.path().join(format!("own-{mode}-{exact}.txt"));
+            let mut env = vec![("OFFHEAP_INTERVAL_MS", "50")];
+            if exact {
+                env.push(("OFFHEAP_EXACT", "1"));
+            }
+            let o = run(Command::new(&exe).arg(mode).arg(&own), Some(&rec), &env);
+            assert_eq!(o.status.code(), Some(0), "{mode} exact={exact}: {o:?}");
+            assert_eq!(
+                std::fs::read_to_string(&own).unwrap(),
+                expected,
+                "{mode} exact={exact}: the program's own file changed"
+            );
+            assert!(
+                o.stderr.is_empty(),
+                "{mode} exact={exact}: stderr got {} bytes",
+                o.stderr.len()
+            );
+            let all = streams(&rec);
+            assert_eq!(all.len(), 1, "{mode}");
+            let s = &all[0].1;
+            assert!(
+                s.agent_notes.iter().any(|n| n.starts_with("final:")),
+                "{mode} exact={exact}: no final snapshot: {:?}",
+                s.agent_notes
+            );
+            assert!(
+                s.agent_notes
+                    .iter()
+                    .any(|n| n.starts_with("stream reopened")),
+                "{mode} exact={exact}: {:?}",
+                s.agent_notes
+            );
+            assert!(s.notes.is_empty(), "{mode}: reader notes {:?}", s.notes);
+            if exact {
+                let live: u64 = series_starting_in(s, &exe, "leak")
+                    .map(|x| x.last().live_bytes)
+                    .sum();
+                assert_eq!(live, 80 * (64 << 10), "{mode}: final live bytes");
+            }
+        }
+    }
+}
