@@ -19,6 +19,7 @@
 mod header;
 mod live;
 mod modules;
+mod origin;
 mod stacks;
 mod stream;
 mod sys;
@@ -425,7 +426,7 @@ fn record(
 /// Unwinds from `start`, interns the stack and counts `bytes` and `count`
 /// as allocated on it; `None` (counted as dropped) if the table is full.
 #[inline(always)]
-fn stack_of(
+pub(crate) fn stack_of(
     t: &Tls,
     start: (u64, u64, u64),
     kind: AllocKind,
@@ -737,7 +738,7 @@ fn forget_range(start: usize, len: usize) {
     guarded(|| live::unmap_range(start, start.saturating_add(page_round(len)), stacks::sub));
 }
 
-fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     STATE.load(Ordering::Relaxed) == ENABLED
 }
 
@@ -1031,6 +1032,9 @@ extern "C" fn init() {
         live::saturate_filter();
     }
     modules::init(real_dlopen());
+    if sys::env_bool(c"OFFHEAP_ORIGINS", true) {
+        origin::install();
+    }
     STATE.store(ENABLED, Ordering::Release);
     sys::set_errno(saved);
     TLS.with(|t| t.busy.set(false));

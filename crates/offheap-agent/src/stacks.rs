@@ -150,6 +150,8 @@ pub struct Entry {
     pub truncated: bool,
     /// The thread that interned it first: the writer of its `own` counters.
     pub owner: u32,
+    /// 1 + the id of the stack that queued the work it was allocated in, or 0.
+    pub origin: u32,
 }
 
 pub struct Table {
@@ -194,12 +196,22 @@ impl FrameHash {
 
 /// The hash of a whole stack: what `FrameHash` gives frame by frame (the
 /// check behind `intern_add`'s debug assertion).
-fn hash_frames(kind: AllocKind, frames: &[u64]) -> u64 {
+fn hash_frames(kind: AllocKind, frames: &[u64], origin: u32) -> u64 {
     let mut h = FrameHash::new();
     for &f in frames {
         h.push(f);
     }
-    h.finish(kind, frames.len())
+    with_origin(h, origin).finish(kind, frames.len())
+}
+
+/// The hash of a stack allocated in work queued by stack `origin - 1`:
+/// the same frames under another origin are another stack.
+#[inline(always)]
+fn with_origin(mut h: FrameHash, origin: u32) -> FrameHash {
+    if origin != 0 {
+        h.push(0x8000_0000_0000_0000 | origin as u64);
+    }
+    h
 }
 
 /// An index slot: enough to compare a stack without touching `entries`.
@@ -306,7 +318,8 @@ impl Memo {
 pub const MEMO: usize = 64;
 
 /// Interns a stack and counts `bytes` and `count` as allocated (and live)
-/// on it; `None` if the table is full.
+/// on it; `None` if the table is full. The stack is the thread's frames
+/// under the origin of the work it runs (`Tls::origin`), if any.
 ///
 /// A stack this thread interned recently is found in its memo without the
 /// table's lock, the index probe and the frame comparison (each a cache
@@ -323,8 +336,9 @@ pub fn intern_add(
     bytes: u64,
     count: u64,
 ) -> Option<u32> {
-    let h = h.finish(kind, frames.len());
-    debug_assert_eq!(h, hash_frames(kind, frames));
+    let origin = t.origin.get();
+    let h = with_origin(h, origin).finish(kind, frames.len());
+    debug_assert_eq!(h, hash_frames(kind, frames, origin));
     let first = frames.first().copied().unwrap_or(0);
     let last = frames.last().copied().unwrap_or(0);
     let slot = &t.memo[(h >> 40) as usize % MEMO];
@@ -333,7 +347,7 @@ pub fn intern_add(
         if m.hash == h && m.len as usize == frames.len() && m.first == first && m.last == last {
             (m.id, m.owned)
         } else {
-            let (id, owned) = intern(h, kind, truncated, frames, t.tid())?;
+            let (id, owned) = intern(h, kind, truncated, frames, origin, t.tid())?;
             slot.set(Memo {
                 hash: h,
                 first,
@@ -360,6 +374,7 @@ fn intern(
     kind: AllocKind,
     truncated: bool,
     frames: &[u64],
+    origin: u32,
     tid: u32,
 ) -> Option<(u32, bool)> {
     let mut t = TABLE.lock();
@@ -377,6 +392,7 @@ fn intern(
             && x.kind == kind
             && x.len as usize == frames.len()
             && t.frames[x.start as usize..x.start as usize + x.len as usize] == *frames
+            && t.entries[x.id as usize].origin == origin
         {
             return Some((x.id, t.entries[x.id as usize].owner == tid));
         }
@@ -403,6 +419,7 @@ fn intern(
         kind,
         truncated,
         owner: tid,
+        origin,
     });
     t.index[i] = Slot {
         hash: h,

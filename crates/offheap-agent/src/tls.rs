@@ -23,6 +23,9 @@ pub struct Tls {
     /// Samples and their bytes not yet added to the global counters.
     pub pend_samples: Cell<u64>,
     pub pend_bytes: Cell<u64>,
+    /// While this thread runs queued work (libuv threadpool): 1 + the id of
+    /// the stack that queued it, else 0 (see `origin.rs`).
+    pub origin: Cell<u32>,
     /// Stacks this thread interned recently (see `stacks::intern_add`).
     pub memo: [Cell<crate::stacks::Memo>; crate::stacks::MEMO],
     tid: Cell<u32>,
@@ -41,6 +44,7 @@ thread_local! {
             gaps_gen: Cell::new(0),
             pend_samples: Cell::new(0),
             pend_bytes: Cell::new(0),
+            origin: Cell::new(0),
             memo: [const { Cell::new(crate::stacks::Memo::EMPTY) }; crate::stacks::MEMO],
             tid: Cell::new(0),
         }

@@ -310,6 +310,9 @@ pub fn snapshot(trigger: Trigger) {
         for id in w.stacks_written as usize..t.entries.len() {
             let e = &t.entries[id];
             fmt::write_stack(&mut s, id as u32, e.kind, e.truncated, t.frames_of(e));
+            if e.origin != 0 {
+                fmt::write_origin(&mut s, id as u32, e.origin - 1);
+            }
             w.mmap_stack.push(e.kind == fmt::AllocKind::Mmap);
         }
         w.stacks_written = t.entries.len() as u32;
@@ -382,7 +385,9 @@ pub fn snapshot(trigger: Trigger) {
             .s(b" max_depth=")
             .u(cfg.max_depth as u64)
             .s(b" min_age_ms=")
-            .u(cfg.min_age_ms);
+            .u(cfg.min_age_ms)
+            .s(b" origins=")
+            .u(crate::origin::STATUS.load(Ordering::Relaxed) as u64);
         fmt::write_note(&mut s, f.bytes());
     }
     if w.stream.reopened != w.reopened_noted {
@@ -412,7 +417,9 @@ pub fn snapshot(trigger: Trigger) {
             .s(b" cache_reseeds=")
             .u(unwind::RESEEDS.load(Ordering::Relaxed))
             .s(b" cache_collisions=")
-            .u(unwind::collision_misses());
+            .u(unwind::collision_misses())
+            .s(b" origin_overflow=")
+            .u(crate::origin::OVERFLOW.load(Ordering::Relaxed) as u64);
         fmt::write_note(&mut s, f.bytes());
     }
     fmt::write_snapshot_end(&mut s, idx);

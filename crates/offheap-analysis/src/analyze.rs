@@ -4,7 +4,9 @@ use crate::model::*;
 use crate::stats::trend;
 use crate::verdict::{Evidence, decide};
 use offheap_format::Recording;
-use offheap_format::native::{AllocKind, NativeStream};
+use offheap_format::native::{AllocKind, NativeStream, StackCounters, StackSeries};
+use offheap_symbols::Frame;
+use std::collections::HashMap;
 use std::collections::HashSet;
 
 /// (seconds since start, value) points.
@@ -67,31 +69,30 @@ pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Opti
     let mut post_gc = Vec::new();
     let mut exit_gc = None;
     if let Some(node) = rec.main_node_stream() {
-        let m = &node.mem;
-        push(
-            "heap_used",
-            m.iter()
-                .map(|x| (rel(x.t, start), x.heap_used as f64))
-                .collect(),
-        );
-        push(
-            "heap_total",
-            m.iter()
-                .map(|x| (rel(x.t, start), x.heap_total as f64))
-                .collect(),
-        );
-        push(
-            "external",
-            m.iter()
-                .map(|x| (rel(x.t, start), x.external as f64))
-                .collect(),
-        );
-        push(
-            "array_buffers",
-            m.iter()
-                .map(|x| (rel(x.t, start), x.array_buffers as f64))
-                .collect(),
-        );
+        // Every isolate of the process (main thread and workers) adds to
+        // its V8 heap and external memory: the series are their sums, at
+        // the main thread's sample times, each worker's value carried
+        // forward (0 before it started).
+        let isolates: Vec<&offheap_format::NodeStream> = std::iter::once(node)
+            .chain(rec.node.iter().filter(|s| {
+                !s.is_main_thread() && s.pid().is_none_or(|p| p == pid) && !s.mem.is_empty()
+            }))
+            .collect();
+        let times: Vec<f64> = node.mem.iter().map(|x| x.t).collect();
+        let summed = |f: &dyn Fn(&offheap_format::NodeMem) -> u64| -> Points {
+            let per: Vec<Points> = isolates
+                .iter()
+                .map(|s| s.mem.iter().map(|x| (x.t, f(x) as f64)).collect())
+                .collect();
+            sum_carried(&per, &times, true)
+                .into_iter()
+                .map(|(t, v)| (rel(t, start), v))
+                .collect()
+        };
+        push("heap_used", summed(&|x| x.heap_used));
+        push("heap_total", summed(&|x| x.heap_total));
+        push("external", summed(&|x| x.external));
+        push("array_buffers", summed(&|x| x.array_buffers));
         tl.gc = node
             .gc
             .iter()
@@ -101,17 +102,44 @@ pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Opti
                 duration_ms: g.duration_ms,
             })
             .collect();
-        post_gc = node
-            .gc
+        // heapUsed after natural major GCs, summed over the isolates that
+        // had one (each isolate's last value carried forward).
+        let per: Vec<Points> = isolates
             .iter()
-            .filter(|g| !g.forced())
-            .filter_map(|g| Some((rel(g.t, start), g.heap_used_after? as f64)))
+            .map(|s| {
+                s.gc.iter()
+                    .filter(|g| !g.forced())
+                    .filter_map(|g| Some((g.t, g.heap_used_after? as f64)))
+                    .collect::<Points>()
+            })
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut events: Vec<f64> = per.iter().flatten().map(|p| p.0).collect();
+        events.sort_by(f64::total_cmp);
+        post_gc = sum_carried(&per, &events, false)
+            .into_iter()
+            .map(|(t, v)| (rel(t, start), v))
             .collect();
         exit_gc = node
             .gc
             .iter()
             .rfind(|g| g.forced())
-            .and_then(|g| Some((rel(g.t, start), g.heap_used_after? as f64)));
+            .and_then(|g| Some((rel(g.t, start), g.heap_used_after? as f64)))
+            .map(|(t, v)| {
+                // The workers' heaps at that time (their own exit GCs, or
+                // their last sample) belong to the total too.
+                let others: f64 = isolates[1..]
+                    .iter()
+                    .filter_map(|s| {
+                        s.gc.iter()
+                            .rfind(|g| g.forced())
+                            .and_then(|g| g.heap_used_after)
+                            .or_else(|| s.mem.last().map(|m| m.heap_used))
+                    })
+                    .map(|v| v as f64)
+                    .sum();
+                (t, v + others)
+            });
     }
     if let Some(native) = rec.main_native_stream() {
         let (live, retained) = native_totals(native, start, skip);
@@ -131,6 +159,25 @@ pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Opti
         .max(last_sample);
     tl.warmup_end = warmup(tl.duration);
     (tl, post_gc, exit_gc)
+}
+
+/// The sum of several step series at `times`: each one's last value at or
+/// before the time. `missing_is_zero`: a series with no value yet adds 0;
+/// otherwise such a time is left out.
+fn sum_carried(series: &[Points], times: &[f64], missing_is_zero: bool) -> Points {
+    let mut out = Vec::with_capacity(times.len());
+    'time: for &t in times {
+        let mut sum = 0.0;
+        for s in series {
+            match s.partition_point(|p| p.0 <= t) {
+                0 if missing_is_zero => {}
+                0 => continue 'time,
+                k => sum += s[k - 1].1,
+            }
+        }
+        out.push((t, sum));
+    }
+    out
 }
 
 /// The timeline up to `t` seconds: what the verdict judges when the target
@@ -228,6 +275,7 @@ struct StackFigures {
 /// allocations stay constant in it.
 fn stack_figures(
     native: &NativeStream,
+    series: &[StackSeries],
     snaps: &[u32],
     start: f64,
     min_age: f64,
@@ -243,8 +291,7 @@ fn stack_figures(
         .filter(|&i| t(i) - min_age >= t_first)
         .collect();
     let step = (shifted.len() / 64).max(1);
-    native
-        .series
+    series
         .iter()
         .map(|s| {
             let end = s.at(last);
@@ -280,6 +327,86 @@ fn stack_figures(
                 alloc_count: end.alloc_count,
                 growth: end.live_bytes as i64 - begin.live_bytes as i64,
                 slope,
+            }
+        })
+        .collect()
+}
+
+/// One frame as a reader tells it apart: function, module, file, line, kind.
+type FrameKey<'a> = (&'a str, &'a str, Option<&'a str>, Option<u32>, u8);
+
+/// Symbolized frames as a grouping key.
+fn frames_key(frames: &[Frame]) -> Vec<FrameKey<'_>> {
+    frames
+        .iter()
+        .map(|f| {
+            (
+                f.function.as_str(),
+                f.module.as_str(),
+                f.file.as_deref(),
+                f.line,
+                f.kind as u8,
+            )
+        })
+        .collect()
+}
+
+/// The native series added up by symbolized stack and allocation kind;
+/// each merged series carries the id of its first member, whose frames
+/// stand for all. Unsymbolized stacks stay alone.
+fn merge_by_frames(
+    native: &NativeStream,
+    frames_of: &HashMap<u32, Vec<Frame>>,
+) -> Vec<StackSeries> {
+    let mut groups: HashMap<(AllocKind, Vec<FrameKey>), usize> = HashMap::new();
+    let mut members: Vec<Vec<&StackSeries>> = Vec::new();
+    for s in &native.series {
+        let Some(st) = native.stacks.get(s.stack as usize) else {
+            members.push(vec![s]);
+            continue;
+        };
+        match frames_of.get(&s.stack).filter(|f| !f.is_empty()) {
+            Some(frames) => {
+                let k = (st.kind, frames_key(frames));
+                let i = *groups.entry(k).or_insert_with(|| {
+                    members.push(Vec::new());
+                    members.len() - 1
+                });
+                members[i].push(s);
+            }
+            None => members.push(vec![s]),
+        }
+    }
+    members
+        .into_iter()
+        .map(|m| {
+            if m.len() == 1 {
+                return m[0].clone();
+            }
+            let mut idx: Vec<u32> = m
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .collect();
+            idx.sort_unstable();
+            idx.dedup();
+            let points = idx
+                .into_iter()
+                .map(|i| {
+                    let mut c = StackCounters::default();
+                    for s in &m {
+                        let x = s.at(i);
+                        c.alloc_bytes += x.alloc_bytes;
+                        c.alloc_count += x.alloc_count;
+                        c.live_bytes += x.live_bytes;
+                        c.live_count += x.live_count;
+                        c.aged_live_bytes += x.aged_live_bytes;
+                    }
+                    (i, c)
+                })
+                .collect();
+            StackSeries {
+                stack: m[0].stack,
+                points,
             }
         })
         .collect()
@@ -373,7 +500,11 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             .and_then(|v| v.as_f64())
             .map(|ms| ms / 1000.0)
             .unwrap_or(opts.min_age_s);
-        let figures = stack_figures(native, &snaps, rec.meta.start_ms, min_age);
+        // One suspect per symbolized stack: series whose frames read the
+        // same (threadpool threads, a worker forked twice, one call site
+        // reached through two return addresses) are added up first.
+        let merged = merge_by_frames(native, &frames_of);
+        let figures = stack_figures(native, &merged, &snaps, rec.meta.start_ms, min_age);
         let span = snaps
             .first()
             .zip(snaps.last())
@@ -406,23 +537,18 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             );
         }
         ranked.sort_by(|a, b| b.slope.total_cmp(&a.slope));
-        for (i, f) in ranked.into_iter().take(opts.top).enumerate() {
+        for f in ranked.into_iter().take(opts.top) {
             let stack = &native.stacks[f.stack as usize];
             let frames = crate::suspects::collapse_allocator(
                 frames_of.get(&f.stack).cloned().unwrap_or_default(),
             );
-            let (module, function) = crate::suspects::owner(&frames);
-            suspects.push(Suspect {
-                rank: i as u32 + 1,
-                bytes_per_s: f.slope,
-                live_bytes: f.live_peak,
-                allocations: f.count_at_peak,
-                hint: crate::suspects::hint(&frames),
-                module,
-                function,
-                kind: stack.kind,
+            suspects.push(crate::suspects::suspect(
                 frames,
-            });
+                stack.kind.into(),
+                f.slope,
+                f.live_peak,
+                f.count_at_peak,
+            ));
         }
         for f in active {
             profile.stacks.push(ProfileStack {
@@ -442,6 +568,22 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             "the native agent was preloaded but wrote nothing (static or non-glibc target?)".into(),
         );
     }
+    // V8-heap suspects from the sampling heap profiler of every isolate.
+    let stop_abs = stop.map(|s| rec.meta.start_ms + s * 1000.0);
+    let (js, js_notes) = crate::jsheap::suspects(
+        rec,
+        (from, to),
+        stop_abs,
+        verdict.kinds.contains(&Kind::JsHeap),
+        opts.top,
+    );
+    suspects.extend(js);
+    notes.extend(js_notes);
+    suspects.sort_by(|a, b| b.bytes_per_s.total_cmp(&a.bytes_per_s));
+    suspects.truncate(opts.top);
+    for (i, s) in suspects.iter_mut().enumerate() {
+        s.rank = i as u32 + 1;
+    }
     Model {
         meta: rec.meta.clone(),
         end: rec.end.clone(),
@@ -451,7 +593,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         peak,
         suspects,
         profile,
-        heap: None,
+        heap: rec.heap.clone(),
         notes,
     }
 }
@@ -486,7 +628,7 @@ mod tests {
                 .collect(),
         });
         let snaps: Vec<u32> = (0..10).collect();
-        let f = &stack_figures(&n, &snaps, 0.0, 0.0)[0];
+        let f = &stack_figures(&n, &n.series, &snaps, 0.0, 0.0)[0];
         assert_eq!((f.live_end, f.count_end), (0, 0));
         assert_eq!((f.live_peak, f.count_at_peak), (8 << 20, 8));
         assert!(f.slope > 0.0);

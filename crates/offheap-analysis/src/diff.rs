@@ -86,20 +86,15 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
         .filter(|s| s.growth_bytes > 0)
         .take(top)
         .enumerate()
-        .map(|(i, s)| {
-            let frames = crate::suspects::collapse_allocator(s.frames.clone());
-            let (module, function) = crate::suspects::owner(&frames);
-            Suspect {
-                rank: i as u32 + 1,
-                bytes_per_s: s.growth_bytes_per_s,
-                live_bytes: s.growth_bytes as u64,
-                allocations: s.live_count,
-                hint: crate::suspects::hint(&frames),
-                module,
-                function,
-                kind: s.kind,
-                frames,
-            }
+        .map(|(i, s)| Suspect {
+            rank: i as u32 + 1,
+            ..crate::suspects::suspect(
+                crate::suspects::collapse_allocator(s.frames.clone()),
+                s.kind.into(),
+                s.growth_bytes_per_s,
+                s.growth_bytes as u64,
+                s.live_count,
+            )
         })
         .collect();
     let mut notes = vec![format!(

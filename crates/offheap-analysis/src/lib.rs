@@ -4,6 +4,7 @@
 
 mod analyze;
 pub mod diff;
+mod jsheap;
 pub mod model;
 pub mod stats;
 pub mod summary;

@@ -100,6 +100,45 @@ impl Timeline {
     }
 }
 
+/// Which memory a suspect's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuspectKind {
+    /// malloc/new and friends (native agent).
+    Malloc,
+    /// Anonymous mmap (native agent).
+    Mmap,
+    /// Objects in the V8 heap (V8's sampling heap profiler, JS agent).
+    JsHeap,
+}
+
+impl SuspectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspectKind::Malloc => "malloc",
+            SuspectKind::Mmap => "mmap",
+            SuspectKind::JsHeap => "js-heap",
+        }
+    }
+}
+
+impl From<AllocKind> for SuspectKind {
+    fn from(k: AllocKind) -> Self {
+        match k {
+            AllocKind::Malloc => SuspectKind::Malloc,
+            AllocKind::Mmap => SuspectKind::Mmap,
+        }
+    }
+}
+
+/// The user's own JavaScript on a suspect's stack: the function to change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsOwner {
+    pub function: String,
+    pub file: String,
+    pub line: Option<u32>,
+}
+
 /// A suspect stack (`summary.json` `suspects`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Suspect {
@@ -117,7 +156,12 @@ pub struct Suspect {
     pub function: String,
     /// A known culprit's explanation, if one matched.
     pub hint: Option<String>,
-    pub kind: AllocKind,
+    pub kind: SuspectKind,
+    /// The application's own JS function on the stack (for threadpool
+    /// work: on the stack that queued it), if any.
+    pub js: Option<JsOwner>,
+    /// The JS thread (0: main) of a js-heap suspect from a worker's heap.
+    pub thread: Option<u32>,
     /// Frames innermost first, allocator-internal frames collapsed.
     pub frames: Vec<Frame>,
 }

@@ -39,7 +39,15 @@ pub struct SummarySuspect<'a> {
     pub module: &'a str,
     pub function: &'a str,
     pub hint: Option<&'a str>,
+    /// `malloc`, `mmap` or `js-heap`.
     pub kind: &'static str,
+    /// The application's own JS function on the stack (for threadpool work:
+    /// the stack that queued it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub js: Option<&'a crate::model::JsOwner>,
+    /// The JS thread (0: main) whose heap a js-heap suspect is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u32>,
     pub frames: Vec<SummaryFrame<'a>>,
 }
 
@@ -97,10 +105,9 @@ impl Model {
                     module: &s.module,
                     function: &s.function,
                     hint: s.hint.as_deref(),
-                    kind: match s.kind {
-                        offheap_format::native::AllocKind::Malloc => "malloc",
-                        offheap_format::native::AllocKind::Mmap => "mmap",
-                    },
+                    kind: s.kind.as_str(),
+                    js: s.js.as_ref(),
+                    thread: s.thread,
                     frames: s
                         .frames
                         .iter()

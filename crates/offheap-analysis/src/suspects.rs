@@ -1,6 +1,7 @@
 //! Making a suspect stack readable: collapse allocator internals, find the
 //! frame that owns the memory, and give known culprits a hint.
 
+use crate::model::{JsOwner, Suspect, SuspectKind};
 use offheap_symbols::{Frame, FrameKind};
 
 /// Frames of V8's heap profiler and allocation tracker: memory that exists
@@ -13,6 +14,31 @@ pub fn is_instrumentation(f: &Frame) -> bool {
         || n.contains("v8::internal::HeapProfiler")
         || n.contains("v8::internal::V8HeapExplorer")
         || n.contains("v8::internal::HeapSnapshot::")
+}
+
+/// A suspect (rank 0: ranked later) from its frames, innermost first,
+/// allocator frames already collapsed.
+pub fn suspect(
+    frames: Vec<Frame>,
+    kind: SuspectKind,
+    bytes_per_s: f64,
+    live_bytes: u64,
+    allocations: u64,
+) -> Suspect {
+    let (module, function) = owner(&frames);
+    Suspect {
+        rank: 0,
+        bytes_per_s,
+        live_bytes,
+        allocations,
+        hint: hint(&frames),
+        js: js_owner(&frames),
+        module,
+        function,
+        kind,
+        thread: None,
+        frames,
+    }
 }
 
 /// Drops leading allocator frames (keeping at least one frame).
@@ -66,13 +92,59 @@ pub fn owner(frames: &[Frame]) -> (String, String) {
     {
         return pick(f);
     }
-    if let Some(f) = frames.iter().find(|f| f.kind == FrameKind::Js) {
+    // The application's own JS before Node's internals (`node:`).
+    if let Some(f) = frames
+        .iter()
+        .find(|f| is_user_js(f) && !script(f).contains("/node_modules/"))
+        .or_else(|| frames.iter().find(|f| is_user_js(f)))
+        .or_else(|| frames.iter().find(|f| f.kind == FrameKind::Js))
+    {
         return pick(f);
     }
     if let Some(f) = frames.iter().find(|f| !is_system_module(&f.module)) {
         return pick(f);
     }
     frames.first().map(pick).unwrap_or_default()
+}
+
+/// The script a JS frame belongs to.
+fn script(f: &Frame) -> &str {
+    f.file
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&f.module)
+}
+
+/// True for a JS frame of the program's own scripts or its dependencies:
+/// not Node's own modules (`node:`), not V8's, not an unknown script.
+pub fn is_user_js(f: &Frame) -> bool {
+    let s = script(f);
+    f.kind == FrameKind::Js
+        && !s.is_empty()
+        && !s.starts_with("node:")
+        && !s.starts_with('[')
+        && !s.starts_with("internal/")
+        && !s.starts_with("evalmachine")
+}
+
+/// The application's own JS function on a stack: the innermost JS frame of
+/// the program's scripts, preferring the application over its dependencies
+/// (`node_modules`), which come second.
+pub fn js_owner(frames: &[Frame]) -> Option<JsOwner> {
+    let user: Vec<&Frame> = frames.iter().filter(|f| is_user_js(f)).collect();
+    let f = user
+        .iter()
+        .find(|f| !script(f).contains("/node_modules/"))
+        .or(user.first())?;
+    Some(JsOwner {
+        function: if f.function.trim().is_empty() {
+            "(anonymous)".into()
+        } else {
+            f.function.clone()
+        },
+        file: script(f).trim_start_matches("file://").to_string(),
+        line: f.line.filter(|&l| l > 0),
+    })
 }
 
 /// Known culprits, recognised by the functions on the stack.

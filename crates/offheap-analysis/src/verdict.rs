@@ -239,6 +239,9 @@ pub fn decide(ev: &Evidence) -> Verdict {
         }
     }
 
+    if kinds.is_empty() && g_rss > 0.0 {
+        return unconfirmed(ev, g_rss, g_total, ext_any);
+    }
     if kinds.is_empty() {
         let flat = |t: &Option<Trend>| t.map(|t| mb(t.growth())).unwrap_or_else(|| "n/a".into());
         let explanation = format!(
@@ -310,6 +313,72 @@ pub fn decide(ev: &Evidence) -> Verdict {
         primary,
         confidence,
         explanation: format!("{lead} Evidence: {}.", notes.join("; ")),
+        next_steps: steps,
+    }
+}
+
+/// RSS rises steadily but no kind of memory passed its own test: say what
+/// grows, what could not be confirmed, and lean on the largest candidate
+/// (never "no leak" while RSS climbs).
+fn unconfirmed(ev: &Evidence, g_rss: f64, g_total: f64, ext_any: f64) -> Verdict {
+    let span = ev.span.max(1e-9);
+    let heap = ev
+        .heap_after_gc
+        .map(|t| t.growth().max(0.0))
+        .unwrap_or(0.0)
+        .max(g_total);
+    let native = ev.native_live.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
+    let mut seen = vec![format!(
+        "RSS grew {} in {:.0} s ({}) and kept rising",
+        mb(g_rss),
+        ev.span,
+        rate(g_rss / span)
+    )];
+    if ev.node {
+        seen.push(format!(
+            "the V8 heap grew {}{}",
+            mb(heap),
+            if ev.heap_confirmed {
+                ""
+            } else {
+                " but no full GC confirmed it (it may be garbage waiting for a mark-compact)"
+            }
+        ));
+        seen.push(format!("external memory grew {}", mb(ext_any)));
+    }
+    if ev.native_live.is_some() {
+        seen.push(format!("sampled live native bytes grew {}", mb(native)));
+    }
+    let candidates = [
+        (Kind::JsHeap, if ev.node { heap } else { 0.0 }),
+        (Kind::External, ext_any),
+        (Kind::Native, native),
+    ];
+    let (primary, best) = candidates
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((Kind::Native, 0.0));
+    // Nothing measured explains it: memory outside every counter (mmap'd
+    // by a library, thread stacks, JIT code) is native.
+    let primary = if best < 0.25 * g_rss {
+        Kind::Native
+    } else {
+        primary
+    };
+    let mut steps = vec![
+        "Record longer so the growth can be confirmed: `offheap run --duration 5m -- <cmd>` or `offheap attach PID --duration 5m`.".to_string(),
+    ];
+    steps.extend(next_steps(primary));
+    Verdict {
+        kinds: vec![primary],
+        primary,
+        confidence: 0.35,
+        explanation: format!(
+            "Memory grows, but not confirmed: {}. The likeliest is {} memory. Evidence: {}.",
+            "no single kind of memory grew steadily enough to be sure",
+            primary.as_str(),
+            seen.join("; ")
+        ),
         next_steps: steps,
     }
 }
@@ -405,5 +474,23 @@ mod tests {
         let v = decide(&Evidence::from_timeline(&tl, &[], None, false));
         assert_eq!(v.primary, Kind::Fragmentation, "{v:?}");
         assert!(!v.kinds.contains(&Kind::Native));
+    }
+
+    /// Issue 12.6: attach on a process whose heap and RSS both grew about
+    /// 16 MiB/s said "none": without a major GC the heap growth was not
+    /// confirmed and the RSS growth was discounted.
+    #[test]
+    fn steady_rss_growth_is_never_none() {
+        let tl = timeline(vec![
+            series("rss", |t| 60e6 + t * 2e6),
+            // A sawtooth whose floor rises, no GC seen: unconfirmed.
+            series("heap_used", |t| 10e6 + t * 0.3e6 + (t * 10.0 % 7.0) * 3e6),
+            series("heap_total", |t| 20e6 + t * 1.5e6),
+            series("external", |_| 1e6),
+        ]);
+        let v = decide(&Evidence::from_timeline(&tl, &[], None, true));
+        assert_ne!(v.primary, Kind::None, "{v:?}");
+        assert!(v.explanation.contains("not confirmed"), "{v:?}");
+        assert!(v.explanation.contains("RSS grew"), "{v:?}");
     }
 }

@@ -24,3 +24,16 @@ pub const JS_AGENT: &str = "offheap-agent.js";
 pub const NATIVE_AGENT: &str = "liboffheap_agent.so";
 /// Summary written by `run` and `report`.
 pub const SUMMARY: &str = "summary.json";
+/// Requests from the CLI to the JS agents (heap snapshots, a full GC,
+/// detach), JSON lines appended by the CLI and read by every agent.
+pub const CONTROL: &str = "control.jsonl";
+/// The target's heap snapshot shortly after start (`--snapshots`).
+pub const START_SNAPSHOT: &str = "start.heapsnapshot";
+/// The target's heap snapshot at the end, when the heap or external memory grew.
+pub const END_SNAPSHOT: &str = "end.heapsnapshot";
+/// Suffix of the view geometry the JS agent writes beside each snapshot.
+pub const VIEWS_SUFFIX: &str = ".views.json";
+/// Heap-snapshot findings, computed from the snapshots in the recording.
+pub const HEAP: &str = "heap.json";
+/// The latest figures in Prometheus' text format.
+pub const METRICS: &str = "metrics.prom";

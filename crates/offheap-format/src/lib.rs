@@ -21,6 +21,7 @@
 //! allocates: that is the part the agent links.
 #![cfg_attr(not(feature = "read"), no_std)]
 
+pub mod elf;
 pub mod layout;
 pub mod native;
 

@@ -46,6 +46,10 @@ pub mod tag {
     pub const NOTE: u8 = 8;
     /// End of snapshot N: everything since the matching begin is committed.
     pub const SNAPSHOT_END: u8 = 9;
+    /// The stack that queued the work a stack was allocated in (libuv
+    /// threadpool work: the submitting thread's stack), after that stack's
+    /// STACK record.
+    pub const ORIGIN: u8 = 10;
 }
 
 /// What kind of memory a stack's counters describe.
@@ -307,6 +311,15 @@ pub fn write_stack<S: Sink>(s: &mut S, id: u32, kind: AllocKind, truncated: bool
     r.end();
 }
 
+/// Writes the origin of stack `id`: stack `origin` queued the work it was
+/// allocated in.
+pub fn write_origin<S: Sink>(s: &mut S, id: u32, origin: u32) {
+    let mut r = Rec::begin(s, tag::ORIGIN, 8);
+    r.u32(id);
+    r.u32(origin);
+    r.end();
+}
+
 /// Writes the start of a snapshot.
 pub fn write_snapshot_begin<S: Sink>(s: &mut S, index: u32, time_ms: f64) {
     let mut r = Rec::begin(s, tag::SNAPSHOT_BEGIN, 12);
@@ -439,6 +452,12 @@ mod decoded {
         pub kind: AllocKind,
         /// True if the unwinder hit the depth cap.
         pub truncated: bool,
+        /// The stack (an id into the same table) that queued the work this
+        /// stack was allocated in: libuv threadpool work (zlib, crypto, fs,
+        /// dns, N-API async work) carries the stack of the JS thread that
+        /// submitted it. Its frames come after this stack's, outermost last.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub origin: Option<u32>,
     }
 
     /// Everything one process's native agent wrote, decoded.
@@ -704,7 +723,20 @@ impl Decoder {
                     frames,
                     kind,
                     truncated,
+                    origin: None,
                 };
+            }
+            tag::ORIGIN => {
+                let id = c.u32().ok_or(bad)? as usize;
+                let origin = c.u32().ok_or(bad)?;
+                // The origin was interned before the stack that names it.
+                if origin as usize >= id {
+                    return Err("stack origin out of order");
+                }
+                match self.out.stacks.get_mut(id) {
+                    Some(s) => s.origin = Some(origin),
+                    None => return Err("origin of an unknown stack"),
+                }
             }
             tag::SNAPSHOT_BEGIN => {
                 let index = c.u32().ok_or(bad)?;

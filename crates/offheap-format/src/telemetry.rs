@@ -90,6 +90,114 @@ pub enum NodeRecord {
     Mem(NodeMem),
     /// One GC event from `perf_hooks`.
     Gc(NodeGc),
+    /// A JS call frame of V8's sampling heap profiler, defined once.
+    HeapFrame(HeapFrame),
+    /// A JS stack of the sampling heap profiler (frame ids), defined once.
+    HeapStack(HeapStack),
+    /// Live sampled JS heap bytes per stack, at one moment.
+    HeapProfile(HeapProfile),
+    /// A heap snapshot the agent took (or failed to take) in the target.
+    Snapshot(NodeSnapshot),
+    /// The agent's answer to a request of `control.jsonl`.
+    Ack(NodeAck),
+    /// Something the agent wants the user to know.
+    Note(NodeNote),
+    /// The agent stopped (detach, exit, or offheap gone).
+    Bye(NodeBye),
+    /// A record type this version does not know (a newer agent): skipped.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `heap_frame`: one call frame of V8's sampling heap profiler.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeapFrame {
+    /// Dense from 0 in the order of definition.
+    pub id: u32,
+    /// The JS function (empty for an anonymous one).
+    pub function: String,
+    /// The script (a path, `file://` URL or `node:` module; empty for V8's own).
+    pub url: String,
+    /// 1-based line and column of the function in the script (0: unknown).
+    pub line: u32,
+    #[serde(default)]
+    pub column: u32,
+}
+
+/// `heap_stack`: frame ids, innermost first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeapStack {
+    pub id: u32,
+    pub frames: Vec<u32>,
+}
+
+/// `heap_profile`: V8's estimate of the live bytes allocated at each stack
+/// (objects sampled by bytes, Poisson, scaled: unbiased), at time `t`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeapProfile {
+    /// Unix time in ms.
+    pub t: f64,
+    /// Mean sampling interval in bytes.
+    pub interval: u64,
+    /// `[stack id, live bytes, live samples]`.
+    pub sites: Vec<(u32, u64, u64)>,
+}
+
+/// `snapshot`: a heap snapshot written by the agent into the recording.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeSnapshot {
+    /// Unix time in ms when it was started.
+    pub t: f64,
+    /// "start", "end", or another name the CLI asked for.
+    pub name: String,
+    /// The request id from `control.jsonl` (none for the agent's own at exit).
+    #[serde(default)]
+    pub request: Option<u64>,
+    /// File name in the recording (absent when it failed).
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub bytes: u64,
+    /// Views of big ArrayBuffers recorded beside it (`FILE.views.json`).
+    #[serde(default)]
+    pub views: u64,
+    #[serde(default)]
+    pub views_truncated: bool,
+    #[serde(default)]
+    pub duration_ms: f64,
+    #[serde(default)]
+    pub heap_used: u64,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `ack`: a request was handled.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeAck {
+    pub t: f64,
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default)]
+    pub op: String,
+    #[serde(default)]
+    pub ok: bool,
+}
+
+/// `note`: free text from the agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeNote {
+    pub t: f64,
+    pub text: String,
+}
+
+/// `bye`: the agent's last record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeBye {
+    pub t: f64,
+    /// `process.exitCode` when the process was exiting.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -104,6 +212,9 @@ pub struct NodeHello {
     pub version: u32,
     #[serde(default)]
     pub exec_argv: Vec<String>,
+    /// Mean sampling interval of V8's sampling heap profiler (0: off).
+    #[serde(default)]
+    pub heap_sample_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -161,6 +272,14 @@ pub struct NodeStream {
     pub hello: Option<NodeHello>,
     pub mem: Vec<NodeMem>,
     pub gc: Vec<NodeGc>,
+    /// Sampling heap profiler frames and stacks, indexed by id.
+    pub heap_frames: Vec<HeapFrame>,
+    pub heap_stacks: Vec<HeapStack>,
+    pub heap_profiles: Vec<HeapProfile>,
+    pub snapshots: Vec<NodeSnapshot>,
+    pub acks: Vec<NodeAck>,
+    pub notes: Vec<NodeNote>,
+    pub bye: Option<NodeBye>,
 }
 
 impl NodeStream {
@@ -169,6 +288,38 @@ impl NodeStream {
     }
     pub fn is_main_thread(&self) -> bool {
         self.hello.as_ref().is_some_and(|h| h.is_main_thread)
+    }
+    /// The JS thread id (0 for the main thread).
+    pub fn thread_id(&self) -> u32 {
+        self.hello.as_ref().map_or(0, |h| h.thread_id)
+    }
+
+    /// Adds one record of the stream.
+    pub fn push(&mut self, r: NodeRecord) {
+        fn put<T>(v: &mut Vec<T>, id: u32, x: T, empty: impl Fn() -> T) {
+            let i = id as usize;
+            // Ids are dense; a corrupt huge id must not allocate without bound.
+            if i > v.len() + 1_000_000 {
+                return;
+            }
+            if v.len() <= i {
+                v.resize_with(i + 1, empty);
+            }
+            v[i] = x;
+        }
+        match r {
+            NodeRecord::Hello(h) => self.hello = Some(h),
+            NodeRecord::Mem(m) => self.mem.push(m),
+            NodeRecord::Gc(g) => self.gc.push(g),
+            NodeRecord::HeapFrame(f) => put(&mut self.heap_frames, f.id, f, HeapFrame::default),
+            NodeRecord::HeapStack(s) => put(&mut self.heap_stacks, s.id, s, HeapStack::default),
+            NodeRecord::HeapProfile(p) => self.heap_profiles.push(p),
+            NodeRecord::Snapshot(s) => self.snapshots.push(s),
+            NodeRecord::Ack(a) => self.acks.push(a),
+            NodeRecord::Note(n) => self.notes.push(n),
+            NodeRecord::Bye(b) => self.bye = Some(b),
+            NodeRecord::Unknown => {}
+        }
     }
 }
 
@@ -183,6 +334,8 @@ pub struct Recording {
     pub native: Vec<NativeStream>,
     /// Copies of V8 perf maps: pid -> path in the recording.
     pub perf_maps: BTreeMap<u32, PathBuf>,
+    /// Heap-snapshot findings (`heap.json`), if snapshots were taken.
+    pub heap: Option<serde_json::Value>,
     /// What was skipped or looked odd while reading; shown to the user.
     pub notes: Vec<String>,
 }
@@ -325,6 +478,17 @@ impl Recording {
             )),
         }
 
+        let heap_path = dir.join(layout::HEAP);
+        if heap_path.exists() {
+            match fs::read(&heap_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            {
+                Some(v) => rec.heap = Some(v),
+                None => notes.push(format!("{}: unreadable; skipped", layout::HEAP)),
+            }
+        }
+
         let proc_path = dir.join(layout::PROC);
         if proc_path.exists() {
             rec.proc = read_jsonl(&proc_path, &mut notes);
@@ -345,11 +509,7 @@ impl Recording {
                     ..Default::default()
                 };
                 for r in read_jsonl::<NodeRecord>(&path, &mut notes) {
-                    match r {
-                        NodeRecord::Hello(h) => stream.hello = Some(h),
-                        NodeRecord::Mem(m) => stream.mem.push(m),
-                        NodeRecord::Gc(g) => stream.gc.push(g),
-                    }
+                    stream.push(r);
                 }
                 rec.node.push(stream);
             } else if name.starts_with(layout::NATIVE_PREFIX)

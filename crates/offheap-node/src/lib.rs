@@ -18,6 +18,55 @@
 /// The JS agent, embedded in the binary and written into each recording.
 pub const JS_AGENT: &str = include_str!("agent.js");
 
+/// What the JS agent is told when it starts (`start(cfg)` in agent.js).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// The recording directory.
+    pub dir: PathBuf,
+    /// Telemetry period.
+    pub interval_ms: u64,
+    /// "run" or "attach".
+    pub mode: String,
+    /// Children keep offheap's NODE_OPTIONS (`--follow-exec`).
+    pub follow_exec: bool,
+    /// The user's NODE_OPTIONS before offheap added its own (None: unset),
+    /// restored for children unless `follow_exec`.
+    pub node_options: Option<String>,
+    /// Mean sampling interval of V8's sampling heap profiler (0: off).
+    pub heap_sample_bytes: u64,
+    /// How often the heap profile is written.
+    pub heap_profile_ms: u64,
+    /// `--snapshots`: the agent takes the end snapshot at exit when the heap grew.
+    pub snapshots: bool,
+    pub track_allocations: bool,
+    /// Largest heap the agent snapshots at exit (bytes).
+    pub exit_snapshot_max_heap: u64,
+    /// offheap's pid: the agent stops recording when it is gone.
+    pub cli_pid: u32,
+    /// Under attach: connect the in-process session only once the TCP
+    /// inspector offheap opened is closed again.
+    pub wait_inspector_close: bool,
+}
+
+/// Default mean sampling interval of V8's sampling heap profiler.
+pub const HEAP_SAMPLE_BYTES: u64 = 512 * 1024;
+
+/// The agent's source as `run` writes it into the recording: its
+/// configuration in front, so the agent needs no environment variables.
+pub fn js_agent_source(cfg: &AgentConfig) -> String {
+    let json = serde_json::to_string(cfg).unwrap_or_else(|_| "null".into());
+    format!("const OFFHEAP_CONFIG = {json};\n{JS_AGENT}")
+}
+
+/// The expression `attach` evaluates in the target: the agent, started.
+pub fn js_agent_expression(cfg: &AgentConfig) -> String {
+    let json = serde_json::to_string(cfg).unwrap_or_else(|_| "null".into());
+    format!(
+        "(function (module) {{ {JS_AGENT}\n; const s = module.exports.start({json}); return s && s.fd >= 0 ? 'started' : 'cannot-write'; }})({{ exports: {{}} }})"
+    )
+}
+
 pub mod analysis;
 pub mod heapsnapshot;
 pub mod inspector;
@@ -96,6 +145,60 @@ pub fn analyze_file(path: &Path, opts: &AnalyzeOptions) -> Result<SnapshotReport
         &path.display().to_string(),
         opts,
         None,
+    ))
+}
+
+/// The view geometry the JS agent recorded beside a snapshot it took
+/// (`FILE.views.json`: `{"views": [[heap id, byte offset, byte length,
+/// parent bytes], ...]}`), by heap object id. Empty if the file is missing
+/// or unreadable.
+pub fn recorded_views(path: &Path) -> std::collections::HashMap<u64, analysis::ViewGeometry> {
+    #[derive(serde::Deserialize)]
+    struct Views {
+        views: Vec<(u64, u64, u64, u64)>,
+    }
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let v: Views = serde_json::from_slice(&bytes).unwrap_or(Views { views: Vec::new() });
+    v.views
+        .into_iter()
+        .map(|(id, off, len, parent)| {
+            (
+                id,
+                analysis::ViewGeometry {
+                    byte_offset: off,
+                    byte_length: len,
+                    parent_bytes: parent,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Analyse a snapshot the JS agent took inside the target, with the view
+/// geometry it recorded beside it (`views`): hostage buffers are confirmed
+/// as if read from the live process, without a round trip to it.
+pub fn analyze_recorded(
+    path: &Path,
+    views: &Path,
+    opts: &AnalyzeOptions,
+) -> Result<SnapshotReport, Error> {
+    let s = load(path)?;
+    let geo = recorded_views(views);
+    let mut lookup = |ids: &[u64]| {
+        ids.iter()
+            .filter_map(|id| geo.get(id).map(|g| (*id, *g)))
+            .collect()
+    };
+    let geometry: Option<&mut analysis::GeometryFn<'_>> = if views.exists() {
+        Some(&mut lookup)
+    } else {
+        None
+    };
+    Ok(analysis::analyze(
+        &s,
+        &path.display().to_string(),
+        opts,
+        geometry,
     ))
 }
 

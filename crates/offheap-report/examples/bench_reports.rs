@@ -171,7 +171,9 @@ fn model(nstacks: usize) -> Model {
             module: stacks[i as usize].frames[0].module.clone(),
             function: stacks[i as usize].frames[0].function.clone(),
             hint: None,
-            kind: AllocKind::Malloc,
+            kind: SuspectKind::Malloc,
+            js: None,
+            thread: None,
             frames: stacks[i as usize].frames.clone(),
         })
         .collect();

@@ -103,13 +103,14 @@ pub fn basename(path: &str) -> &str {
     }
 }
 
-/// The short tag of a frame kind: `native`, `js`, `builtin`, `unknown`.
+/// The short tag of a frame kind: `native`, `js`, `builtin`, `unknown`, `queued`.
 pub fn kind_str(k: FrameKind) -> &'static str {
     match k {
         FrameKind::Native => "native",
         FrameKind::Js => "js",
         FrameKind::Builtin => "builtin",
         FrameKind::Unknown => "unknown",
+        FrameKind::Queued => "queued",
     }
 }
 

@@ -15,7 +15,6 @@ use crate::format::{self, basename, file_line, function_name, kind_str};
 use crate::svg::color;
 use crate::text::kind_headline;
 use offheap_analysis::{Kind, Model, Series, Suspect};
-use offheap_format::native::AllocKind;
 use serde_json::{Value, json};
 use std::fmt::Write;
 
@@ -582,14 +581,22 @@ fn suspects(o: &mut String, m: &Model) {
 }
 
 fn suspect_row(o: &mut String, s: &Suspect, open: bool) {
-    let kind = match s.kind {
-        AllocKind::Malloc => "malloc",
-        AllocKind::Mmap => "mmap",
+    let kind = match s.thread {
+        Some(0) | None => s.kind.as_str().to_string(),
+        Some(t) => format!("{}, worker thread {t}", s.kind.as_str()),
+    };
+    let js = match &s.js {
+        Some(js) if js.function != s.function || js.file != s.module => format!(
+            " <span class=\"js-owner\" title=\"{}\">your code: {}</span>",
+            esc(&js.file),
+            esc(&crate::text::js_owner_text(js))
+        ),
+        _ => String::new(),
     };
     let _ = write!(
         o,
         "<tbody class=\"suspect\"><tr class=\"srow\"><td class=\"rank\">{}</td><td class=\"num up\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-         <td><span class=\"fn\">{}</span> <span class=\"mod\" title=\"{}\">{}</span> <span class=\"tag t-alloc\">{kind}</span></td><td class=\"hint\">{}</td></tr>",
+         <td><span class=\"fn\">{}</span> <span class=\"mod\" title=\"{}\">{}</span> <span class=\"tag t-alloc\">{}</span>{js}</td><td class=\"hint\">{}</td></tr>",
         s.rank,
         esc(&format::rate(s.bytes_per_s)),
         esc(&format::bytes(s.live_bytes)),
@@ -605,6 +612,7 @@ fn suspect_row(o: &mut String, s: &Suspect, open: bool) {
         } else {
             basename(&s.module)
         }),
+        esc(&kind),
         s.hint.as_deref().map(rich).unwrap_or_default(),
     );
     let _ = write!(

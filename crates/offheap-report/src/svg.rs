@@ -226,6 +226,7 @@ pub fn color(kind: FrameKind, name: &str) -> String {
             let g = 170.0 + 40.0 * v1;
             (g, g, g - 6.0)
         }
+        FrameKind::Queued => (235.0, 225.0, 120.0),
     };
     format!("rgb({:.0},{:.0},{:.0})", r, g, b)
 }

@@ -4,8 +4,8 @@
 
 use crate::Weight;
 use crate::format::{self, basename, file_line, frame_label, kind_str};
-use offheap_analysis::{Kind, Model, Suspect};
-use offheap_format::native::AllocKind;
+use offheap_analysis::{Kind, Model, Suspect, SuspectKind};
+use offheap_symbols::FrameKind;
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -139,18 +139,30 @@ pub fn render_text(model: &Model) -> String {
     o
 }
 
+/// `handle (server.js:28)`.
+pub(crate) fn js_owner_text(js: &offheap_analysis::JsOwner) -> String {
+    match js.line {
+        Some(l) => format!("{} ({}:{l})", js.function, basename(&js.file)),
+        None => format!("{} ({})", js.function, basename(&js.file)),
+    }
+}
+
 fn suspect_text(o: &mut String, s: &Suspect) {
-    let kind = match s.kind {
-        AllocKind::Malloc => "malloc",
-        AllocKind::Mmap => "mmap",
+    let kind = match s.thread {
+        Some(0) | None => s.kind.as_str().to_string(),
+        Some(t) => format!("{}, worker thread {t}", s.kind.as_str()),
+    };
+    let count = if s.kind == SuspectKind::JsHeap {
+        String::new()
+    } else {
+        format!(" in {} allocations", format::count(s.allocations))
     };
     let _ = writeln!(
         o,
-        "\n#{:<3}{}  peak live {} in {} allocations  [{kind}]",
+        "\n#{:<3}{}  peak live {}{count}  [{kind}]",
         s.rank,
         format::rate(s.bytes_per_s),
         format::bytes(s.live_bytes),
-        format::count(s.allocations)
     );
     let module = if s.module.is_empty() {
         "?"
@@ -162,7 +174,29 @@ fn suspect_text(o: &mut String, s: &Suspect) {
     } else {
         s.function.as_str()
     };
-    let _ = writeln!(o, "     in {function} ({module})");
+    match &s.js {
+        Some(js) if js.function == s.function && js.file == s.module => {
+            let _ = writeln!(o, "     in {}", js_owner_text(js));
+        }
+        Some(js) => {
+            let _ = writeln!(o, "     in {function} ({module})");
+            let _ = writeln!(o, "     your code: {}", js_owner_text(js));
+        }
+        None => {
+            let _ = writeln!(o, "     in {function} ({module})");
+        }
+    }
+    // The native mechanism beside the JS owner: the innermost native frame.
+    if s.js.is_some()
+        && let Some(f) = s.frames.first().filter(|f| f.kind == FrameKind::Native)
+    {
+        let _ = writeln!(
+            o,
+            "     allocates in: {} ({})",
+            format::function_name(f),
+            basename(&f.module)
+        );
+    }
     if let Some(h) = &s.hint {
         let _ = writeln!(o, "     hint: {}", h.trim_end());
     }

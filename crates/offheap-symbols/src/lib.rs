@@ -105,6 +105,29 @@ pub enum FrameKind {
     Builtin,
     /// An address that could not be resolved; `function` is `module+0xoffset` or the raw address.
     Unknown,
+    /// Not code: the seam of a stitched stack. The frames after it are the
+    /// stack that queued the work (libuv threadpool) the frames before it ran in.
+    Queued,
+}
+
+/// `Frame::function` of the seam of a stitched stack.
+pub const QUEUED_FROM: &str = "[queued from]";
+/// `Frame::module` of the seam of a stitched stack.
+pub const QUEUED_MODULE: &str = "[threadpool]";
+
+impl Frame {
+    /// The seam between the frames of threadpool work and the stack that queued it.
+    pub fn queued_from() -> Frame {
+        Frame {
+            function: QUEUED_FROM.into(),
+            module: QUEUED_MODULE.into(),
+            file: None,
+            line: None,
+            kind: FrameKind::Queued,
+            address: 0,
+            inlined: false,
+        }
+    }
 }
 
 /// One symbolized frame. Inlined functions become several frames, innermost first.

@@ -78,6 +78,10 @@ pub struct RecordOpts {
     /// Ignore allocations younger than this when ranking suspects (e.g. 5s).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub min_age: Duration,
+    /// Mean bytes between samples of V8's sampling heap profiler, which names the JS functions
+    /// whose objects accumulate in the JS heap (Node targets; 0 turns it off).
+    #[arg(long, default_value = "512KiB", value_parser = parse_size_or_zero)]
+    pub heap_sample_interval: u64,
 }
 
 #[derive(Args, Debug)]
@@ -234,6 +238,14 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// A size that may be 0 (off).
+pub fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(s)
 }
 
 /// Parses `524288`, `512KiB`, `512k`, `1MiB`, `4M`.

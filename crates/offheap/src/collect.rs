@@ -133,7 +133,8 @@ struct NodeTail {
 }
 
 impl NodeTail {
-    fn poll(&mut self) -> Option<NodeMem> {
+    /// New records: the last memory figures, and the ids of acknowledged requests.
+    fn poll(&mut self, acks: &mut BTreeSet<u64>, bye: &mut bool) -> Option<NodeMem> {
         let mut f = File::open(&self.path).ok()?;
         f.seek(SeekFrom::Start(self.offset)).ok()?;
         let mut buf = Vec::new();
@@ -143,8 +144,13 @@ impl NodeTail {
         let end = self.partial.iter().rposition(|&b| b == b'\n')?;
         let mut last = None;
         for line in self.partial[..end].split(|&b| b == b'\n') {
-            if let Ok(NodeRecord::Mem(m)) = serde_json::from_slice::<NodeRecord>(line) {
-                last = Some(m);
+            match serde_json::from_slice::<NodeRecord>(line) {
+                Ok(NodeRecord::Mem(m)) => last = Some(m),
+                Ok(NodeRecord::Ack(a)) => {
+                    acks.extend(a.id);
+                }
+                Ok(NodeRecord::Bye(_)) => *bye = true,
+                _ => {}
             }
         }
         self.partial.drain(..=end);
@@ -162,6 +168,10 @@ pub struct Collector {
     /// Latest figures, for the status line.
     pub last_proc: Option<ProcSample>,
     pub last_node: Option<NodeMem>,
+    /// Requests of `control.jsonl` the target's main-thread JS agent answered.
+    pub acks: BTreeSet<u64>,
+    /// The target's main-thread JS agent said goodbye (stopped, or exiting).
+    pub agent_gone: bool,
     gone: BTreeSet<u32>,
 }
 
@@ -175,6 +185,8 @@ impl Collector {
             node_tail: None,
             last_proc: None,
             last_node: None,
+            acks: BTreeSet::new(),
+            agent_gone: false,
             gone: BTreeSet::new(),
         })
     }
@@ -201,6 +213,16 @@ impl Collector {
             }
         }
         pids
+    }
+
+    /// Reads what the target's JS agent wrote since the last look (acks
+    /// of requests), without sampling anything.
+    pub fn poll_agent(&mut self) {
+        if let Some(t) = self.node_tail.as_mut()
+            && let Some(m) = t.poll(&mut self.acks, &mut self.agent_gone)
+        {
+            self.last_node = Some(m);
+        }
     }
 
     /// One interval: sample /proc, copy perf maps, read the latest JS figures.
@@ -261,7 +283,7 @@ impl Collector {
             }
         }
         if let Some(t) = self.node_tail.as_mut()
-            && let Some(m) = t.poll()
+            && let Some(m) = t.poll(&mut self.acks, &mut self.agent_gone)
         {
             self.last_node = Some(m);
         }

@@ -39,6 +39,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
             snapshots: false,
             track_allocations: false,
             min_age: Duration::from_secs(3),
+            heap_sample_interval: offheap_node::HEAP_SAMPLE_BYTES,
         },
         sample_interval: 512 * 1024,
         exact: false,

@@ -9,9 +9,11 @@ mod cli;
 mod collect;
 mod demo;
 mod elf;
+mod heap;
 mod outdir;
 mod reporting;
 mod run;
+mod session;
 mod signals;
 mod status;
 

@@ -48,7 +48,7 @@ pub fn build_model(dir: &Path, min_age_s: f64) -> Result<Model> {
 
 /// Analyses a recording and writes summary.json and every report into it.
 /// Only offheap's own outputs are (re)written; the recording is never touched.
-pub fn build(dir: &Path, opts: &AnalyzeOpts, heap: Option<serde_json::Value>) -> Result<Model> {
+pub fn build(dir: &Path, opts: &AnalyzeOpts) -> Result<Model> {
     let rec = open_with_samples(dir)?;
     let mut model = analyze(
         &rec,
@@ -59,17 +59,8 @@ pub fn build(dir: &Path, opts: &AnalyzeOpts, heap: Option<serde_json::Value>) ->
         },
     );
     model.notes.extend(opts.extra_notes.iter().cloned());
-    model.heap = heap.or_else(|| previous_heap(dir));
     write_outputs(dir, &model)?;
     Ok(model)
-}
-
-/// Heap findings are computed while the target is alive; `report` keeps
-/// the ones a previous summary.json recorded.
-fn previous_heap(dir: &Path) -> Option<serde_json::Value> {
-    let text = fs::read(dir.join(layout::SUMMARY)).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    v.get("heap").filter(|h| !h.is_null()).cloned()
 }
 
 fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
@@ -84,13 +75,8 @@ fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
 }
 
 /// Prints the verdict (and suspects) to stderr: stdout belongs to the target.
-pub fn finish_with_heap(
-    dir: &Path,
-    opts: &AnalyzeOpts,
-    quiet: bool,
-    heap: Option<serde_json::Value>,
-) -> Result<Model> {
-    let model = build(dir, opts, heap)?;
+pub fn finish(dir: &Path, opts: &AnalyzeOpts, quiet: bool) -> Result<Model> {
+    let model = build(dir, opts)?;
     if !quiet {
         eprint!("{}", render_text(&model));
         eprintln!("report: {}", dir.join(offheap_report::HTML_FILE).display());
@@ -117,7 +103,7 @@ pub fn report(args: ReportArgs) -> Result<u8> {
         top: args.top,
         extra_notes: Vec::new(),
     };
-    let model = build(&args.dir, &opts, None)?;
+    let model = build(&args.dir, &opts)?;
     if args.debug_stacks {
         let rec = open(&args.dir)?;
         for native in &rec.native {

@@ -1,22 +1,22 @@
 //! `offheap run`: launch the target with the agents, collect until it ends,
 //! then hand the recording to the analysis and the reporters.
 
-use crate::cli::{RecordOpts, RunArgs};
-use crate::collect::{Collector, now_ms};
+use crate::cli::RunArgs;
+use crate::collect::now_ms;
 use crate::elf::{self, Linkage};
+use crate::heap::{self, Control, Snapshots};
+use crate::session::{self, Target as Session};
 use crate::signals::Signals;
-use crate::status::StatusLine;
 use crate::{outdir, reporting, user_error};
 use anyhow::{Context, Result};
-use offheap_format::{End, FORMAT_VERSION, Meta, layout};
+use offheap_format::layout;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The native agent, built from crates/offheap-agent by build.rs.
 static NATIVE_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/liboffheap_agent.so"));
@@ -111,11 +111,14 @@ fn program_name(cmd: &[String]) -> String {
 }
 
 /// Writes the agents into the recording, where the target loads them from.
-fn install_agents(dir: &Path, node: bool, native: bool) -> Result<(PathBuf, Option<PathBuf>)> {
+fn install_agents(
+    dir: &Path,
+    js_agent: Option<&str>,
+    native: bool,
+) -> Result<(PathBuf, Option<PathBuf>)> {
     let js = dir.join(layout::JS_AGENT);
-    if node {
-        fs::write(&js, offheap_node::JS_AGENT)
-            .with_context(|| format!("cannot write {}", js.display()))?;
+    if let Some(src) = js_agent {
+        fs::write(&js, src).with_context(|| format!("cannot write {}", js.display()))?;
     }
     let so = if native {
         let path = match std::env::var_os("OFFHEAP_AGENT") {
@@ -177,7 +180,24 @@ pub fn run(args: RunArgs) -> Result<u8> {
             Linkage::NotElf => true,
         };
     let dir = outdir::create(args.record.out.as_deref(), &program_name(&args.command))?;
-    let (js_agent, native_agent) = install_agents(&dir, target.node, native)?;
+    let user_node_options = std::env::var("NODE_OPTIONS").ok();
+    let js_source = target.node.then(|| {
+        offheap_node::js_agent_source(&offheap_node::AgentConfig {
+            dir: dir.clone(),
+            interval_ms: args.record.interval.as_millis().max(10) as u64,
+            mode: "run".into(),
+            follow_exec: args.follow_exec,
+            node_options: user_node_options.clone(),
+            heap_sample_bytes: args.record.heap_sample_interval,
+            heap_profile_ms: 2000,
+            snapshots: args.record.snapshots,
+            track_allocations: args.record.track_allocations,
+            exit_snapshot_max_heap: 256 << 20,
+            cli_pid: std::process::id(),
+            wait_inspector_close: false,
+        })
+    });
+    let (js_agent, native_agent) = install_agents(&dir, js_source.as_deref(), native)?;
 
     let mut cmd = Command::new(&target.exe);
     cmd.arg0(&args.command[0]).args(&args.command[1..]);
@@ -190,16 +210,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     let mut node_flags = Vec::new();
     if target.node {
-        let orig = std::env::var("NODE_OPTIONS").ok();
-        cmd.env(
-            "OFFHEAP_HAD_NODE_OPTIONS",
-            if orig.is_some() { "1" } else { "0" },
-        );
-        cmd.env(
-            "OFFHEAP_ORIG_NODE_OPTIONS",
-            orig.clone().unwrap_or_default(),
-        );
-        let mut opts = orig.unwrap_or_default();
+        // The JS agent's configuration is in its file; it restores the
+        // user's NODE_OPTIONS for children.
+        let mut opts = user_node_options.unwrap_or_default();
         let require = format!(
             "--require {}",
             quote_node_option(&js_agent.to_string_lossy())
@@ -211,12 +224,6 @@ pub fn run(args: RunArgs) -> Result<u8> {
             opts.push_str(flag);
         }
         node_flags.extend(NODE_FLAGS.iter().map(|s| s.to_string()));
-        if args.record.snapshots {
-            // SIGUSR1 then opens the inspector on a free port (found through
-            // /proc), not on 9229, which another process may hold.
-            opts.push_str(" --inspect-port=0");
-            node_flags.push("--inspect-port=0".into());
-        }
         cmd.env("NODE_OPTIONS", opts);
     }
     if let Some(so) = &native_agent {
@@ -244,6 +251,21 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
     let signals = Signals::install().context("cannot install signal handlers")?;
     let start_ms = now_ms();
+    // If offheap dies, the target it launched is asked to stop as if
+    // offheap had forwarded a SIGTERM: a target outliving its supervisor
+    // would run on unrecorded (a CI job's server holding its port forever).
+    let parent = std::process::id() as i32;
+    // SAFETY: prctl and getppid are async-signal-safe and touch no memory
+    // of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
     let child = cmd
         .spawn()
         .map_err(|e| user_error(format!("cannot start {}: {e}", args.command[0])))?;
@@ -258,33 +280,42 @@ pub fn run(args: RunArgs) -> Result<u8> {
         (args.record.min_age.as_millis() as u64).into(),
     );
     settings.insert("exact".into(), args.exact.into());
-    let meta = Meta {
-        format_version: FORMAT_VERSION,
-        offheap_version: env!("CARGO_PKG_VERSION").into(),
-        mode: "run".into(),
-        command: args.command.clone(),
-        pid,
-        start_ms,
-        interval_ms: args.record.interval.as_millis() as u64,
-        node: target.node,
-        node_flags,
-        native: native_agent.is_some(),
-        sample_interval: if args.exact { 1 } else { args.sample_interval },
-        settings,
-    };
-    write_json(&dir.join(layout::META), &meta)?;
-
-    let snapshots = HeapSnapshots::new(
-        args.record.snapshots && target.node,
-        args.record.track_allocations,
+    session::write_meta(
         &dir,
-    );
+        session::MetaSpec {
+            mode: "run",
+            command: args.command.clone(),
+            pid,
+            start_ms,
+            interval: args.record.interval,
+            node: target.node,
+            node_flags,
+            native: native_agent.is_some(),
+            sample_interval: if args.exact { 1 } else { args.sample_interval },
+            settings,
+        },
+    )?;
+
+    let mut control = Control::new(&dir);
+    let mut snapshots = Snapshots::new(args.record.snapshots && target.node);
     if args.record.snapshots && !target.node {
         notes.push("--snapshots needs a Node target: no heap snapshots taken".into());
     }
-    let (outcome, heap, snap_notes) =
-        supervise(child, &dir, &args.record, args.grace, &signals, snapshots)?;
-    notes.extend(snap_notes);
+    let mut launched = Session::Launched {
+        child,
+        grace: args.grace,
+    };
+    let outcome = session::record(
+        &mut launched,
+        &dir,
+        &args.record,
+        &signals,
+        &mut control,
+        &mut snapshots,
+        Duration::from_millis(1500),
+    )?;
+    snapshots.finish(&dir);
+    notes.append(&mut snapshots.notes);
     if target.node {
         // The map is V8's answer to our flag: take it away with us.
         let map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
@@ -299,209 +330,27 @@ pub fn run(args: RunArgs) -> Result<u8> {
             let _ = fs::remove_file(map);
         }
     }
+    heap::write_findings(&dir, &mut notes);
     write_json(&dir.join(layout::END), &outcome)?;
     let opts = reporting::AnalyzeOpts {
         min_age_s: args.record.min_age.as_secs_f64(),
         top: 10,
         extra_notes: notes,
     };
-    reporting::finish_with_heap(&dir, &opts, args.record.quiet, heap)?;
+    reporting::finish(&dir, &opts, args.record.quiet)?;
     Ok(outcome.exit_status.clamp(0, 255) as u8)
 }
 
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value)?;
+    write_bytes(path, &text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes a file of the recording whole (a temporary name, then renamed).
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
-fn send(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-/// Collects until the child ends, forwarding signals and enforcing --duration.
-/// `--snapshots` in `run`: a heap snapshot shortly after start, and one at
-/// the end (before --duration stops the target) when the heap or external
-/// memory grows. The inspector is opened with SIGUSR1, like `attach`.
-struct HeapSnapshots {
-    enabled: bool,
-    track_allocations: bool,
-    dir: PathBuf,
-    insp: Option<offheap_node::Inspector>,
-    first: Option<offheap_node::LiveSnapshot>,
-    last: Option<offheap_node::LiveSnapshot>,
-    tried: bool,
-    notes: Vec<String>,
-}
-
-impl HeapSnapshots {
-    fn new(enabled: bool, track_allocations: bool, dir: &Path) -> Self {
-        HeapSnapshots {
-            enabled,
-            track_allocations,
-            dir: dir.to_path_buf(),
-            insp: None,
-            first: None,
-            last: None,
-            tried: false,
-            notes: Vec::new(),
-        }
-    }
-
-    fn start(&mut self, pid: u32) {
-        if !self.enabled || self.tried {
-            return;
-        }
-        self.tried = true;
-        match offheap_node::Inspector::open(pid, Duration::from_secs(10)) {
-            Ok(mut insp) => {
-                match crate::attach::snapshot_into(&mut insp, &self.dir, "start.heapsnapshot") {
-                    Ok(s) => {
-                        self.first = Some(s);
-                        if self.track_allocations
-                            && let Err(e) = insp.start_allocation_tracking()
-                        {
-                            self.notes
-                                .push(format!("allocation tracking could not start: {e}"));
-                        }
-                        self.insp = Some(insp);
-                    }
-                    Err(e) => {
-                        self.notes.push(format!("start heap snapshot failed: {e}"));
-                        let _ = insp.close();
-                    }
-                }
-            }
-            Err(e) => self.notes.push(format!("no heap snapshots: {e}")),
-        }
-    }
-
-    /// Before the target is stopped: the end snapshot, if the verdict so far calls for one.
-    fn finish(&mut self) {
-        let Some(mut insp) = self.insp.take() else {
-            return;
-        };
-        let grows = crate::attach::heap_grows(&self.dir);
-        if grows {
-            match crate::attach::snapshot_into(&mut insp, &self.dir, "end.heapsnapshot") {
-                Ok(s) => self.last = Some(s),
-                Err(e) => self.notes.push(format!("end heap snapshot failed: {e}")),
-            }
-        } else {
-            self.notes
-                .push("no end heap snapshot: neither the JS heap nor external memory grows".into());
-        }
-        if self.track_allocations {
-            let _ = insp.stop_allocation_tracking();
-        }
-        let _ = insp.close();
-    }
-
-    fn findings(&mut self) -> Option<serde_json::Value> {
-        if self.enabled && !self.tried {
-            self.notes.push(
-                "the target ended before the first heap snapshot (taken 1.5 s after start)".into(),
-            );
-        }
-        if self.insp.take().is_some() {
-            self.notes.push(
-                "the target ended before the end heap snapshot (use --duration to get one)".into(),
-            );
-        }
-        crate::attach::heap_findings(self.first.as_ref(), self.last.as_ref())
-    }
-}
-
-type Supervised = (End, Option<serde_json::Value>, Vec<String>);
-
-fn supervise(
-    mut child: Child,
-    dir: &Path,
-    rec: &RecordOpts,
-    grace: Duration,
-    signals: &Signals,
-    mut snapshots: HeapSnapshots,
-) -> Result<Supervised> {
-    let pid = child.id();
-    let start = Instant::now();
-    let mut collector = Collector::new(dir, pid).context("cannot write the recording")?;
-    let mut status = StatusLine::new(rec.quiet);
-    let mut next_tick = start;
-    // (when the stop began, signals sent so far)
-    let mut stopping: Option<(Instant, u8)> = None;
-    let mut reason = "exited";
-    let mut stop_ms = None;
-    let exit = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        for s in signals.drain() {
-            if !s.from_terminal {
-                send(pid, s.signo);
-            }
-            if matches!(
-                s.signo,
-                libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
-            ) {
-                stop_ms.get_or_insert_with(now_ms);
-            }
-        }
-        let now = Instant::now();
-        if let Some(d) = rec.duration
-            && stopping.is_none()
-            && now.duration_since(start) >= d
-        {
-            reason = "duration";
-            snapshots.finish();
-            stop_ms.get_or_insert_with(now_ms);
-            send(pid, libc::SIGINT);
-            stopping = Some((now, 1));
-        }
-        if let Some((since, sent)) = stopping
-            && now.duration_since(since) >= grace
-        {
-            let sig = if sent == 1 {
-                libc::SIGTERM
-            } else {
-                libc::SIGKILL
-            };
-            send(pid, sig);
-            stopping = Some((now, sent + 1));
-        }
-        if now.duration_since(start) >= Duration::from_millis(1500) && child.try_wait()?.is_none() {
-            snapshots.start(pid);
-        }
-        if now >= next_tick {
-            collector.tick();
-            status.show(&collector);
-            next_tick += rec.interval;
-            if next_tick < now {
-                next_tick = now + rec.interval;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    collector.finish();
-    status.clear();
-    let (exit_code, signal) = (exit.code(), exit.signal());
-    if signal.is_some() && reason == "exited" {
-        reason = "killed";
-    }
-    let heap = snapshots.findings();
-    let end = End {
-        end_ms: now_ms(),
-        exit_code,
-        signal,
-        exit_status: exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
-        reason: reason.into(),
-        stop_ms,
-    };
-    Ok((end, heap, snapshots.notes))
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

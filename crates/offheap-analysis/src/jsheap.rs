@@ -1,0 +1,149 @@
+//! V8-heap suspects: the JS allocation sites whose live objects accumulate,
+//! from the sampling heap profiler the JS agent runs in every isolate
+//! (main thread and workers), with no flag and no inspector port.
+//!
+//! Each `heap_profile` record is V8's unbiased estimate of the live bytes
+//! allocated at each stack at that moment (objects sampled by bytes; a
+//! sample leaves the profile when its object is collected). A site whose
+//! estimate keeps rising, by more than sampling noise, is a suspect.
+
+use crate::model::{Suspect, SuspectKind};
+use crate::stats::trend;
+use offheap_format::NodeStream;
+use offheap_format::Recording;
+use offheap_symbols::{Frame, FrameKind};
+use std::collections::HashMap;
+
+/// Profiles needed before a site's trend means anything.
+const MIN_PROFILES: usize = 3;
+/// Least growth of a suspect, in bytes.
+const MIN_GROWTH: f64 = 64.0 * 1024.0;
+/// Least net growth in sampled objects: one sample stands for a whole
+/// sampling interval of bytes, so fewer than this is noise.
+const MIN_SAMPLES: i64 = 3;
+
+/// Frames of a heap stack, innermost first, as the other suspects' frames.
+fn frames(ns: &NodeStream, stack: u32) -> Vec<Frame> {
+    let Some(st) = ns.heap_stacks.get(stack as usize) else {
+        return Vec::new();
+    };
+    st.frames
+        .iter()
+        .filter_map(|&id| ns.heap_frames.get(id as usize))
+        .filter(|f| f.function != "(root)")
+        .map(|f| {
+            let file = f.url.trim_start_matches("file://");
+            Frame {
+                function: if f.function.is_empty() {
+                    "(anonymous)".into()
+                } else {
+                    f.function.clone()
+                },
+                module: if file.is_empty() {
+                    offheap_symbols::JIT_MODULE.into()
+                } else {
+                    file.to_string()
+                },
+                file: (!file.is_empty()).then(|| file.to_string()),
+                line: (f.line > 0).then_some(f.line),
+                kind: FrameKind::Js,
+                address: 0,
+                inlined: false,
+            }
+        })
+        .collect()
+}
+
+/// js-heap suspects of every isolate of the target, over the window
+/// `[from, to]` (seconds since start), ending at `stop_ms` (Unix ms) when
+/// the target was asked to stop. `heap_grows`: the verdict found the V8
+/// heap growing; otherwise only clear, large growth makes a suspect.
+pub fn suspects(
+    rec: &Recording,
+    (from, to): (f64, f64),
+    stop_ms: Option<f64>,
+    heap_grows: bool,
+    top: usize,
+) -> (Vec<Suspect>, Vec<String>) {
+    let start = rec.meta.start_ms;
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    let (tau_min, growth_min) = if heap_grows {
+        (0.5, MIN_GROWTH)
+    } else {
+        (0.7, 1024.0 * 1024.0)
+    };
+    for ns in rec
+        .node
+        .iter()
+        .filter(|s| s.pid().is_none_or(|p| p == rec.meta.pid))
+    {
+        let end = stop_ms.unwrap_or(f64::MAX).min(start + to * 1000.0);
+        let mut profiles: Vec<_> = ns
+            .heap_profiles
+            .iter()
+            .filter(|p| p.t >= start + from * 1000.0 && p.t <= end)
+            .collect();
+        if profiles.len() < MIN_PROFILES {
+            // Short run: all but nothing.
+            profiles = ns.heap_profiles.iter().filter(|p| p.t <= end).collect();
+        }
+        if profiles.len() < MIN_PROFILES {
+            continue;
+        }
+        // stack -> (t, bytes, samples) at each profile, 0 when absent.
+        let n = profiles.len();
+        let mut sites: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+        for (i, p) in profiles.iter().enumerate() {
+            for &(stack, bytes, samples) in &p.sites {
+                let v = sites.entry(stack).or_insert_with(|| vec![(0, 0); n]);
+                v[i].0 += bytes;
+                v[i].1 += samples;
+            }
+        }
+        let times: Vec<f64> = profiles.iter().map(|p| (p.t - start) / 1000.0).collect();
+        let span = (times[n - 1] - times[0]).max(1e-9);
+        let mut found = Vec::new();
+        for (stack, v) in sites {
+            let samples_growth = v[n - 1].1 as i64 - v[0].1 as i64;
+            if samples_growth < MIN_SAMPLES {
+                continue;
+            }
+            let pts: Vec<(f64, f64)> = times
+                .iter()
+                .zip(&v)
+                .map(|(&t, &(b, _))| (t, b as f64))
+                .collect();
+            let tr = trend(&pts);
+            if tr.tau < tau_min || tr.slope <= 0.0 || tr.slope * span < growth_min {
+                continue;
+            }
+            let peak = v.iter().map(|x| x.0).max().unwrap_or(0);
+            found.push((tr.slope, peak, stack));
+        }
+        found.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let thread = ns.thread_id();
+        if !found.is_empty() && thread != 0 {
+            let total: f64 = found.iter().map(|f| f.0).sum();
+            notes.push(format!(
+                "worker thread {thread}: its V8 heap has {} growing allocation site(s), {:.1} kB/s together",
+                found.len(),
+                total / 1e3
+            ));
+        }
+        for (slope, peak, stack) in found.into_iter().take(top) {
+            let frames = frames(ns, stack);
+            if frames.is_empty() {
+                continue;
+            }
+            let mut s = crate::suspects::suspect(frames, SuspectKind::JsHeap, slope, peak, 0);
+            if let Some(js) = &s.js {
+                s.module = js.file.clone();
+                s.function = js.function.clone();
+            }
+            s.thread = Some(thread);
+            out.push(s);
+        }
+    }
+    (out, notes)
+}
