@@ -239,7 +239,12 @@ pub fn decide(ev: &Evidence) -> Verdict {
         }
     }
 
-    if kinds.is_empty() && g_rss > 0.0 {
+    // Steady: large against the process (a young process's V8 heap and
+    // arenas expand for a few seconds before the first full GC), or rising
+    // over a long window.
+    let rss_level = ev.rss.map(|t| t.level).unwrap_or(0.0);
+    let steady = g_rss >= (16.0 * MIB).max(0.25 * rss_level) || ev.span >= 20.0;
+    if kinds.is_empty() && g_rss > 0.0 && steady {
         return unconfirmed(ev, g_rss, g_total, ext_any);
     }
     if kinds.is_empty() {
