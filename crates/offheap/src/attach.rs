@@ -105,7 +105,7 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     // Opening the inspector checks: running, same user, Node, loopback only.
     let mut insp = Inspector::open(pid, Duration::from_secs(10)).map_err(inspector_error)?;
     let dir = match outdir::create(rec.out.as_deref(), &comm(pid)) {
-        Ok(d) => d,
+        Ok(d) => d.path().to_path_buf(),
         Err(e) => {
             let _ = insp.close();
             return Err(e);
@@ -271,7 +271,9 @@ pub fn snapshot(args: SnapshotArgs) -> Result<u8> {
         offheap_node::analyze_file(as_file, &opts).map_err(inspector_error)?
     } else {
         let pid: u32 = target.parse().unwrap_or_default();
-        let dir = outdir::create(args.out.as_deref(), &format!("snapshot-{pid}"))?;
+        let dir = outdir::create(args.out.as_deref(), &format!("snapshot-{pid}"))?
+            .path()
+            .to_path_buf();
         let path = dir.join(format!("{pid}-{}.heapsnapshot", outdir::local_timestamp()));
         let live = offheap_node::snapshot_pid(pid, &path, &opts).map_err(inspector_error)?;
         let findings = dir.join("findings.json");

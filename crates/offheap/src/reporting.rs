@@ -261,7 +261,9 @@ pub fn diff(args: DiffArgs) -> Result<u8> {
         println!("note: {n}");
     }
     if let Some(out) = &args.out {
-        let dir = crate::outdir::create(Some(out), "diff")?;
+        let dir = crate::outdir::create(Some(out), "diff")?
+            .path()
+            .to_path_buf();
         write_outputs(&dir, &model)?;
         eprintln!("diff reports: {}", dir.display());
     }

@@ -110,24 +110,22 @@ fn program_name(cmd: &[String]) -> String {
     }
 }
 
-/// Writes the agents into the recording, where the target loads them from.
-fn install_agents(dir: &Path, node: bool, native: bool) -> Result<(PathBuf, Option<PathBuf>)> {
-    let js = dir.join(layout::JS_AGENT);
+/// Writes the agents into the recording, where the target loads them from:
+/// new files (never through anything already there), read-only.
+fn install_agents(
+    out: &mut outdir::OutDir,
+    node: bool,
+    native: bool,
+) -> Result<(PathBuf, Option<PathBuf>)> {
+    let js = out.path().join(layout::JS_AGENT);
     if node {
-        fs::write(&js, offheap_node::JS_AGENT)
-            .with_context(|| format!("cannot write {}", js.display()))?;
+        out.create_file(layout::JS_AGENT, 0o400, offheap_node::JS_AGENT.as_bytes())?;
     }
     let so = if native {
         let path = match std::env::var_os("OFFHEAP_AGENT") {
             // Agent development: a freshly built agent instead of the embedded one.
             Some(p) => PathBuf::from(p),
-            None => {
-                let p = dir.join(layout::NATIVE_AGENT);
-                fs::write(&p, NATIVE_AGENT)
-                    .with_context(|| format!("cannot write {}", p.display()))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
-                p
-            }
+            None => out.create_file(layout::NATIVE_AGENT, 0o500, NATIVE_AGENT)?,
         };
         Some(path)
     } else {
@@ -176,8 +174,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
             }
             Linkage::NotElf => true,
         };
-    let dir = outdir::create(args.record.out.as_deref(), &program_name(&args.command))?;
-    let (js_agent, native_agent) = install_agents(&dir, target.node, native)?;
+    let mut out = outdir::create(args.record.out.as_deref(), &program_name(&args.command))?;
+    let dir = out.path().to_path_buf();
+    let (js_agent, native_agent) = install_agents(&mut out, target.node, native)?;
 
     let mut cmd = Command::new(&target.exe);
     cmd.arg0(&args.command[0]).args(&args.command[1..]);

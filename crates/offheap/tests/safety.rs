@@ -1,0 +1,155 @@
+//! What offheap does with hostile or odd surroundings (issue 18): output
+//! directories other users could tamper with, symlinks planted where offheap
+//! writes, terminal escapes in recorded strings, recording files that are not
+//! regular files, commands a shell would refuse, and out-of-range options.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn is_root() -> bool {
+    rustix_free_euid() == 0
+}
+
+fn rustix_free_euid() -> u32 {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The error of a failed offheap: one line, `offheap: error: ...`, no panic.
+fn one_line_error(out: &Output) -> String {
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("offheap: error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn chown_nobody(p: &Path) {
+    let st = std::process::Command::new("chown")
+        .arg("nobody")
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+// ---- 1. the output directory ----------------------------------------------
+
+#[test]
+fn an_empty_world_writable_out_dir_is_taken_over_as_0700() {
+    let sb = Sandbox::new();
+    let dir = sb.path("open");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let out = sb.run("open", &[], &["sleep", "0.6"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&dir), 0o700);
+    assert!(dir.join("summary.json").exists());
+    // The agent files are read-only and were created, not reused.
+    assert_eq!(mode(&dir.join("liboffheap_agent.so")), 0o500);
+}
+
+#[test]
+fn new_out_dirs_are_0700_whatever_the_umask() {
+    let sb = Sandbox::new();
+    // A umask of 0077 narrows nothing and 0 widens nothing.
+    for (umask, rec) in [("000", "a/b/rec0"), ("077", "c/rec1")] {
+        let out = std::process::Command::new("sh")
+            .current_dir(sb.dir.path())
+            .arg("-c")
+            .arg(format!(
+                "umask {umask}; exec \"$0\" run --quiet --out {rec} -- sleep 0.6"
+            ))
+            .arg(env!("CARGO_BIN_EXE_offheap"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut p = sb.path(rec);
+        while p != sb.dir.path() {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+            p.pop();
+        }
+    }
+}
+
+#[test]
+fn an_out_dir_owned_by_another_user_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root to give a directory to nobody");
+        return;
+    }
+    let sb = Sandbox::new();
+    let dir = sb.path("theirs");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    chown_nobody(&dir);
+    let out = sb.run("theirs", &[], &["true"]);
+    let e = one_line_error(&out);
+    assert!(e.contains("belongs to another user"), "{e}");
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    assert_eq!(mode(&dir), 0o777, "a refused directory is left as it was");
+}
+
+#[test]
+fn an_out_dir_below_a_directory_others_can_rename_is_refused() {
+    let sb = Sandbox::new();
+    // World-writable without the sticky bit: anyone can rename entries away.
+    let ww = sb.path("ww");
+    fs::create_dir(&ww).unwrap();
+    fs::set_permissions(&ww, fs::Permissions::from_mode(0o777)).unwrap();
+    let e = one_line_error(&sb.run("ww/rec", &[], &["true"]));
+    assert!(e.contains("writable by every user"), "{e}");
+    assert!(!ww.join("rec").exists());
+    // An existing empty directory there is refused too.
+    fs::create_dir(ww.join("mine")).unwrap();
+    let e = one_line_error(&sb.run("ww/mine", &[], &["true"]));
+    assert!(e.contains("writable by every user"), "{e}");
+    // Sticky like /tmp: fine.
+    fs::set_permissions(&ww, fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = sb.run("ww/rec", &[], &["sleep", "0.6"]);
+    assert!(out.status.success(), "{out:?}");
+    if is_root() {
+        // Owned by another (non-root) user: they could rename it away.
+        let theirs = sb.path("theirs");
+        fs::create_dir(&theirs).unwrap();
+        chown_nobody(&theirs);
+        let e = one_line_error(&sb.run("theirs/rec", &[], &["true"]));
+        assert!(e.contains("belongs to another user"), "{e}");
+        assert!(!theirs.join("rec").exists());
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_the_agent_name_is_never_followed() {
+    let sb = Sandbox::new();
+    let victim = sb.write("victim", "precious");
+    let dir = sb.path("rec");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("liboffheap_agent.so")).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("offheap-agent.js")).unwrap();
+    let e = one_line_error(&sb.run("rec", &[], &["node", "-e", "0"]));
+    assert!(e.contains("not empty"), "{e}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(
+        fs::symlink_metadata(dir.join("liboffheap_agent.so"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // --out itself a symlink to an empty directory: refused, not followed.
+    let real = sb.path("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, sb.path("link")).unwrap();
+    let e = one_line_error(&sb.run("link", &[], &["true"]));
+    assert!(e.contains("symbolic link"), "{e}");
+    assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
+}
