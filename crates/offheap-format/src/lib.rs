@@ -25,6 +25,10 @@ pub mod layout;
 pub mod native;
 
 #[cfg(feature = "read")]
+pub mod io;
+#[cfg(feature = "read")]
+pub use io::write_atomic;
+#[cfg(feature = "read")]
 mod telemetry;
 #[cfg(feature = "read")]
 pub use telemetry::*;

@@ -73,11 +73,8 @@ fn previous_heap(dir: &Path) -> Option<serde_json::Value> {
 }
 
 fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
-    let path = dir.join(layout::SUMMARY);
-    let tmp = dir.join(".summary.json.tmp");
-    fs::write(&tmp, model.summary_json())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    offheap_format::write_atomic(&dir.join(layout::SUMMARY), model.summary_json().as_bytes())
+        .context("cannot write the summary")?;
     offheap_report::write_all(model, dir)
         .with_context(|| format!("cannot write the reports into {}", dir.display()))?;
     Ok(())

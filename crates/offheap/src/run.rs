@@ -310,9 +310,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value)?;
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    offheap_format::write_atomic(path, &text).context("cannot write the recording")?;
     Ok(())
 }
 

@@ -153,3 +153,71 @@ fn a_symlink_planted_at_the_agent_name_is_never_followed() {
     assert!(e.contains("symbolic link"), "{e}");
     assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
 }
+
+// ---- 2. temporary files ---------------------------------------------------
+
+#[test]
+fn report_never_writes_through_symlinks_planted_at_its_old_temporary_names() {
+    let sb = Sandbox::new();
+    let out = sb.run("rec", &[], &["sleep", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let victim = sb.write("victim", "precious");
+    let rec = sb.path("rec");
+    let names = [
+        ".summary.json.tmp",
+        ".report.html.tmp",
+        ".flamegraph.svg.tmp",
+        ".stacks.folded.tmp",
+        ".profile.pb.gz.tmp",
+        ".metrics.prom.tmp",
+        "end.tmp",
+        "recording.tmp",
+        "summary.tmp",
+    ];
+    for n in names {
+        std::os::unix::fs::symlink(&victim, rec.join(n)).unwrap();
+    }
+    let before = fs::metadata(rec.join("report.html"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let rep = offheap().arg("report").arg(&rec).output().unwrap();
+    assert!(rep.status.success(), "{rep:?}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    for n in names {
+        assert!(
+            fs::symlink_metadata(rec.join(n))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+    for f in [
+        "summary.json",
+        "report.html",
+        "flamegraph.svg",
+        "stacks.folded",
+        "profile.pb.gz",
+    ] {
+        let md = fs::symlink_metadata(rec.join(f)).unwrap();
+        assert!(md.file_type().is_file(), "{f}");
+        assert!(md.len() > 0 || f == "stacks.folded", "{f}");
+        assert_eq!(md.permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    assert!(
+        fs::metadata(rec.join("report.html"))
+            .unwrap()
+            .modified()
+            .unwrap()
+            > before
+    );
+    // No temporary file is left behind.
+    let left: Vec<String> = fs::read_dir(&rec)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") && !names.contains(&n.as_str()))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
