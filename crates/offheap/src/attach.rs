@@ -137,7 +137,10 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     let closed = insp.close();
     let (end, first, last) = result?;
     if let Err(e) = closed {
-        eprintln!("offheap: warning: closing the inspector: {e}");
+        eprintln!(
+            "offheap: warning: closing the inspector: {}",
+            crate::terminal(&e.to_string())
+        );
     }
     crate::run::write_json(&dir.join(layout::END), &end)?;
     let opts = reporting::AnalyzeOpts {
@@ -281,7 +284,7 @@ pub fn snapshot(args: SnapshotArgs) -> Result<u8> {
             .with_context(|| format!("cannot write {}", findings.display()))?;
         eprintln!(
             "offheap: snapshot of {pid}: {} ({} MB)",
-            path.display(),
+            crate::terminal(&path.display().to_string()),
             live.bytes / 1_000_000
         );
         live.report

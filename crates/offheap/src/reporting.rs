@@ -90,7 +90,10 @@ pub fn finish_with_heap(
     let model = build(dir, opts, heap)?;
     if !quiet {
         eprint!("{}", render_text(&model));
-        eprintln!("report: {}", dir.join(offheap_report::HTML_FILE).display());
+        eprintln!(
+            "report: {}",
+            crate::terminal(&dir.join(offheap_report::HTML_FILE).display().to_string())
+        );
     }
     Ok(model)
 }
@@ -133,7 +136,7 @@ pub fn report(args: ReportArgs) -> Result<u8> {
                     .collect();
                 println!(
                     "  module {} bias {:#x} gen {} {}",
-                    m.path,
+                    crate::terminal(&m.path),
                     m.bias,
                     m.generation,
                     r.join(" ")
@@ -153,7 +156,7 @@ pub fn report(args: ReportArgs) -> Result<u8> {
                             .map(|m| {
                                 format!(
                                     "{}+{:#x}",
-                                    m.path.rsplit('/').next().unwrap_or(""),
+                                    crate::terminal(m.path.rsplit('/').next().unwrap_or("")),
                                     a - m.bias
                                 )
                             })
@@ -255,14 +258,17 @@ pub fn diff(args: DiffArgs) -> Result<u8> {
         offheap_report::top_text(&model, offheap_report::Weight::LeakedBytes, args.top)
     );
     for n in &model.notes {
-        println!("note: {n}");
+        println!("note: {}", crate::terminal(n));
     }
     if let Some(out) = &args.out {
         let dir = crate::outdir::create(Some(out), "diff")?
             .path()
             .to_path_buf();
         write_outputs(&dir, &model)?;
-        eprintln!("diff reports: {}", dir.display());
+        eprintln!(
+            "diff reports: {}",
+            crate::terminal(&dir.display().to_string())
+        );
     }
     Ok(0)
 }

@@ -221,3 +221,102 @@ fn report_never_writes_through_symlinks_planted_at_its_old_temporary_names() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+// ---- 3. terminal escapes --------------------------------------------------
+
+/// Fails if `bytes` hold anything a terminal would act on: ESC, BEL, or
+/// the one-character CSI (U+009B, as UTF-8 or as a raw byte).
+fn assert_no_terminal_controls(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    assert!(
+        !bytes.contains(&0x1b) && !bytes.contains(&0x07) && !text.contains('\u{9b}'),
+        "{what} holds raw terminal controls:\n{text:?}"
+    );
+}
+
+#[test]
+fn escapes_in_the_command_line_never_reach_the_terminal() {
+    let sb = Sandbox::new();
+    let evil = "\x1b]0;TITLE\x07\x1b[2J";
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .args(["run", "--out", "rec", "--", "/bin/sh", "-c", "sleep 0.6"])
+        .arg(evil)
+        .arg("two\nlines\u{9b}2J")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_no_terminal_controls("stderr of run", &out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\\e]0;TITLE\\x07\\e[2J two\\nlines\\u{9b}2J"),
+        "{err}"
+    );
+    let rep = offheap()
+        .arg("report")
+        .arg(sb.path("rec"))
+        .output()
+        .unwrap();
+    assert!(rep.status.success(), "{rep:?}");
+    assert_no_terminal_controls("stdout of report", &rep.stdout);
+    assert_no_terminal_controls("stderr of report", &rep.stderr);
+    // The same with /bin/true, which may end before the first sample.
+    let out = sb.run("rec2", &[], &["/bin/true", evil]);
+    assert_no_terminal_controls("stderr of run /bin/true", &out.stderr);
+    // An error that quotes a command or a path.
+    let out = sb.run("rec3", &[], &[evil]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert_no_terminal_controls("error message", &out.stderr);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\\e]0;TITLE"));
+}
+
+#[test]
+fn a_library_whose_path_holds_escapes_is_shown_escaped() {
+    let sb = Sandbox::new();
+    let dir = sb.path("lib\x1b[2J\x07dir");
+    fs::create_dir(&dir).unwrap();
+    let lib_name = "lib\x1b[2J\x07dir/libleak\x1b]0;T\x07\u{9b}2J.so";
+    sb.gcc(
+        "leak.c",
+        "#include <stdlib.h>\n#include <string.h>\n\
+         static void *volatile keep[4096]; static int n;\n\
+         __attribute__((noinline)) void leak_some(size_t sz) { void *p = malloc(sz); memset(p, 1, sz); keep[n++ % 4096] = p; }\n",
+        lib_name,
+        &["-shared", "-fPIC"],
+    );
+    let prog = sb.gcc(
+        "main.c",
+        "#include <dlfcn.h>\n#include <stdio.h>\n#include <unistd.h>\n\
+         int main(int argc, char **argv) {\n\
+           void *h = dlopen(argv[1], RTLD_NOW); if (!h) { fprintf(stderr, \"dlopen failed\\n\"); return 3; }\n\
+           void (*f)(size_t) = (void (*)(size_t))dlsym(h, \"leak_some\");\n\
+           for (int i = 0; i < 150; i++) { f(64 * 1024); usleep(10000); }\n\
+           return 0; }\n",
+        "main",
+        &["-ldl"],
+    );
+    let lib = sb.path(lib_name);
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .args(["run", "--out", "rec", "--sample-interval", "16KiB", "--"])
+        .arg(&prog)
+        .arg(&lib)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_no_terminal_controls("stderr of run", &out.stderr);
+    let rep = offheap()
+        .arg("report")
+        .arg(sb.path("rec"))
+        .output()
+        .unwrap();
+    assert!(rep.status.success(), "{rep:?}");
+    assert_no_terminal_controls("stdout of report", &rep.stdout);
+    assert_no_terminal_controls("stderr of report", &rep.stderr);
+    let text = String::from_utf8_lossy(&rep.stdout);
+    // The library's frames are there, named by its escaped file name.
+    assert!(
+        text.contains("leak_some [libleak\\e]0;T\\x07\\u{9b}2J.so]"),
+        "{text}"
+    );
+}
