@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use offheap_analysis::{Model, Options, analyze};
 use offheap_format::{Recording, layout};
 
-use std::fs;
 use std::path::Path;
 
 pub struct AnalyzeOpts {
@@ -67,7 +66,14 @@ pub fn build(dir: &Path, opts: &AnalyzeOpts, heap: Option<serde_json::Value>) ->
 /// Heap findings are computed while the target is alive; `report` keeps
 /// the ones a previous summary.json recorded.
 fn previous_heap(dir: &Path) -> Option<serde_json::Value> {
-    let text = fs::read(dir.join(layout::SUMMARY)).ok()?;
+    let (text, cut) = offheap_format::io::read_recording_file(
+        &dir.join(layout::SUMMARY),
+        offheap_format::io::MAX_JSON,
+    )
+    .ok()?;
+    if cut.is_some() {
+        return None;
+    }
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
     v.get("heap").filter(|h| !h.is_null()).cloned()
 }

@@ -51,7 +51,8 @@ fn resolve_command(cmd: &str) -> Option<PathBuf> {
 /// The interpreter named by a `#!` line, resolved (`/usr/bin/env node` -> node's path).
 fn shebang_interpreter(path: &Path) -> Option<PathBuf> {
     let mut head = [0u8; 256];
-    let n = std::io::Read::read(&mut fs::File::open(path).ok()?, &mut head).ok()?;
+    let mut file = offheap_format::io::open_module_file(path).ok()?;
+    let n = std::io::Read::read(&mut file, &mut head).ok()?;
     let text = std::str::from_utf8(head.get(..n)?.strip_prefix(b"#!")?).ok()?;
     let line = text.lines().next()?;
     let mut words = line.split_whitespace();

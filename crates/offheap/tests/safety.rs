@@ -320,3 +320,123 @@ fn a_library_whose_path_holds_escapes_is_shown_escaped() {
         "{text}"
     );
 }
+
+// ---- 4. recording files that are not what they seem ----------------------
+
+fn mkfifo(p: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// `offheap report DIR`, killed (and the test failed) after 20 s.
+fn report_within_20s(dir: &Path) -> Output {
+    output_within(
+        offheap().arg("report").arg(dir),
+        std::time::Duration::from_secs(20),
+    )
+}
+
+fn native_stream(dir: &Path) -> std::path::PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("native-") && n.ends_with(".bin")
+        })
+        .expect("no native stream")
+}
+
+#[test]
+fn report_finishes_when_a_module_the_recording_names_is_now_a_fifo() {
+    let sb = Sandbox::new();
+    let lib = sb.gcc(
+        "leak.c",
+        "#include <stdlib.h>\n#include <string.h>\n\
+         static void *volatile keep[4096]; static int n;\n\
+         __attribute__((noinline)) void leak_some(size_t sz) { void *p = malloc(sz); memset(p, 1, sz); keep[n++ % 4096] = p; }\n",
+        "libleak.so",
+        &["-shared", "-fPIC"],
+    );
+    let prog = sb.gcc(
+        "main.c",
+        "#include <dlfcn.h>\n#include <unistd.h>\n\
+         int main(int argc, char **argv) {\n\
+           void *h = dlopen(argv[1], RTLD_NOW); if (!h) return 3;\n\
+           void (*f)(size_t) = (void (*)(size_t))dlsym(h, \"leak_some\");\n\
+           for (int i = 0; i < 100; i++) { f(64 * 1024); usleep(10000); }\n\
+           return 0; }\n",
+        "main",
+        &["-ldl"],
+    );
+    let out = sb.run(
+        "rec",
+        &["--sample-interval", "16KiB"],
+        &[prog.to_str().unwrap(), lib.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    fs::remove_file(&lib).unwrap();
+    mkfifo(&lib);
+    let rep = report_within_20s(&sb.path("rec"));
+    assert!(rep.status.success(), "{rep:?}");
+    let text = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        text.contains("libleak.so: cannot read the module (not a regular file: a FIFO)"),
+        "{text}"
+    );
+    assert!(text.contains("libleak.so+0x"), "{text}");
+}
+
+#[test]
+fn report_finishes_when_a_recording_file_is_a_symlink_to_dev_zero() {
+    let sb = Sandbox::new();
+    let out = sb.run("rec", &[], &["sleep", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let rec = sb.path("rec");
+    let native = native_stream(&rec);
+    let name = native.file_name().unwrap().to_string_lossy().into_owned();
+    fs::remove_file(&native).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &native).unwrap();
+    fs::remove_file(rec.join("end.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", rec.join("end.json")).unwrap();
+    let rep = report_within_20s(&rec);
+    assert!(rep.status.success(), "{rep:?}");
+    let text = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        text.contains(&format!(
+            "{name}: unreadable (not a regular file: a symbolic link (not followed)); skipped"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("end.json: unreadable (not a regular file"),
+        "{text}"
+    );
+    // recording.json itself: one clear error, promptly.
+    fs::remove_file(rec.join("recording.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", rec.join("recording.json")).unwrap();
+    let rep = report_within_20s(&rec);
+    let e = one_line_error(&rep);
+    assert!(e.contains("recording.json: not a regular file"), "{e}");
+}
+
+#[test]
+fn report_finishes_when_proc_jsonl_is_a_fifo() {
+    let sb = Sandbox::new();
+    let out = sb.run("rec", &[], &["sleep", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let rec = sb.path("rec");
+    fs::remove_file(rec.join("proc.jsonl")).unwrap();
+    mkfifo(&rec.join("proc.jsonl"));
+    let rep = report_within_20s(&rec);
+    assert!(rep.status.success(), "{rep:?}");
+    let text = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        text.contains("proc.jsonl: unreadable (not a regular file: a FIFO); skipped"),
+        "{text}"
+    );
+}
