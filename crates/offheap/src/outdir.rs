@@ -16,7 +16,7 @@
 //! - files offheap puts there are created with `O_CREAT|O_EXCL|O_NOFOLLOW`.
 
 use anyhow::Result;
-use rustix::fs::{Dir, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, Dir, Mode, OFlags, Stat};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{ErrorKind, Write};
@@ -30,6 +30,11 @@ pub struct OutDir {
     /// Absolute, with symlinks resolved.
     path: PathBuf,
     fd: OwnedFd,
+    /// Directories offheap created for it, outermost first (the last one is
+    /// `path` itself when it did not exist).
+    created: Vec<PathBuf>,
+    /// The mode an adopted directory had before offheap made it 0700.
+    adopted_mode: Option<u32>,
     /// Files offheap created in it through [`OutDir::create_file`].
     files: Vec<String>,
 }
@@ -58,6 +63,21 @@ impl OutDir {
         let mut file = fs::File::from(fd);
         file.write_all(bytes).map_err(fail)?;
         Ok(path)
+    }
+
+    /// Undoes what offheap did: removes the files it created in the
+    /// directory, then the directories it created (only if they are empty).
+    /// An adopted directory is left as it was found: empty, with its mode.
+    pub fn remove_created(self) {
+        for name in &self.files {
+            let _ = rustix::fs::unlinkat(&self.fd, name.as_str(), AtFlags::empty());
+        }
+        if let Some(mode) = self.adopted_mode {
+            let _ = rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(mode));
+        }
+        for dir in self.created.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 
@@ -238,6 +258,8 @@ fn adopt(dir: &Path, fd: OwnedFd) -> Result<OutDir> {
     Ok(OutDir {
         path,
         fd,
+        created: Vec::new(),
+        adopted_mode: Some(old_mode),
         files: Vec::new(),
     })
 }
@@ -300,6 +322,8 @@ fn create_missing(base: &Path, missing: &[&OsStr]) -> std::io::Result<OutDir> {
     Ok(OutDir {
         path,
         fd: parent,
+        created,
+        adopted_mode: None,
         files: Vec::new(),
     })
 }
@@ -432,5 +456,24 @@ mod tests {
         let p = out.create_file("other.js", 0o400, b"js").unwrap();
         assert_eq!(mode(&p), 0o400);
         assert_eq!(fs::read(&p).unwrap(), b"js");
+    }
+
+    #[test]
+    fn remove_created_undoes_only_what_offheap_did() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = create(Some(&tmp.path().join("x/y/z")), "x").unwrap();
+        out.create_file("a", 0o400, b"").unwrap();
+        out.remove_created();
+        assert!(!tmp.path().join("x").exists());
+        // An adopted directory is emptied back to empty, and kept.
+        let adopted = tmp.path().join("adopted");
+        fs::create_dir(&adopted).unwrap();
+        fs::set_permissions(&adopted, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut out = create(Some(&adopted), "x").unwrap();
+        out.create_file("a", 0o400, b"").unwrap();
+        out.remove_created();
+        assert!(adopted.is_dir());
+        assert_eq!(fs::read_dir(&adopted).unwrap().count(), 0);
+        assert_eq!(mode(&adopted), 0o755);
     }
 }

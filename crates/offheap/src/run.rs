@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use offheap_format::{End, FORMAT_VERSION, Meta, layout};
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -31,21 +30,62 @@ pub const NODE_FLAGS: [&str; 2] = [
     "--interpreted-frames-native-stack",
 ];
 
-/// Finds CMD the way execvp would.
-fn resolve_command(cmd: &str) -> Option<PathBuf> {
-    let is_exec = |p: &Path| {
-        fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
+/// Why a command cannot be run, as a shell reports it.
+#[derive(Debug, PartialEq, Eq)]
+enum Unrunnable {
+    /// Exit 127.
+    NotFound,
+    /// Exit 126: found, but not something we may execute.
+    NotExecutable(PathBuf, &'static str),
+}
+
+/// True if `p` is a file the effective user may execute.
+fn may_execute(p: &Path) -> bool {
+    rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+}
+
+/// Finds CMD the way execvp and a shell do: a name with a `/` is taken as
+/// it is; otherwise the first executable regular file named CMD in `$PATH`
+/// wins, and a non-executable one found on the way makes it "permission
+/// denied" rather than "not found".
+fn locate(cmd: &str) -> Result<PathBuf, Unrunnable> {
+    if cmd.is_empty() {
+        return Err(Unrunnable::NotFound);
+    }
     if cmd.contains('/') {
         let p = PathBuf::from(cmd);
-        return is_exec(&p).then_some(p);
+        return match fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Unrunnable::NotFound),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                Err(Unrunnable::NotExecutable(p, "not a directory"))
+            }
+            Err(_) => Err(Unrunnable::NotExecutable(p, "permission denied")),
+            Ok(m) if m.is_dir() => Err(Unrunnable::NotExecutable(p, "is a directory")),
+            Ok(m) if m.is_file() && may_execute(&p) => Ok(p),
+            Ok(_) => Err(Unrunnable::NotExecutable(p, "permission denied")),
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(cmd))
-        .find(|p| is_exec(p))
+    let mut denied = None;
+    for d in std::env::split_paths(&path) {
+        let p = d.join(cmd);
+        match fs::metadata(&p) {
+            Ok(m) if m.is_file() && may_execute(&p) => return Ok(p),
+            Ok(m) if !m.is_dir() => {
+                denied.get_or_insert(p);
+            }
+            _ => {}
+        }
+    }
+    Err(match denied {
+        Some(p) => Unrunnable::NotExecutable(p, "permission denied"),
+        None => Unrunnable::NotFound,
+    })
+}
+
+/// Finds CMD the way execvp would (None if it cannot be run).
+fn resolve_command(cmd: &str) -> Option<PathBuf> {
+    locate(cmd).ok()
 }
 
 /// The interpreter named by a `#!` line, resolved (`/usr/bin/env node` -> node's path).
@@ -85,9 +125,19 @@ struct Target {
 }
 
 fn inspect_target(cmd: &str) -> Result<Target> {
-    let exe = resolve_command(cmd).ok_or_else(|| crate::UserError {
-        message: format!("command not found: {cmd}"),
-        code: 127,
+    let exe = locate(cmd).map_err(|why| match why {
+        Unrunnable::NotFound if cmd.contains('/') => crate::UserError {
+            message: format!("{cmd}: no such file or directory"),
+            code: 127,
+        },
+        Unrunnable::NotFound => crate::UserError {
+            message: format!("command not found: {cmd}"),
+            code: 127,
+        },
+        Unrunnable::NotExecutable(p, reason) => crate::UserError {
+            message: format!("{}: {reason}", p.display()),
+            code: 126,
+        },
     })?;
     let interp = shebang_interpreter(&exe);
     let elf = interp.clone().unwrap_or_else(|| exe.clone());
@@ -177,7 +227,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         };
     let mut out = outdir::create(args.record.out.as_deref(), &program_name(&args.command))?;
     let dir = out.path().to_path_buf();
-    let (js_agent, native_agent) = install_agents(&mut out, target.node, native)?;
+    // Until the target runs, a failure undoes what offheap put on disk.
+    let (js_agent, native_agent) = match install_agents(&mut out, target.node, native) {
+        Ok(agents) => agents,
+        Err(e) => {
+            out.remove_created();
+            return Err(e);
+        }
+    };
 
     let mut cmd = Command::new(&target.exe);
     cmd.arg0(&args.command[0]).args(&args.command[1..]);
@@ -242,11 +299,23 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
     }
 
-    let signals = Signals::install().context("cannot install signal handlers")?;
-    let start_ms = now_ms();
-    let child = cmd
-        .spawn()
-        .map_err(|e| user_error(format!("cannot start {}: {e}", args.command[0])))?;
+    let started = Signals::install()
+        .context("cannot install signal handlers")
+        .and_then(|signals| {
+            Ok((
+                signals,
+                now_ms(),
+                spawn(&mut cmd, &target.exe, &args.command)?,
+            ))
+        });
+    let (signals, start_ms, child) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            out.remove_created();
+            return Err(e);
+        }
+    };
+    drop(out);
     let pid = child.id();
 
     let mut settings = BTreeMap::new();
@@ -307,6 +376,34 @@ pub fn run(args: RunArgs) -> Result<u8> {
     };
     reporting::finish_with_heap(&dir, &opts, args.record.quiet, heap)?;
     Ok(outcome.exit_status.clamp(0, 255) as u8)
+}
+
+/// Starts the target as execvp would: a file the kernel refuses as not
+/// executable (`ENOEXEC`: a text file without `#!`) is run by `/bin/sh`.
+/// A failure to start exits 126, like a shell.
+fn spawn(cmd: &mut Command, exe: &Path, argv: &[String]) -> Result<Child> {
+    let failed = |e: std::io::Error| -> anyhow::Error {
+        crate::UserError {
+            message: format!("cannot start {}: {e}", argv[0]),
+            code: 126,
+        }
+        .into()
+    };
+    match cmd.spawn() {
+        Ok(child) => Ok(child),
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg(exe).args(&argv[1..]);
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => sh.env(k, v),
+                    None => sh.env_remove(k),
+                };
+            }
+            sh.spawn().map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
 }
 
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {

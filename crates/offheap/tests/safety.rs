@@ -440,3 +440,104 @@ fn report_finishes_when_proc_jsonl_is_a_fifo() {
         "{text}"
     );
 }
+
+// ---- 5. starting the command like a shell ---------------------------------
+
+fn executable(sb: &Sandbox, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+    let p = sb.write(name, text);
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_script_without_a_shebang_runs_through_sh() {
+    let sb = Sandbox::new();
+    executable(
+        &sb,
+        "script",
+        "echo \"from sh: $1\"\nsleep 0.6\nexit 4\n",
+        0o755,
+    );
+    let out = sb.run("rec", &[], &["./script", "an arg"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from sh: an arg\n");
+    assert!(sb.path("rec/summary.json").exists());
+}
+
+#[test]
+fn a_command_found_but_not_executable_exits_126() {
+    let sb = Sandbox::new();
+    executable(&sb, "plain", "echo hi\n", 0o644);
+    fs::create_dir(sb.path("adir")).unwrap();
+    let out = sb.run("rec", &[], &["./plain"]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(one_line_error(&out).contains("./plain: permission denied"));
+    let out = sb.run("rec", &[], &["./adir"]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(one_line_error(&out).contains("./adir: is a directory"));
+    // Found through PATH, but not executable: permission denied, not "not found".
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .env("PATH", sb.dir.path())
+        .args(["run", "--quiet", "--out", "rec", "--", "plain"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(one_line_error(&out).contains("plain: permission denied"));
+    assert!(!sb.path("rec").exists());
+}
+
+#[test]
+fn a_missing_command_exits_127() {
+    let sb = Sandbox::new();
+    let out = sb.run("rec", &[], &["./nowhere"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(one_line_error(&out).contains("./nowhere: no such file or directory"));
+    let out = sb.run("rec", &[], &["no-such-command-xyz"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(one_line_error(&out).contains("command not found: no-such-command-xyz"));
+    assert!(!sb.path("rec").exists());
+}
+
+#[test]
+fn a_failed_start_leaves_nothing_behind() {
+    let sb = Sandbox::new();
+    // Executable, but its interpreter does not exist: found, cannot start.
+    executable(&sb, "bad", "#!/nonexistent/interpreter\n", 0o755);
+    let before = entries(sb.dir.path());
+    // Created directories (and their parents) are removed again...
+    let out = sb.run("new/a/rec", &[], &["./bad"]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(one_line_error(&out).contains("cannot start ./bad"));
+    // ... the default one too ...
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .args(["run", "--quiet", "--", "./bad"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert_eq!(entries(sb.dir.path()), before);
+    // ... and an adopted empty directory is kept, empty, as it was.
+    let mine = sb.path("mine");
+    fs::create_dir(&mine).unwrap();
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = sb.run("mine", &[], &["./bad"]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(entries(&mine).is_empty(), "{:?}", entries(&mine));
+    assert_eq!(mode(&mine), 0o755);
+    // The same for a node target (the JS agent is written too).
+    executable(&sb, "badnode", "#!/nonexistent/node\n", 0o755);
+    let out = sb.run("mine", &[], &["./badnode"]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(entries(&mine).is_empty(), "{:?}", entries(&mine));
+}
