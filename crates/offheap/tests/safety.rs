@@ -541,3 +541,34 @@ fn a_failed_start_leaves_nothing_behind() {
     assert_eq!(out.status.code(), Some(126), "{out:?}");
     assert!(entries(&mine).is_empty(), "{:?}", entries(&mine));
 }
+
+// ---- 6. out-of-range options ----------------------------------------------
+
+#[test]
+fn out_of_range_options_are_refused_with_a_message() {
+    let sb = Sandbox::new();
+    for (opt, value, says) in [
+        ("--sample-interval", "99999999999GiB", "at most 1GiB"),
+        ("--interval", "999999999h", "at most 1h"),
+        ("--duration", "0", "longer than 0"),
+        (
+            "--duration",
+            "99999999999999999999h",
+            "too long to be a duration",
+        ),
+    ] {
+        let out = offheap()
+            .current_dir(sb.dir.path())
+            .args(["run", "--quiet", "--out", "rec", opt, value, "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{opt} {value}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(opt) && err.contains(says),
+            "{opt} {value}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!sb.path("rec").exists());
+    }
+}
