@@ -26,9 +26,17 @@ pub mod layout;
 pub mod native;
 
 #[cfg(feature = "read")]
+pub mod io;
+#[cfg(feature = "read")]
+pub use io::write_atomic;
+#[cfg(feature = "read")]
 mod telemetry;
 #[cfg(feature = "read")]
+pub mod text;
+#[cfg(feature = "read")]
 pub use telemetry::*;
+#[cfg(feature = "read")]
+pub use text::escape_terminal;
 
 /// Version of the recording format as a whole. Bumped on any incompatible
 /// change of any stream; readers refuse newer major versions.

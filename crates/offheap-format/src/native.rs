@@ -537,11 +537,23 @@ impl<'a> Cursor<'a> {
 
 /// Decodes a `native-PID.bin` file. Truncated or corrupt tails are skipped
 /// and described in [`NativeStream::notes`]; an error only when the file is
-/// not a native stream at all.
+/// not a native stream at all, or not a regular file (it is never read
+/// through a symlink, see [`crate::io::open_recording_file`]). At most
+/// [`crate::io::MAX_STREAM`] bytes are read; a longer file is decoded as if
+/// cut there, with a note.
 #[cfg(feature = "read")]
 pub fn read_stream(path: &std::path::Path) -> std::io::Result<NativeStream> {
-    let bytes = std::fs::read(path)?;
-    decode(&bytes)
+    use crate::io;
+    let (bytes, cut) = io::read_recording_file(path, io::MAX_STREAM)?;
+    let mut stream = decode(&bytes)?;
+    if let Some(size) = cut {
+        stream.notes.push(format!(
+            "only the first {} of {} read; the rest skipped",
+            io::human_size(io::MAX_STREAM),
+            io::human_size(size)
+        ));
+    }
+    Ok(stream)
 }
 
 /// Decodes the bytes of a native stream (see [`read_stream`]).

@@ -1,11 +1,11 @@
 //! Reader-side types for the JSON streams, and [`Recording::open`].
 
-use crate::layout;
 use crate::native::NativeStream;
+use crate::{io, layout};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// `recording.json`: what was recorded, how, and when.
@@ -385,12 +385,27 @@ impl std::error::Error for OpenError {}
 
 /// Reads a JSON-lines file leniently: every complete, parseable line is
 /// returned; a truncated last line or a corrupt line is skipped and noted.
+/// Only a regular file is read, never through a symlink; a line longer than
+/// [`io::MAX_LINE`] is skipped, and reading stops after [`io::MAX_STREAM`]
+/// bytes; both are noted.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, notes: &mut Vec<String>) -> Vec<T> {
-    let name = path
-        .file_name()
+    read_jsonl_bounded(path, notes, io::MAX_LINE, io::MAX_STREAM)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let file = match fs::File::open(path) {
+        .unwrap_or_default()
+}
+
+fn read_jsonl_bounded<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    notes: &mut Vec<String>,
+    max_line: usize,
+    max_total: u64,
+) -> Vec<T> {
+    let name = file_name(path);
+    let file = match io::open_recording_file(path) {
         Ok(f) => f,
         Err(e) => {
             notes.push(format!("{name}: unreadable ({e}); skipped"));
@@ -398,30 +413,46 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, notes: &mut Vec<S
         }
     };
     let mut out = Vec::new();
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::new(file.take(max_total));
     let mut line = Vec::new();
     let mut lineno = 0usize;
     let mut corrupt = 0usize;
+    let mut long = 0usize;
+    let mut total = 0u64;
     loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line) {
+        let n = match (&mut reader)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => n,
             Err(e) => {
                 notes.push(format!(
                     "{name}: read error after line {lineno} ({e}); rest skipped"
                 ));
                 break;
             }
-        }
+        };
+        total += n as u64;
         lineno += 1;
         let complete = line.last() == Some(&b'\n');
+        if !complete && line.len() > max_line {
+            // Too long to be a record of ours: skip to the end of the line.
+            long += 1;
+            match skip_line(&mut reader) {
+                Ok(n) => total += n,
+                Err(_) => break,
+            }
+            continue;
+        }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         if text.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
         match serde_json::from_slice::<T>(text) {
             Ok(v) => out.push(v),
+            Err(_) if !complete && total >= max_total => {}
             Err(_) if !complete => {
                 notes.push(format!(
                     "{name}: last record (line {lineno}) is truncated; skipped"
@@ -430,10 +461,65 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, notes: &mut Vec<S
             Err(_) => corrupt += 1,
         }
     }
+    if long > 0 {
+        notes.push(format!(
+            "{name}: {long} line(s) longer than {} skipped",
+            io::human_size(max_line as u64)
+        ));
+    }
     if corrupt > 0 {
         notes.push(format!("{name}: {corrupt} corrupt line(s) skipped"));
     }
+    if total >= max_total
+        && let Ok(md) = reader.get_ref().get_ref().metadata()
+        && md.len() > max_total
+    {
+        notes.push(format!(
+            "{name}: only the first {} of {} read; the rest skipped",
+            io::human_size(max_total),
+            io::human_size(md.len())
+        ));
+    }
     out
+}
+
+/// Consumes up to and including the next newline; returns the bytes skipped.
+fn skip_line<R: BufRead>(r: &mut R) -> std::io::Result<u64> {
+    let mut skipped = 0u64;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(skipped);
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(skipped + i as u64 + 1);
+            }
+            None => {
+                let n = buf.len();
+                r.consume(n);
+                skipped += n as u64;
+            }
+        }
+    }
+}
+
+/// Reads a single-object JSON file of the recording (regular file only,
+/// at most [`io::MAX_JSON`]).
+fn read_json_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let (bytes, cut) = io::read_recording_file(path, io::MAX_JSON)?;
+    match cut {
+        None => Ok(bytes),
+        Some(size) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than the {} offheap reads",
+                io::human_size(size),
+                io::human_size(io::MAX_JSON)
+            ),
+        )),
+    }
 }
 
 impl Recording {
@@ -447,7 +533,7 @@ impl Recording {
             return Err(OpenError::NotADirectory(dir.to_path_buf()));
         }
         let meta_path = dir.join(layout::META);
-        let meta_text = match fs::read(&meta_path) {
+        let meta_text = match read_json_file(&meta_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(OpenError::Empty(dir.to_path_buf()));
@@ -467,11 +553,15 @@ impl Recording {
         let mut notes = Vec::new();
 
         let end_path = dir.join(layout::END);
-        match fs::read(&end_path) {
+        match read_json_file(&end_path) {
             Ok(t) => match serde_json::from_slice::<End>(&t) {
                 Ok(e) => rec.end = Some(e),
                 Err(e) => notes.push(format!("{}: corrupt ({e}); treated as missing", layout::END)),
             },
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => notes.push(format!(
+                "{}: unreadable ({e}); treated as missing",
+                layout::END
+            )),
             Err(_) => notes.push(format!(
                 "{} is missing: the recording was cut short (offheap itself was killed?); analysing what was recorded",
                 layout::END
@@ -490,7 +580,7 @@ impl Recording {
         }
 
         let proc_path = dir.join(layout::PROC);
-        if proc_path.exists() {
+        if fs::symlink_metadata(&proc_path).is_ok() {
             rec.proc = read_jsonl(&proc_path, &mut notes);
         }
 
@@ -550,5 +640,43 @@ impl Recording {
             .iter()
             .find(|s| s.pid == self.meta.pid)
             .or_else(|| self.native.first())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_skipped_and_reading_stops_at_the_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.jsonl");
+        let long = format!("[{}]\n", "1,".repeat(100) + "1");
+        fs::write(&p, format!("[1]\n{long}[2]\n{long}[3]\n[4]\n")).unwrap();
+        let mut notes = Vec::new();
+        let v: Vec<Vec<u32>> = read_jsonl_bounded(&p, &mut notes, 64, 1 << 20);
+        assert_eq!(v, vec![vec![1], vec![2], vec![3], vec![4]]);
+        assert_eq!(notes, vec!["s.jsonl: 2 line(s) longer than 64 B skipped"]);
+        // Cut after 10 bytes: the first two short records only.
+        fs::write(&p, "[1]\n[2]\n[3]\n[4]\n").unwrap();
+        let mut notes = Vec::new();
+        let v: Vec<Vec<u32>> = read_jsonl_bounded(&p, &mut notes, 64, 10);
+        assert_eq!(v, vec![vec![1], vec![2]]);
+        assert_eq!(
+            notes,
+            vec!["s.jsonl: only the first 10 B of 16 B read; the rest skipped"]
+        );
+    }
+
+    #[test]
+    fn a_stream_that_is_not_a_regular_file_is_skipped_with_a_note() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("proc.jsonl");
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        let mut notes = Vec::new();
+        let v: Vec<ProcSample> = read_jsonl(&p, &mut notes);
+        assert!(v.is_empty());
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("symbolic link"), "{notes:?}");
     }
 }

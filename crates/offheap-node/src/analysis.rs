@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use offheap_format::escape_terminal as t;
+
 use serde::Serialize;
 
 use crate::heapsnapshot::{Edge, HeapSnapshot, NodeIx};
@@ -892,13 +894,14 @@ fn human(b: u64) -> String {
 }
 
 impl SnapshotReport {
-    /// Human-readable report.
+    /// Human-readable report. Names from the heap (and the source's path)
+    /// are terminal-safe: no control character, no line break of their own.
     pub fn to_text(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(
             o,
             "Heap snapshot {} ({}, {} nodes, {} edges)",
-            self.source,
+            t(&self.source),
             human(self.file_bytes),
             self.node_count,
             self.edge_count
@@ -925,7 +928,7 @@ impl SnapshotReport {
             );
         }
         for w in &self.warnings {
-            let _ = writeln!(o, "  warning: {w}");
+            let _ = writeln!(o, "  warning: {}", t(w));
         }
         let _ = writeln!(
             o,
@@ -943,7 +946,7 @@ impl SnapshotReport {
                 } else {
                     "suspected"
                 },
-                g.held_by,
+                t(&g.held_by),
                 g.count,
                 human(g.parent_bytes),
                 g.view_bytes
@@ -957,12 +960,12 @@ impl SnapshotReport {
                 }
             );
             if let Some(e) = g.examples.first() {
-                let _ = writeln!(o, "    path: {}", e.path_text);
+                let _ = writeln!(o, "    path: {}", t(&e.path_text));
                 for v in e.views.iter().take(3) {
                     let _ = writeln!(
                         o,
                         "    view {}@{}: offset {}, length {} of a {} parent{}",
-                        v.class,
+                        t(&v.class),
                         v.node_id,
                         v.byte_offset
                             .map(|x| x.to_string())
@@ -973,12 +976,12 @@ impl SnapshotReport {
                         human(e.parent_bytes),
                         v.allocated_by
                             .as_ref()
-                            .map(|a| format!(", allocated in {a}"))
+                            .map(|a| format!(", allocated in {}", t(a)))
                             .unwrap_or_default()
                     );
                 }
             }
-            let _ = writeln!(o, "    fix: {}", g.fix);
+            let _ = writeln!(o, "    fix: {}", t(&g.fix));
         }
         let _ = writeln!(o, "\nTop retainers (by retained size):");
         for r in &self.top_retainers {
@@ -986,17 +989,17 @@ impl SnapshotReport {
                 o,
                 "  {:>10}  {} @{} held by `{}` (self {}, external {}){}",
                 human(r.retained_size),
-                r.name,
+                t(&r.name),
                 r.node_id,
-                r.held_by,
+                t(&r.held_by),
                 human(r.self_size),
                 human(r.retained_external),
                 r.allocated_by
                     .as_ref()
-                    .map(|a| format!(", allocated in {a}"))
+                    .map(|a| format!(", allocated in {}", t(a)))
                     .unwrap_or_default()
             );
-            let _ = writeln!(o, "              {}", r.path_text);
+            let _ = writeln!(o, "              {}", t(&r.path_text));
         }
         let _ = writeln!(o, "\nExternal memory by retainer:");
         for g in &self.external {
@@ -1004,9 +1007,9 @@ impl SnapshotReport {
                 o,
                 "  {:>10}  {} x{}  {}",
                 human(g.bytes),
-                g.kind,
+                t(&g.kind),
                 g.count,
-                g.holder
+                t(&g.holder)
             );
         }
         let _ = writeln!(o, "\nConstructors (by self size):");
@@ -1016,8 +1019,8 @@ impl SnapshotReport {
                 "  {:>10}  {:>8}  {} ({})",
                 human(c.self_bytes),
                 c.count,
-                c.name,
-                c.node_type
+                t(&c.name),
+                t(&c.node_type)
             );
         }
         o
@@ -1302,7 +1305,7 @@ pub fn compare(
 impl CompareReport {
     pub fn to_text(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "Compare {} -> {}", self.before, self.after);
+        let _ = writeln!(o, "Compare {} -> {}", t(&self.before), t(&self.after));
         let _ = writeln!(
             o,
             "  total {} -> {}",
@@ -1321,7 +1324,7 @@ impl CompareReport {
             );
         }
         for w in &self.warnings {
-            let _ = writeln!(o, "  warning: {w}");
+            let _ = writeln!(o, "  warning: {}", t(w));
         }
         let _ = writeln!(o, "\nGrowing:");
         if self.growing.is_empty() {
@@ -1333,7 +1336,7 @@ impl CompareReport {
                     let _ = writeln!(
                         o,
                         "  constructor {}: {} -> {} objects (+{} new), {} -> {}",
-                        g.name,
+                        t(&g.name),
                         g.count_before,
                         g.count_after,
                         g.new_objects,
@@ -1345,21 +1348,27 @@ impl CompareReport {
                     let _ = writeln!(
                         o,
                         "  retainer {} @{}: retains {} -> {}",
-                        g.name,
+                        t(&g.name),
                         g.node_id.unwrap_or(0),
                         human(g.bytes_before),
                         human(g.bytes_after)
                     );
                 }
                 _ => {
-                    let _ = writeln!(o, "  {}: {} -> {}", g.name, g.count_before, g.count_after);
+                    let _ = writeln!(
+                        o,
+                        "  {}: {} -> {}",
+                        t(&g.name),
+                        g.count_before,
+                        g.count_after
+                    );
                 }
             }
             if !g.path_text.is_empty() {
-                let _ = writeln!(o, "      held by `{}`: {}", g.held_by, g.path_text);
+                let _ = writeln!(o, "      held by `{}`: {}", t(&g.held_by), t(&g.path_text));
             }
             if let Some(a) = &g.allocated_by {
-                let _ = writeln!(o, "      allocated in {a}");
+                let _ = writeln!(o, "      allocated in {}", t(a));
             }
         }
         o
@@ -1369,6 +1378,40 @@ impl CompareReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compare_text_shows_names_from_the_heap_escaped() {
+        let g = Growing {
+            kind: "constructor".into(),
+            name: "Evil\x1b]0;T\x07\nName".into(),
+            count_before: 1,
+            count_after: 2,
+            bytes_before: 10,
+            bytes_after: 20,
+            new_objects: 1,
+            new_bytes: 10,
+            node_id: None,
+            held_by: "cache\x1b[2J".into(),
+            path_text: "(root) --.cache--> Map\u{9b}2J".into(),
+            path: Vec::new(),
+            allocated_by: Some("alloc\r\n".into()),
+        };
+        let r = CompareReport {
+            before: "a.heapsnapshot".into(),
+            after: "b\x1b.heapsnapshot".into(),
+            total_before: 0,
+            total_after: 0,
+            global_handles_before: None,
+            global_handles_after: None,
+            growing: vec![g],
+            warnings: vec!["w\x07".into()],
+        };
+        let text = r.to_text();
+        assert!(!text.contains(['\x1b', '\x07', '\r', '\u{9b}']), "{text:?}");
+        assert!(text.contains("Evil\\e]0;T\\x07\\nName"), "{text}");
+        // Header, total, warning, "Growing:" (after a blank), one line per fact.
+        assert_eq!(text.lines().count(), 8, "{text}");
+    }
 
     #[test]
     fn union() {

@@ -231,6 +231,7 @@ pub fn create_private(path: &Path) -> Result<std::fs::File, Error> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|source| Error::File {
             path: path.to_path_buf(),

@@ -1,5 +1,11 @@
 //! Escaping for every context a target-controlled string can reach.
 
+/// Escapes text for a terminal: every C0/C1 control and DEL becomes a
+/// visible escape (`\e`, `\n`, `\x07`, `\u{9b}`). The one function every
+/// text output uses (it lives in `offheap-format` so that `offheap-node`,
+/// which does not depend on this crate, shares it).
+pub use offheap_format::escape_terminal as terminal;
+
 /// Escapes text for HTML/XML element content and quoted attribute values:
 /// `& < > " '`. Control characters other than tab/newline (invalid in XML)
 /// become U+FFFD so an SVG stays well-formed.

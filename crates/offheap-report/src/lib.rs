@@ -120,8 +120,10 @@ impl Written {
 
 /// Writes `report.html`, `flamegraph.svg` (live bytes), `stacks.folded`
 /// (live bytes) and `profile.pb.gz` into `dir`, which must exist. Each file
-/// is written to a temporary name and renamed, so a reader never sees half a
-/// report and a regenerated report replaces the old one whole.
+/// is written to a new, uniquely named file and renamed
+/// ([`offheap_format::write_atomic`]), so a reader never sees half a report,
+/// a regenerated report replaces the old one whole, and nothing planted in
+/// the directory is written through.
 pub fn write_all(model: &Model, dir: &Path) -> io::Result<Written> {
     let w = Written {
         html: dir.join(HTML_FILE),
@@ -129,6 +131,7 @@ pub fn write_all(model: &Model, dir: &Path) -> io::Result<Written> {
         folded: dir.join(FOLDED_FILE),
         pprof: dir.join(PPROF_FILE),
     };
+    use offheap_format::write_atomic;
     let interned = flame::intern(model);
     write_atomic(&w.html, html::render_html_with(model, &interned).as_bytes())?;
     write_atomic(
@@ -138,15 +141,4 @@ pub fn write_all(model: &Model, dir: &Path) -> io::Result<Written> {
     write_atomic(&w.folded, folded(model, Weight::LiveBytes).as_bytes())?;
     write_atomic(&w.pprof, &pprof(model))?;
     Ok(w)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|e| annotate(e, &tmp))?;
-    std::fs::rename(&tmp, path).map_err(|e| annotate(e, path))
-}
-
-fn annotate(e: io::Error, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }

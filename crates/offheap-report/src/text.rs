@@ -1,13 +1,22 @@
 //! Text for the terminal: the verdict with its suspects and their stacks
 //! ([`render_text`]), and a top list like `jeprof --text` ([`top_text`]).
 //! Output is deterministic (no clock, no hash order) for snapshot tests.
+//! Every string that came from the target or the recording goes through
+//! [`t`] ([`crate::escape::terminal`]): no control character reaches the
+//! terminal and none breaks a line.
 
 use crate::Weight;
 use crate::format::{self, basename, file_line, frame_label, kind_str};
 use offheap_analysis::{Kind, Model, Suspect, SuspectKind};
 use offheap_symbols::FrameKind;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write;
+
+/// Terminal-safe text of a recorded string.
+fn t(s: &str) -> Cow<'_, str> {
+    crate::escape::terminal(s)
+}
 
 /// A headline for a verdict kind.
 pub fn kind_headline(k: Kind) -> &'static str {
@@ -33,7 +42,13 @@ pub fn render_text(model: &Model) -> String {
     let cmd = if model.meta.command.is_empty() {
         "(unknown command)".to_string()
     } else {
-        model.meta.command.join(" ")
+        model
+            .meta
+            .command
+            .iter()
+            .map(|a| t(a))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let _ = write!(o, "offheap: {cmd}");
     let mut facts = Vec::new();
@@ -45,7 +60,7 @@ pub fn render_text(model: &Model) -> String {
         facts.push(match (end.exit_code, end.signal) {
             (_, Some(sig)) => format!("killed by signal {sig}"),
             (Some(c), None) => format!("exit {c}"),
-            (None, None) => end.reason.clone(),
+            (None, None) => t(&end.reason).into_owned(),
         });
     }
     let _ = writeln!(o, "  ({})", facts.join(", "));
@@ -70,12 +85,12 @@ pub fn render_text(model: &Model) -> String {
                 let _ = writeln!(o, "  Also: {}", others.join(", "));
             }
             for line in v.explanation.lines().filter(|l| !l.trim().is_empty()) {
-                let _ = writeln!(o, "  {}", line.trim_end());
+                let _ = writeln!(o, "  {}", t(line.trim_end()));
             }
             if !v.next_steps.is_empty() {
                 o.push_str("\nNext steps:\n");
                 for (i, s) in v.next_steps.iter().enumerate() {
-                    let _ = writeln!(o, "  {}. {}", i + 1, s.trim_end());
+                    let _ = writeln!(o, "  {}. {}", i + 1, t(s.trim_end()));
                 }
             }
         }
@@ -133,7 +148,7 @@ pub fn render_text(model: &Model) -> String {
     if !model.notes.is_empty() {
         o.push_str("\nNotes:\n");
         for n in &model.notes {
-            let _ = writeln!(o, "  - {}", n.trim_end());
+            let _ = writeln!(o, "  - {}", t(n.trim_end()));
         }
     }
     o
@@ -176,14 +191,14 @@ fn suspect_text(o: &mut String, s: &Suspect) {
     };
     match &s.js {
         Some(js) if js.function == s.function && js.file == s.module => {
-            let _ = writeln!(o, "     in {}", js_owner_text(js));
+            let _ = writeln!(o, "     in {}", t(&js_owner_text(js)));
         }
         Some(js) => {
-            let _ = writeln!(o, "     in {function} ({module})");
-            let _ = writeln!(o, "     your code: {}", js_owner_text(js));
+            let _ = writeln!(o, "     in {} ({})", t(function), t(module));
+            let _ = writeln!(o, "     your code: {}", t(&js_owner_text(js)));
         }
         None => {
-            let _ = writeln!(o, "     in {function} ({module})");
+            let _ = writeln!(o, "     in {} ({})", t(function), t(module));
         }
     }
     // The native mechanism beside the JS owner: the innermost native frame.
@@ -193,28 +208,28 @@ fn suspect_text(o: &mut String, s: &Suspect) {
         let _ = writeln!(
             o,
             "     allocates in: {} ({})",
-            format::function_name(f),
-            basename(&f.module)
+            t(&format::function_name(f)),
+            t(basename(&f.module))
         );
     }
     if let Some(h) = &s.hint {
-        let _ = writeln!(o, "     hint: {}", h.trim_end());
+        let _ = writeln!(o, "     hint: {}", t(h.trim_end()));
     }
     for (i, f) in s.frames.iter().enumerate().take(TEXT_STACK_DEPTH) {
         let mut line = format!(
             "       #{i:<2} {:<8}{}",
             kind_str(f.kind),
-            format::function_name(f)
+            t(&format::function_name(f))
         );
         let fl = file_line(f);
         if !fl.is_empty() {
-            let _ = write!(line, "  at {fl}");
+            let _ = write!(line, "  at {}", t(&fl));
         }
         if !f.module.is_empty()
             && f.module != "[jit]"
             && f.file.as_deref() != Some(f.module.as_str())
         {
-            let _ = write!(line, "  [{}]", basename(&f.module));
+            let _ = write!(line, "  [{}]", t(basename(&f.module)));
         }
         if f.inlined {
             line.push_str("  (inlined)");
@@ -328,7 +343,7 @@ pub fn top_text(model: &Model, weight: Weight, limit: usize) -> String {
             format::pct(sum, total),
             weight.fmt_value(r.cum),
             format::pct(r.cum, total),
-            name
+            t(name)
         );
     }
     if list.len() > limit {

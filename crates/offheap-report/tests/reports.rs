@@ -320,6 +320,41 @@ fn folded_names_have_no_separators() {
     assert_eq!(escape::folded_frame("a;b"), "a:b");
 }
 
+#[test]
+fn terminal_text_shows_control_characters_as_escapes_and_keeps_its_lines() {
+    let mut m = common::model();
+    let evil = "evil\x1b]0;TITLE\x07\x1b[2J\nnext\u{9b}2J";
+    m.meta.command = vec!["node".into(), evil.into()];
+    m.suspects[0].function = evil.into();
+    m.suspects[0].module = format!("/tmp/{evil}.so");
+    m.suspects[0].frames[0].function = evil.into();
+    m.suspects[0].frames[0].file = Some(evil.into());
+    m.profile.stacks[0].frames[0].function = evil.into();
+    m.notes.push(format!("note about {evil}"));
+    let plain_lines = |m: &offheap_analysis::Model| {
+        (
+            offheap_report::render_text(m).lines().count(),
+            top_text(m, Weight::LiveBytes, 10).lines().count(),
+        )
+    };
+    let mut tame = common::model();
+    tame.notes.push("note about x".into());
+    for text in [
+        offheap_report::render_text(&m),
+        top_text(&m, Weight::LiveBytes, 10),
+    ] {
+        for bad in ['\x1b', '\x07', '\u{9b}'] {
+            assert!(!text.contains(bad), "raw {bad:?} in:\n{text}");
+        }
+        assert!(
+            text.contains("evil\\e]0;TITLE\\x07\\e[2J\\nnext\\u{9b}2J"),
+            "{text}"
+        );
+    }
+    // A newline inside a name does not add a line.
+    assert_eq!(plain_lines(&m), plain_lines(&tame));
+}
+
 // ------------------------------------------------------------------ snapshots
 
 fn check_snapshot(name: &str, actual: &str) {

@@ -35,6 +35,12 @@ fn u64_at(b: &[u8], o: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
 }
 
+/// A module file named by a recording: a regular file at the end of any
+/// symlinks, opened without blocking (a FIFO in its place cannot hang us).
+fn open_module(path: &Path) -> Option<File> {
+    offheap_format::io::open_module_file(path).ok()
+}
+
 fn read_at(f: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
     if len > (1 << 30) {
         return None;
@@ -47,7 +53,7 @@ fn read_at(f: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
 /// Finds the embedded blob in `path`, if it is a V8 binary with a symtab.
 /// Returns `None` for anything else (or anything malformed).
 pub(crate) fn find_embedded_blob(path: &Path) -> Option<EmbeddedBlob> {
-    let f = File::open(path).ok()?;
+    let f = open_module(path)?;
     let eh = read_at(&f, 0, 64)?;
     if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
         return None;
@@ -193,7 +199,7 @@ pub(crate) type LoadSegment = (u64, u64, u64);
 
 /// PT_LOAD segments of an ELF file.
 pub(crate) fn load_segments(path: &Path) -> Option<Vec<LoadSegment>> {
-    let f = File::open(path).ok()?;
+    let f = open_module(path)?;
     let eh = read_at(&f, 0, 64)?;
     if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
         return None;

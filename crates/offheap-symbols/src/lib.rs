@@ -533,6 +533,14 @@ impl ProcessSymbols {
             // "linux-vdso.so.1", "[anon]", "": nothing on disk to read; frames
             // stay module+offset without a note.
             FileState::Missing
+        } else if let Err(e) = offheap_format::io::open_module_file(Path::new(&path)) {
+            // Checked before blazesym opens it by name (which would block
+            // on a FIFO and read a device without end).
+            self.note(format!(
+                "{path}: cannot read the module ({e}); its frames are shown as {}+offset",
+                self.modules[m].name
+            ));
+            FileState::Missing
         } else {
             match blazesym::helper::read_elf_build_id(Path::new(&path)) {
                 Err(e) => {
@@ -889,8 +897,9 @@ pub fn modules_from_proc_maps(maps: &str) -> Vec<ModuleRecord> {
         };
         let i = *index.entry(path.clone()).or_insert_with(|| {
             out.push(ModuleRecord {
-                build_id: blazesym::helper::read_elf_build_id(Path::new(&path))
+                build_id: offheap_format::io::open_module_file(Path::new(&path))
                     .ok()
+                    .and_then(|_| blazesym::helper::read_elf_build_id(Path::new(&path)).ok())
                     .flatten()
                     .map(|b| b.to_vec()),
                 path: path.clone(),

@@ -43,12 +43,26 @@ pub(crate) struct PerfMap {
 
 impl PerfMap {
     /// Reads `path` and, if present, `path.times`. Errors only when the map
-    /// itself cannot be read.
+    /// itself cannot be read. Both are files of the recording: read only
+    /// when they are regular files (never through a symlink), at most
+    /// [`offheap_format::io::MAX_STREAM`] bytes each.
     pub fn open(path: &Path) -> std::io::Result<(PerfMap, Option<String>)> {
-        let text = std::fs::read(path)?;
+        use offheap_format::io;
+        let (text, cut) = io::read_recording_file(path, io::MAX_STREAM)?;
+        let mut notes = Vec::new();
+        if let Some(size) = cut {
+            notes.push(format!(
+                "{}: only the first {} of {} read; the rest skipped",
+                path.display(),
+                io::human_size(io::MAX_STREAM),
+                io::human_size(size)
+            ));
+        }
         let mut times_path = path.as_os_str().to_owned();
         times_path.push(".times");
-        let (times, note) = match std::fs::read_to_string(&times_path) {
+        let times_text = io::read_recording_file(Path::new(&times_path), io::MAX_STREAM)
+            .map(|(b, _)| String::from_utf8_lossy(&b).into_owned());
+        let (times, note) = match times_text {
             Ok(t) => (Some(parse_times(&t)), None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
             Err(e) => (
@@ -59,6 +73,8 @@ impl PerfMap {
                 )),
             ),
         };
+        notes.extend(note);
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
         Ok((PerfMap::parse(text, times.as_deref()), note))
     }
 

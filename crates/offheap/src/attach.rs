@@ -49,7 +49,7 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     // Opening the inspector checks: running, same user, Node, loopback only.
     let mut insp = Inspector::open(pid, Duration::from_secs(10)).map_err(inspector_error)?;
     let dir = match outdir::create(rec.out.as_deref(), &comm(pid)) {
-        Ok(d) => d,
+        Ok(d) => d.path().to_path_buf(),
         Err(e) => {
             let _ = insp.close();
             return Err(e);
@@ -104,7 +104,10 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
         )));
     }
     if let Err(e) = closed {
-        eprintln!("offheap: warning: closing the inspector: {e}");
+        eprintln!(
+            "offheap: warning: closing the inspector: {}",
+            crate::terminal(&e.to_string())
+        );
     }
     let signals = Signals::install().context("cannot install signal handlers")?;
     let mut control = Control::new(&dir);
@@ -161,15 +164,20 @@ pub fn snapshot(args: SnapshotArgs) -> Result<u8> {
         offheap_node::analyze_file(as_file, &opts).map_err(inspector_error)?
     } else {
         let pid: u32 = target.parse().unwrap_or_default();
-        let dir = outdir::create(args.out.as_deref(), &format!("snapshot-{pid}"))?;
+        let dir = outdir::create(args.out.as_deref(), &format!("snapshot-{pid}"))?
+            .path()
+            .to_path_buf();
         let path = dir.join(format!("{pid}-{}.heapsnapshot", outdir::local_timestamp()));
         let live = offheap_node::snapshot_pid(pid, &path, &opts).map_err(inspector_error)?;
         let findings = dir.join("findings.json");
-        fs::write(&findings, serde_json::to_string_pretty(&live.report)?)
-            .with_context(|| format!("cannot write {}", findings.display()))?;
+        offheap_format::write_atomic(
+            &findings,
+            serde_json::to_string_pretty(&live.report)?.as_bytes(),
+        )
+        .with_context(|| format!("cannot write {}", findings.display()))?;
         eprintln!(
             "offheap: snapshot of {pid}: {} ({} MB)",
-            path.display(),
+            crate::terminal(&path.display().to_string()),
             live.bytes / 1_000_000
         );
         live.report

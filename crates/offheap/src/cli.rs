@@ -60,9 +60,9 @@ pub struct RecordOpts {
     #[arg(long, short)]
     pub out: Option<PathBuf>,
     /// Stop after this long (e.g. 30s, 5m): SIGINT, then SIGTERM, then SIGKILL.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_stop_after)]
     pub duration: Option<Duration>,
-    /// Sampling period of the telemetry (e.g. 500ms, 1s).
+    /// Sampling period of the telemetry (e.g. 500ms, 1s; at most 1h).
     #[arg(long, value_parser = parse_interval, default_value = "500ms")]
     pub interval: Duration,
     /// No live status line.
@@ -88,7 +88,7 @@ pub struct RecordOpts {
 pub struct RunArgs {
     #[command(flatten)]
     pub record: RecordOpts,
-    /// Mean bytes between native allocation samples (Poisson by bytes, as in jemalloc).
+    /// Mean bytes between native allocation samples (Poisson by bytes, as in jemalloc; 1 byte to 1GiB).
     #[arg(long, default_value = "512KiB", value_parser = parse_size)]
     pub sample_interval: u64,
     /// Track every allocation instead of sampling (CI, small programs). Each block gets a 16-byte
@@ -194,7 +194,7 @@ pub struct DemoArgs {
     #[arg(long, short)]
     pub out: Option<PathBuf>,
     /// How long the demo runs.
-    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, value_parser = parse_stop_after, default_value = "20s")]
     pub duration: Duration,
     /// No live status line.
     #[arg(long, short)]
@@ -226,15 +226,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("not a duration: {s:?}"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long to be a duration"))
 }
 
-/// A sampling period: at least 10 ms.
+/// `--duration`: how long to record before stopping the target; not zero
+/// (that would stop it at once).
+pub fn parse_stop_after(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{s:?}: the duration must be longer than 0 (leave --duration out to record until the program exits)"
+        ));
+    }
+    Ok(d)
+}
+
+/// Longest sampling period accepted.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// A sampling period: at least 10 ms, at most an hour.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(10) {
         return Err(format!(
             "{s:?} is too short: the interval must be at least 10ms"
+        ));
+    }
+    if d > MAX_INTERVAL {
+        return Err(format!(
+            "{s:?} is too long: the interval must be at most 1h"
         ));
     }
     Ok(d)
@@ -247,6 +267,10 @@ pub fn parse_size_or_zero(s: &str) -> Result<u64, String> {
     }
     parse_size(s)
 }
+
+/// Largest native sampling interval accepted (beyond it nothing would
+/// ever be sampled).
+pub const MAX_SAMPLE_INTERVAL: u64 = 1 << 30;
 
 /// Parses `524288`, `512KiB`, `512k`, `1MiB`, `4M`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -263,7 +287,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
         u => return Err(format!("unknown size unit {u:?}")),
     };
-    let v = (n * mult) as u64;
+    let bytes = n * mult;
+    if bytes > MAX_SAMPLE_INTERVAL as f64 {
+        return Err(format!(
+            "{s:?} is too large: the sampling interval must be at most 1GiB"
+        ));
+    }
+    let v = bytes as u64;
     if v == 0 {
         return Err("the sampling interval must be at least 1 byte".into());
     }
@@ -295,6 +325,17 @@ mod tests {
         assert!(parse_duration("5y").is_err());
         assert!(parse_interval("1ms").is_err());
         assert!(parse_interval("250ms").is_ok());
+        assert_eq!(parse_interval("1h").unwrap(), MAX_INTERVAL);
+        let e = parse_interval("999999999h").unwrap_err();
+        assert!(e.contains("at most 1h"), "{e}");
+        // Beyond what a Duration holds: an error, not a panic.
+        let e = parse_duration("99999999999999999999h").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+        assert!(parse_duration("inf").is_err());
+        let e = parse_stop_after("0").unwrap_err();
+        assert!(e.contains("longer than 0"), "{e}");
+        assert!(parse_stop_after("0ms").is_err());
+        assert_eq!(parse_stop_after("1ms").unwrap(), Duration::from_millis(1));
     }
 
     #[test]
@@ -304,5 +345,12 @@ mod tests {
         assert_eq!(parse_size("4M").unwrap(), 4 << 20);
         assert!(parse_size("0").is_err());
         assert!(parse_size("lots").is_err());
+        assert_eq!(parse_size("1GiB").unwrap(), MAX_SAMPLE_INTERVAL);
+        let e = parse_size("99999999999GiB").unwrap_err();
+        assert!(e.contains("at most 1GiB"), "{e}");
+        assert!(parse_size("1025MiB").is_err());
+        assert!(parse_size("inf").is_err());
+        assert!(parse_size("-5").is_err());
+        assert!(parse_size("nan").is_err());
     }
 }

@@ -345,10 +345,7 @@ impl Collector {
         if out.is_empty() {
             return;
         }
-        let tmp = self.dir.join(".metrics.prom.tmp");
-        if fs::write(&tmp, out).is_ok() {
-            let _ = fs::rename(&tmp, self.dir.join(METRICS));
-        }
+        let _ = offheap_format::write_atomic(&self.dir.join(METRICS), out.as_bytes());
     }
 
     /// Last copy of the perf maps once the target has ended.

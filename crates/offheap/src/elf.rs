@@ -1,7 +1,6 @@
 //! Just enough ELF to tell whether the native agent can work in a program:
 //! it needs a dynamically linked glibc executable.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -20,7 +19,7 @@ pub enum Linkage {
 /// Reads the program headers and the PT_INTERP path.
 pub fn linkage(path: &Path) -> Linkage {
     let mut buf = Vec::new();
-    if File::open(path)
+    if offheap_format::io::open_module_file(path)
         .and_then(|f| f.take(1 << 20).read_to_end(&mut buf))
         .is_err()
         || buf.len() < 64

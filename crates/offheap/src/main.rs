@@ -35,6 +35,12 @@ impl std::fmt::Display for UserError {
 
 impl std::error::Error for UserError {}
 
+/// Terminal-safe text of a string offheap did not write itself (a path, a
+/// command, anything from a recording): see [`offheap_report::escape::terminal`].
+pub fn terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    offheap_report::escape::terminal(s)
+}
+
 /// Shorthand for a one-line user error with exit code 2.
 pub fn user_error(message: impl Into<String>) -> anyhow::Error {
     UserError {
@@ -57,7 +63,9 @@ fn main() -> ExitCode {
                 msg.push_str(": ");
                 msg.push_str(&cause.to_string());
             }
-            eprintln!("offheap: error: {msg}");
+            // Paths and commands quoted in it are the user's or the target's:
+            // no control character reaches the terminal, and it stays one line.
+            eprintln!("offheap: error: {}", terminal(&msg));
             ExitCode::from(code)
         }
     }

@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use offheap_analysis::{Model, Options, analyze};
 use offheap_format::{Recording, layout};
 
-use std::fs;
 use std::path::Path;
 
 pub struct AnalyzeOpts {
@@ -64,11 +63,8 @@ pub fn build(dir: &Path, opts: &AnalyzeOpts) -> Result<Model> {
 }
 
 fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
-    let path = dir.join(layout::SUMMARY);
-    let tmp = dir.join(".summary.json.tmp");
-    fs::write(&tmp, model.summary_json())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    offheap_format::write_atomic(&dir.join(layout::SUMMARY), model.summary_json().as_bytes())
+        .context("cannot write the summary")?;
     offheap_report::write_all(model, dir)
         .with_context(|| format!("cannot write the reports into {}", dir.display()))?;
     Ok(())
@@ -79,7 +75,10 @@ pub fn finish(dir: &Path, opts: &AnalyzeOpts, quiet: bool) -> Result<Model> {
     let model = build(dir, opts)?;
     if !quiet {
         eprint!("{}", render_text(&model));
-        eprintln!("report: {}", dir.join(offheap_report::HTML_FILE).display());
+        eprintln!(
+            "report: {}",
+            crate::terminal(&dir.join(offheap_report::HTML_FILE).display().to_string())
+        );
     }
     Ok(model)
 }
@@ -122,7 +121,7 @@ pub fn report(args: ReportArgs) -> Result<u8> {
                     .collect();
                 println!(
                     "  module {} bias {:#x} gen {} {}",
-                    m.path,
+                    crate::terminal(&m.path),
                     m.bias,
                     m.generation,
                     r.join(" ")
@@ -142,7 +141,7 @@ pub fn report(args: ReportArgs) -> Result<u8> {
                             .map(|m| {
                                 format!(
                                     "{}+{:#x}",
-                                    m.path.rsplit('/').next().unwrap_or(""),
+                                    crate::terminal(m.path.rsplit('/').next().unwrap_or("")),
                                     a - m.bias
                                 )
                             })
@@ -244,12 +243,17 @@ pub fn diff(args: DiffArgs) -> Result<u8> {
         offheap_report::top_text(&model, offheap_report::Weight::LeakedBytes, args.top)
     );
     for n in &model.notes {
-        println!("note: {n}");
+        println!("note: {}", crate::terminal(n));
     }
     if let Some(out) = &args.out {
-        let dir = crate::outdir::create(Some(out), "diff")?;
+        let dir = crate::outdir::create(Some(out), "diff")?
+            .path()
+            .to_path_buf();
         write_outputs(&dir, &model)?;
-        eprintln!("diff reports: {}", dir.display());
+        eprintln!(
+            "diff reports: {}",
+            crate::terminal(&dir.display().to_string())
+        );
     }
     Ok(0)
 }

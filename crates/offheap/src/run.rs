@@ -12,10 +12,9 @@ use anyhow::{Context, Result};
 use offheap_format::layout;
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// The native agent, built from crates/offheap-agent by build.rs.
@@ -31,27 +30,69 @@ pub const NODE_FLAGS: [&str; 2] = [
     "--interpreted-frames-native-stack",
 ];
 
-/// Finds CMD the way execvp would.
-fn resolve_command(cmd: &str) -> Option<PathBuf> {
-    let is_exec = |p: &Path| {
-        fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
+/// Why a command cannot be run, as a shell reports it.
+#[derive(Debug, PartialEq, Eq)]
+enum Unrunnable {
+    /// Exit 127.
+    NotFound,
+    /// Exit 126: found, but not something we may execute.
+    NotExecutable(PathBuf, &'static str),
+}
+
+/// True if `p` is a file the effective user may execute.
+fn may_execute(p: &Path) -> bool {
+    rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+}
+
+/// Finds CMD the way execvp and a shell do: a name with a `/` is taken as
+/// it is; otherwise the first executable regular file named CMD in `$PATH`
+/// wins, and a non-executable one found on the way makes it "permission
+/// denied" rather than "not found".
+fn locate(cmd: &str) -> Result<PathBuf, Unrunnable> {
+    if cmd.is_empty() {
+        return Err(Unrunnable::NotFound);
+    }
     if cmd.contains('/') {
         let p = PathBuf::from(cmd);
-        return is_exec(&p).then_some(p);
+        return match fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Unrunnable::NotFound),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                Err(Unrunnable::NotExecutable(p, "not a directory"))
+            }
+            Err(_) => Err(Unrunnable::NotExecutable(p, "permission denied")),
+            Ok(m) if m.is_dir() => Err(Unrunnable::NotExecutable(p, "is a directory")),
+            Ok(m) if m.is_file() && may_execute(&p) => Ok(p),
+            Ok(_) => Err(Unrunnable::NotExecutable(p, "permission denied")),
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(cmd))
-        .find(|p| is_exec(p))
+    let mut denied = None;
+    for d in std::env::split_paths(&path) {
+        let p = d.join(cmd);
+        match fs::metadata(&p) {
+            Ok(m) if m.is_file() && may_execute(&p) => return Ok(p),
+            Ok(m) if !m.is_dir() => {
+                denied.get_or_insert(p);
+            }
+            _ => {}
+        }
+    }
+    Err(match denied {
+        Some(p) => Unrunnable::NotExecutable(p, "permission denied"),
+        None => Unrunnable::NotFound,
+    })
+}
+
+/// Finds CMD the way execvp would (None if it cannot be run).
+fn resolve_command(cmd: &str) -> Option<PathBuf> {
+    locate(cmd).ok()
 }
 
 /// The interpreter named by a `#!` line, resolved (`/usr/bin/env node` -> node's path).
 fn shebang_interpreter(path: &Path) -> Option<PathBuf> {
     let mut head = [0u8; 256];
-    let n = std::io::Read::read(&mut fs::File::open(path).ok()?, &mut head).ok()?;
+    let mut file = offheap_format::io::open_module_file(path).ok()?;
+    let n = std::io::Read::read(&mut file, &mut head).ok()?;
     let text = std::str::from_utf8(head.get(..n)?.strip_prefix(b"#!")?).ok()?;
     let line = text.lines().next()?;
     let mut words = line.split_whitespace();
@@ -84,9 +125,19 @@ struct Target {
 }
 
 fn inspect_target(cmd: &str) -> Result<Target> {
-    let exe = resolve_command(cmd).ok_or_else(|| crate::UserError {
-        message: format!("command not found: {cmd}"),
-        code: 127,
+    let exe = locate(cmd).map_err(|why| match why {
+        Unrunnable::NotFound if cmd.contains('/') => crate::UserError {
+            message: format!("{cmd}: no such file or directory"),
+            code: 127,
+        },
+        Unrunnable::NotFound => crate::UserError {
+            message: format!("command not found: {cmd}"),
+            code: 127,
+        },
+        Unrunnable::NotExecutable(p, reason) => crate::UserError {
+            message: format!("{}: {reason}", p.display()),
+            code: 126,
+        },
     })?;
     let interp = shebang_interpreter(&exe);
     let elf = interp.clone().unwrap_or_else(|| exe.clone());
@@ -110,27 +161,22 @@ fn program_name(cmd: &[String]) -> String {
     }
 }
 
-/// Writes the agents into the recording, where the target loads them from.
+/// Writes the agents into the recording, where the target loads them from:
+/// new files (never through anything already there), read-only.
 fn install_agents(
-    dir: &Path,
+    out: &mut outdir::OutDir,
     js_agent: Option<&str>,
     native: bool,
 ) -> Result<(PathBuf, Option<PathBuf>)> {
-    let js = dir.join(layout::JS_AGENT);
+    let js = out.path().join(layout::JS_AGENT);
     if let Some(src) = js_agent {
-        fs::write(&js, src).with_context(|| format!("cannot write {}", js.display()))?;
+        out.create_file(layout::JS_AGENT, 0o400, src.as_bytes())?;
     }
     let so = if native {
         let path = match std::env::var_os("OFFHEAP_AGENT") {
             // Agent development: a freshly built agent instead of the embedded one.
             Some(p) => PathBuf::from(p),
-            None => {
-                let p = dir.join(layout::NATIVE_AGENT);
-                fs::write(&p, NATIVE_AGENT)
-                    .with_context(|| format!("cannot write {}", p.display()))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
-                p
-            }
+            None => out.create_file(layout::NATIVE_AGENT, 0o500, NATIVE_AGENT)?,
         };
         Some(path)
     } else {
@@ -179,7 +225,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
             }
             Linkage::NotElf => true,
         };
-    let dir = outdir::create(args.record.out.as_deref(), &program_name(&args.command))?;
+    let mut out = outdir::create(args.record.out.as_deref(), &program_name(&args.command))?;
+    let dir = out.path().to_path_buf();
     let user_node_options = std::env::var("NODE_OPTIONS").ok();
     let js_source = target.node.then(|| {
         offheap_node::js_agent_source(&offheap_node::AgentConfig {
@@ -197,7 +244,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
             wait_inspector_close: false,
         })
     });
-    let (js_agent, native_agent) = install_agents(&dir, js_source.as_deref(), native)?;
+    // Until the target runs, a failure undoes what offheap put on disk.
+    let (js_agent, native_agent) = match install_agents(&mut out, js_source.as_deref(), native) {
+        Ok(agents) => agents,
+        Err(e) => {
+            out.remove_created();
+            return Err(e);
+        }
+    };
 
     let mut cmd = Command::new(&target.exe);
     cmd.arg0(&args.command[0]).args(&args.command[1..]);
@@ -249,26 +303,24 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
     }
 
-    let signals = Signals::install().context("cannot install signal handlers")?;
-    let start_ms = now_ms();
-    // If offheap dies, the target it launched is asked to stop as if
-    // offheap had forwarded a SIGTERM: a target outliving its supervisor
-    // would run on unrecorded (a CI job's server holding its port forever).
-    let parent = std::process::id() as i32;
-    // SAFETY: prctl and getppid are async-signal-safe and touch no memory
-    // of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGTERM);
-            }
-            Ok(())
+    supervised_by_us(&mut cmd);
+    let started = Signals::install()
+        .context("cannot install signal handlers")
+        .and_then(|signals| {
+            Ok((
+                signals,
+                now_ms(),
+                spawn(&mut cmd, &target.exe, &args.command)?,
+            ))
         });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| user_error(format!("cannot start {}: {e}", args.command[0])))?;
+    let (signals, start_ms, child) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            out.remove_created();
+            return Err(e);
+        }
+    };
+    drop(out);
     let pid = child.id();
 
     let mut settings = BTreeMap::new();
@@ -341,16 +393,61 @@ pub fn run(args: RunArgs) -> Result<u8> {
     Ok(outcome.exit_status.clamp(0, 255) as u8)
 }
 
+/// If offheap dies, the target it launched is asked to stop as if offheap
+/// had forwarded a SIGTERM: a target outliving its supervisor would run on
+/// unrecorded (a CI job's server holding its port forever).
+fn supervised_by_us(cmd: &mut Command) {
+    let parent = std::process::id() as i32;
+    // SAFETY: prctl, getppid and raise are async-signal-safe and touch no
+    // memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts the target as execvp would: a file the kernel refuses as not
+/// executable (`ENOEXEC`: a text file without `#!`) is run by `/bin/sh`.
+/// A failure to start exits 126, like a shell.
+fn spawn(cmd: &mut Command, exe: &Path, argv: &[String]) -> Result<Child> {
+    let failed = |e: std::io::Error| -> anyhow::Error {
+        crate::UserError {
+            message: format!("cannot start {}: {e}", argv[0]),
+            code: 126,
+        }
+        .into()
+    };
+    match cmd.spawn() {
+        Ok(child) => Ok(child),
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg(exe).args(&argv[1..]);
+            supervised_by_us(&mut sh);
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => sh.env(k, v),
+                    None => sh.env_remove(k),
+                };
+            }
+            sh.spawn().map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value)?;
     write_bytes(path, &text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Writes a file of the recording whole (a temporary name, then renamed).
+/// Writes a file of the recording whole (a unique temporary file, then renamed).
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
+    offheap_format::write_atomic(path, bytes)
 }
 
 #[cfg(test)]

@@ -141,10 +141,11 @@ impl StatusLine {
         self.draw();
     }
 
+    /// The line's text, terminal-safe (only the redraw below adds controls).
     pub fn line(&self) -> String {
         let mut parts = vec![format!("offheap {}", human_duration(self.start.elapsed()))];
         parts.extend(self.metrics.iter().filter_map(Metric::render));
-        parts.join(" | ")
+        crate::terminal(&parts.join(" | ")).into_owned()
     }
 
     /// Draws the line: in place on a terminal, every 5 s otherwise.
