@@ -929,9 +929,10 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
     unsafe { _exit(status) }
 }
 
-/// Removes this agent from `LD_PRELOAD` in `environ` (other preloads stay).
+/// Removes this agent from `LD_PRELOAD` in `environ` (other preloads stay),
+/// and every `OFFHEAP_*` variable.
 /// Runs in the constructor, before the program can read its environment.
-fn strip_ld_preload() {
+fn strip_environment() {
     // SAFETY: single-threaded constructor; environ entries are NUL-terminated
     // strings we may shorten in place; the array is NULL-terminated.
     unsafe {
@@ -965,6 +966,15 @@ fn strip_ld_preload() {
                 }
                 core::ptr::copy_nonoverlapping(out.as_ptr(), e.add(base), out.len());
                 *e.add(base + out.len()) = 0;
+            } else if bytes.starts_with(b"OFFHEAP_") {
+                // offheap's own settings (the writable recording path
+                // among them) are for this process, not its descendants.
+                let mut j = i;
+                while !(*env.add(j)).is_null() {
+                    *env.add(j) = *env.add(j + 1);
+                    j += 1;
+                }
+                continue;
             }
             i += 1;
         }
@@ -1016,9 +1026,7 @@ extern "C" fn init() {
     PPID.store(unsafe { libc::getppid() } as u32, Ordering::Relaxed);
     START_MONO.store(sys::mono_ms(), Ordering::Relaxed);
     writer::START_MS_BITS.store(sys::now_ms().to_bits(), Ordering::Relaxed);
-    if !cfg.follow_exec {
-        strip_ld_preload();
-    }
+
     // SAFETY: registering our own extern "C" handlers with glibc.
     unsafe {
         libc::pthread_atfork(
@@ -1034,6 +1042,10 @@ extern "C" fn init() {
     modules::init(real_dlopen());
     if sys::env_bool(c"OFFHEAP_ORIGINS", true) {
         origin::install();
+    }
+    // Last: everything above reads its settings from the environment.
+    if !cfg.follow_exec {
+        strip_environment();
     }
     STATE.store(ENABLED, Ordering::Release);
     sys::set_errno(saved);

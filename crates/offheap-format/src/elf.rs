@@ -88,6 +88,9 @@ impl<'a> Elf<'a> {
             return None;
         }
         let o = self.shoff.checked_add(i.checked_mul(self.shentsize)?)?;
+        // A header that starts within 64 bytes of the end of the address
+        // space is no header: every field offset below is then in range.
+        o.checked_add(64)?;
         Some(Section {
             kind: u32_at(self.bytes, o + 4)?,
             offset: u64_at(self.bytes, o + 0x18)?,

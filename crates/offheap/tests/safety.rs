@@ -572,3 +572,72 @@ fn out_of_range_options_are_refused_with_a_message() {
         assert!(!sb.path("rec").exists());
     }
 }
+
+// ---- 7. the environment of the target's descendants ------------------------
+
+/// The environment `env` printed by a grandchild of `offheap run` (node
+/// starts `env` through child_process), and node's own NODE_OPTIONS.
+fn descendant_env(sb: &Sandbox, opts: &[&str]) -> (String, Output) {
+    let script = sb.write(
+        "spawn-env.js",
+        "const cp = require('child_process');\n\
+         const env = cp.execFileSync('env', { encoding: 'utf8' });\n\
+         require('fs').writeFileSync('env.txt', env + 'NODE_SAYS_NODE_OPTIONS=' + process.env.NODE_OPTIONS + '\\n');\n",
+    );
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .env("NODE_OPTIONS", "--max-old-space-size=300")
+        .args(["run", "--quiet", "--out", "rec"])
+        .args(opts)
+        .arg("--")
+        .arg("node")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (fs::read_to_string(sb.path("env.txt")).unwrap(), out)
+}
+
+/// Issue 18.8: OFFHEAP_* (the writable recording path among them) reached
+/// every descendant of the target.
+#[test]
+fn descendants_get_no_offheap_variables_and_no_agent_unless_followed() {
+    let sb = Sandbox::new();
+    let (env, out) = descendant_env(&sb, &[]);
+    for line in env.lines() {
+        assert!(!line.starts_with("OFFHEAP_"), "{line}\n{env}\n{out:?}");
+        if let Some(v) = line.strip_prefix("LD_PRELOAD=") {
+            assert!(!v.contains("liboffheap_agent"), "{line}");
+        }
+        if let Some(v) = line.strip_prefix("NODE_OPTIONS=") {
+            assert_eq!(
+                v, "--max-old-space-size=300",
+                "the user's NODE_OPTIONS, untouched"
+            );
+        }
+    }
+    assert!(
+        env.contains("NODE_SAYS_NODE_OPTIONS=--max-old-space-size=300\n"),
+        "{env}"
+    );
+    // The recording still has the target's streams.
+    let names: Vec<String> = fs::read_dir(sb.path("rec"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("native-")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("node-")), "{names:?}");
+
+    // --follow-exec: asked for, so the descendants keep the agent.
+    let sb = Sandbox::new();
+    let (env, out) = descendant_env(&sb, &["--follow-exec"]);
+    assert!(
+        env.lines().any(|l| l.starts_with("OFFHEAP_DIR=")),
+        "{env}\n{out:?}"
+    );
+    assert!(
+        env.lines()
+            .any(|l| l.starts_with("LD_PRELOAD=") && l.contains("liboffheap_agent")),
+        "{env}"
+    );
+}
