@@ -268,6 +268,10 @@ struct StackFigures {
     slope: f64,
 }
 
+/// How steady (Kendall's tau) a stack's live bytes must rise in a window
+/// too short for the aged counter.
+const SHORT_WINDOW_TAU: f64 = 0.7;
+
 /// Per-stack growth, counting only allocations that survived `min_age`:
 /// the agent's aged counter at time t + min_age is "bytes allocated before t
 /// and still live at t + min_age", so the series (t, aged(t + min_age)) rises
@@ -313,9 +317,22 @@ fn stack_figures(
                 let tr = trend(&pts);
                 if tr.tau > 0.0 { tr.slope } else { 0.0 }
             } else {
-                // Too short for the shift: what survived to the end, aged, beyond what was live at the start.
-                let span = (t(last) - t_first).max(1e-9);
-                (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span
+                // Too short for the shift (a window under min_age plus three
+                // snapshots): the aged counter cannot tell kept memory from
+                // young garbage yet, so the live bytes must rise steadily
+                // instead, snapshot after snapshot, which churn does not.
+                let pts: Vec<(f64, f64)> = snaps
+                    .iter()
+                    .step_by((snaps.len() / 64).max(1))
+                    .map(|&i| (t(i), s.at(i).live_bytes as f64))
+                    .collect();
+                let tr = trend(&pts);
+                if pts.len() >= 4 && tr.tau >= SHORT_WINDOW_TAU {
+                    tr.slope
+                } else {
+                    let span = (t(last) - t_first).max(1e-9);
+                    (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span
+                }
             };
             StackFigures {
                 stack: s.stack,
@@ -452,7 +469,10 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         .into_iter()
         .filter(|p| stop.is_none_or(|s| p.0 <= s))
         .collect();
-    let ev = Evidence::from_timeline(judged_tl, &post_gc, exit_gc, rec.meta.node);
+    let mut ev = Evidence::from_timeline(judged_tl, &post_gc, exit_gc, rec.meta.node);
+    if let Some(n) = native {
+        ev.native_sampling = n.sample_interval as f64;
+    }
     let verdict = decide(&ev);
     let growth = ev.growth();
     let max_of = |name: &str| {
