@@ -172,6 +172,25 @@ const t = setInterval(() => {
         all_functions(sus)
     );
     assert_eq!(owner(&s, &out), "recordRequest", "{}", all_functions(sus));
+    // The stitched stack is in every output that shows stacks.
+    for f in ["stacks.folded", "report.html"] {
+        let text = std::fs::read_to_string(sb.path("rec").join(f)).unwrap();
+        assert!(
+            text.contains("[queued from]"),
+            "{f} has no queued-from frame"
+        );
+    }
+    let report = offheap()
+        .arg("report")
+        .arg(sb.path("rec"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains("in store_log_entry (logger.node)")
+            && report.contains("your code: recordRequest (logsvc.js:2)"),
+        "{report}"
+    );
     assert_eq!(
         sus["js"]["file"].as_str().map(|f| f.ends_with("logsvc.js")),
         Some(true)
@@ -497,5 +516,51 @@ console.log('ready');
         "grows.js",
         &["openSession", "(anonymous)"],
         &s["suspects"],
+    );
+}
+
+#[test]
+fn threadpool_work_queued_from_a_worker_names_the_worker_code() {
+    let sb = Sandbox::new();
+    sb.write(
+        "main.js",
+        r#"const { Worker } = require('worker_threads');
+const w = new Worker(__dirname + '/deriver.js');
+w.on('exit', (c) => process.exit(c));
+// The main thread churns the threadpool too, keeping nothing.
+const crypto = require('crypto');
+const t = setInterval(() => crypto.randomBytes(64 * 1024, () => {}), 5);
+w.on('exit', () => clearInterval(t));
+"#,
+    );
+    sb.write(
+        "deriver.js",
+        r#"const crypto = require('crypto');
+const kept = [];
+function deriveInWorker(i) {
+  crypto.pbkdf2('pw' + i, 'salt', 1, 256 * 1024, 'sha256', (err, key) => { kept.push(key); });
+}
+let n = 0;
+const t = setInterval(() => {
+  for (let i = 0; i < 2; i++) deriveInWorker(n++);
+  if (n >= 600) { clearInterval(t); setTimeout(() => process.exit(0), 100); }
+}, 20);
+"#,
+    );
+    let out = sb.run("rec", &[], &["node", "main.js"]);
+    assert!(out.status.success(), "{out:?}");
+    let s = summary(&sb.path("rec"));
+    assert!(
+        kinds(&s).iter().any(|k| k == "external" || k == "native"),
+        "{}",
+        describe(&out, &s)
+    );
+    let sus = top(&s, &out);
+    assert_eq!(owner(&s, &out), "deriveInWorker", "{}", all_functions(sus));
+    assert!(
+        sus["js"]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("deriver.js")),
+        "{sus:#}"
     );
 }
