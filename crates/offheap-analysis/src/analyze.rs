@@ -429,6 +429,34 @@ fn merge_by_frames(
         .collect()
 }
 
+/// Notes on the streams whose last point is well before the recording's
+/// end: /proc sampling stops when offheap itself is killed, while the
+/// target and its agents may go on; the verdict then rests on the others.
+fn streams_that_stopped_early(tl: &Timeline) -> Vec<String> {
+    let streams = [
+        ("rss", "/proc sampling (RSS)"),
+        ("heap_used", "the JS agent's telemetry"),
+        ("native_live", "the native agent's stream"),
+    ];
+    let ends: Vec<(&str, f64)> = streams
+        .iter()
+        .filter_map(|&(series, what)| {
+            let last = tl.series(series)?.points.last()?.0;
+            Some((what, last))
+        })
+        .collect();
+    let latest = ends.iter().map(|e| e.1).fold(0.0, f64::max);
+    let slack = (0.1 * latest).max(2.0);
+    ends.iter()
+        .filter(|e| e.1 + slack < latest)
+        .map(|(what, last)| {
+            format!(
+                "{what} stopped at {last:.1} s while other streams went on to {latest:.1} s (offheap killed?): the verdict rests on the streams that cover the window"
+            )
+        })
+        .collect()
+}
+
 /// The whole analysis.
 pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     // Symbolize every stack once, up front: the verdict must not count the
@@ -487,6 +515,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         native_live: max_of("native_live"),
     };
     let mut notes = rec.notes.clone();
+    notes.extend(streams_that_stopped_early(&tl));
     if let Some(s) = stop
         && tl.duration - s >= 0.5
     {

@@ -154,7 +154,14 @@ fn rate(b: f64) -> String {
 /// Decides the verdict from the evidence.
 pub fn decide(ev: &Evidence) -> Verdict {
     let mut notes: Vec<String> = Vec::new();
-    if ev.span < 3.0 || ev.rss.is_none() {
+    // /proc sampling may have stopped early (offheap killed while the
+    // target and its agent went on): judge from whichever streams cover
+    // the window.
+    let no_series = ev.rss.is_none()
+        && ev.native_live.is_none()
+        && ev.heap_after_gc.is_none()
+        && ev.external.is_none();
+    if ev.span < 3.0 || no_series {
         return Verdict {
             kinds: vec![Kind::None],
             primary: Kind::None,
