@@ -197,7 +197,22 @@ pub fn decide(ev: &Evidence) -> Verdict {
         .unwrap_or(0.0);
     let g_native_raw = sustained(&ev.native_live, native_noise.max(1.0 * MIB), 0.10, 0.5);
     // Buffer backing stores are malloc'd too: native growth that external explains is not native.
-    let g_native = (g_native_raw - ext_any).max(0.0);
+    let mut g_native = (g_native_raw - ext_any).max(0.0);
+    // Near the noise floor, sampled growth must show in RSS (or in free
+    // bytes the allocator reused): memory that is kept is resident. A
+    // loop with a wandering amount of work in flight moves the sampled
+    // total without moving RSS.
+    let rss_or_reuse = ev.rss.map(|t| t.growth().max(0.0)).unwrap_or(f64::INFINITY)
+        + ev.allocator_free
+            .map(|t| (-t.growth()).max(0.0))
+            .unwrap_or(0.0);
+    if ev.native_sampling > 1.0
+        && g_native > 0.0
+        && g_native < 3.0 * native_noise
+        && rss_or_reuse < 0.75 * g_native
+    {
+        g_native = 0.0;
+    }
     let g_free = sustained(&ev.allocator_free, 2.0 * MIB, 0.10, 0.4);
     let rss_growth = ev.rss.map(|t| t.growth()).unwrap_or(0.0);
 
@@ -550,9 +565,34 @@ mod tests {
         // Exact mode: no sampling noise, the same rise is real.
         ev.native_sampling = 1.0;
         assert!(decide(&ev).kinds.contains(&Kind::Native));
-        // Sampled, but rising 40 MB: far beyond the noise.
-        let leak = series("native_live", |t| 20e6 + (t - 14.0).max(0.0) * 8e6);
+        // Sampled, but rising 80 MB: far beyond the noise, a leak even
+        // with RSS flat (malloc'd, never touched).
+        let leak = series("native_live", |t| 20e6 + (t - 14.0).max(0.0) * 16e6);
         let mut ev = Evidence::from_timeline(&short(leak), &[], None, true);
+        ev.native_sampling = 524288.0;
+        assert!(decide(&ev).kinds.contains(&Kind::Native));
+    }
+
+    /// Regression (the fs loop under load): sampled native growth near the
+    /// noise floor that RSS does not show is work in flight, not a leak;
+    /// the same growth with RSS rising alongside is one.
+    #[test]
+    fn sampled_native_growth_near_the_noise_floor_needs_rss() {
+        let tl = |rss_slope: f64| Timeline {
+            series: vec![
+                series("rss", move |t| 90e6 + (t - 14.0).max(0.0) * rss_slope),
+                series("heap_used", |t| 8e6 + (t * 13.0 % 10.0) * 0.3e6),
+                series("external", |_| 2e6),
+                series("native_live", |t| 20e6 + (t - 14.0).max(0.0) * 3e6),
+            ],
+            gc: vec![],
+            warmup_end: 14.0,
+            duration: 19.0,
+        };
+        let mut ev = Evidence::from_timeline(&tl(0.0), &[], None, true);
+        ev.native_sampling = 524288.0;
+        assert!(!decide(&ev).kinds.contains(&Kind::Native));
+        let mut ev = Evidence::from_timeline(&tl(3e6), &[], None, true);
         ev.native_sampling = 524288.0;
         assert!(decide(&ev).kinds.contains(&Kind::Native));
     }

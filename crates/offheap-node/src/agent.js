@@ -422,7 +422,13 @@
         state.pending.push(memRecord());
         flush();
         control();
-      } catch (_) { /* never throw into the target */ }
+      } catch (e) {
+        // Never throw into the target; say once what went wrong.
+        if (!state.tickError) {
+          state.tickError = true;
+          try { record({ type: 'note', t: nowMs(), text: 'JS agent: ' + String(e && e.message) }); flush(); } catch (_) { /* ignore */ }
+        }
+      }
     }
 
     try {

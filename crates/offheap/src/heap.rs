@@ -143,18 +143,37 @@ impl Snapshots {
 
 /// True if the recording so far says the JS heap or external memory grows:
 /// the only verdicts an end-of-run heap snapshot can explain.
+///
+/// A run stopped early (a short `--duration`, a target stalled by the start
+/// snapshot) may be too short for a verdict: then a plain rise of heapUsed
+/// or external memory since the first half of the run, by 8 MiB and a
+/// tenth, is enough (the same test the JS agent makes at exit).
 pub fn heap_grows(dir: &Path) -> bool {
-    crate::reporting::build_model(dir, 0.0)
-        .ok()
-        .and_then(|m| m.verdict)
-        .is_some_and(|v| {
-            v.kinds.iter().any(|k| {
-                matches!(
-                    k,
-                    offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External
-                )
-            })
+    let Ok(model) = crate::reporting::build_model(dir, 0.0) else {
+        return false;
+    };
+    let by_verdict = model.verdict.as_ref().is_some_and(|v| {
+        v.kinds.iter().any(|k| {
+            matches!(
+                k,
+                offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External
+            )
         })
+    });
+    let rose = |name: &str| {
+        model.timeline.series(name).is_some_and(|s| {
+            let half = model.timeline.duration / 2.0;
+            let early = s
+                .points
+                .iter()
+                .filter(|p| p.0 <= half)
+                .map(|p| p.1)
+                .fold(f64::INFINITY, f64::min);
+            let last = s.points.last().map_or(0.0, |p| p.1);
+            early.is_finite() && last - early > (8.0 * 1024.0 * 1024.0f64).max(early / 10.0)
+        })
+    };
+    by_verdict || rose("heap_used") || rose("external")
 }
 
 /// The findings of the snapshots in the recording (the last one's, and

@@ -323,3 +323,65 @@ fn snapshots_of_a_target_that_ends_at_once_are_explained() {
         "{s:#}"
     );
 }
+
+/// Issue 18.9: `--snapshots` stalled the recording loop (4,000 synchronous
+/// inspector round trips for the start snapshot's Buffer views): a 5 s
+/// `--duration` run took 38 s and said "none". The snapshot is taken in the
+/// target now; /proc sampling and `--duration` go on meanwhile, and the
+/// verdict sees the leak.
+#[test]
+fn snapshots_never_stall_the_recording_or_the_duration() {
+    let sb = Sandbox::new();
+    sb.write(
+        "views.js",
+        "const kept = [];\n\
+         for (let i = 0; i < 5000; i++) kept.push(Buffer.alloc(64 * 1024, 1).subarray(0, 16));\n\
+         setInterval(() => { for (let i = 0; i < 10; i++) kept.push(Buffer.alloc(256 * 1024, 1).subarray(0, 16)); }, 50);",
+    );
+    let t = Instant::now();
+    let out = output_within(
+        offheap()
+            .current_dir(sb.dir.path())
+            .args([
+                "run",
+                "--quiet",
+                "--out",
+                "rec",
+                "--snapshots",
+                "--duration",
+                "5s",
+            ])
+            .args(["--", "node", "views.js"]),
+        Duration::from_secs(90),
+    );
+    let wall = t.elapsed();
+    let s = summary(&sb.path("rec"));
+    assert!(
+        kinds(&s).contains(&"external".to_string()),
+        "{}",
+        describe(&out, &s)
+    );
+    // The end snapshot is bounded (SNAPSHOT_BUDGET): well under 38 s.
+    assert!(wall < Duration::from_secs(30), "took {wall:?}");
+    // /proc sampling never paused for the snapshots: no gap of 2 s.
+    let proc = std::fs::read_to_string(sb.path("rec/proc.jsonl")).unwrap();
+    let times: Vec<f64> = proc
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["t"].as_f64())
+        .collect();
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    assert!(gap < 2000.0, "a {gap} ms gap in /proc sampling");
+    assert!(sb.path("rec/start.heapsnapshot").exists());
+    assert!(
+        sb.path("rec/end.heapsnapshot").exists()
+            || s["notes"].to_string().contains("end heap snapshot"),
+        "neither an end snapshot nor a word why: {:#}",
+        s["notes"]
+    );
+    assert!(
+        !s["heap"]["hostage_buffers"].as_array().unwrap().is_empty(),
+        "{:#}",
+        s["heap"]
+    );
+}
