@@ -28,7 +28,8 @@
 //!
 //! # Limits
 //! - x86-64 only; the displaced instructions must be straight-line code
-//!   (no branch among them), else the function is left alone.
+//!   or conditional branches out of them (re-targeted from the trampoline),
+//!   else the function is left alone.
 //! - `uv__work_submit` needs a symbol table (official Node builds keep
 //!   `.symtab`); a stripped libuv gets only `uv_queue_work`.
 //! - A full table (more than `SLOTS` pieces of work queued at once) means
@@ -208,8 +209,11 @@ unsafe extern "C" fn hook_queue_work(
         // SAFETY: the caller's arguments, unchanged.
         return unsafe { orig(lp, req, work, done) };
     }
+    let t = tls::current();
+    t.queuing.set(true);
     // SAFETY: the same request, with callbacks that call the caller's.
     let r = unsafe { orig(lp, req, Some(work_wrapper), Some(done_wrapper)) };
+    t.queuing.set(false);
     if r != 0
         && let Some(i) = find(req as usize)
     {
@@ -231,6 +235,8 @@ unsafe extern "C" fn hook_work_submit(
     let orig =
         unsafe { core::mem::transmute::<usize, WorkSubmitFn>(WORK_SUBMIT.load(Ordering::Relaxed)) };
     let origin = match (work, done) {
+        // Reached from the uv_queue_work hook: that request has its origin.
+        _ if tls::current().queuing.get() => 0,
         (Some(_), Some(_)) => capture_origin(),
         _ => 0,
     };
@@ -498,7 +504,8 @@ impl Trampolines {
 
 /// The instructions covering the first 5 bytes of `func`, re-encoded to run
 /// at `at`, followed by a jump back to the rest of `func`; and how many
-/// bytes of `func` they covered. `None` unless they are straight-line code.
+/// bytes of `func` they covered. `None` unless they are straight-line code
+/// or conditional branches that leave the displaced bytes.
 fn relocate(func: u64, at: u64) -> Option<(Vec<u8>, usize)> {
     use iced_x86::{
         BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, FlowControl, Instruction,
@@ -512,11 +519,27 @@ fn relocate(func: u64, at: u64) -> Option<(Vec<u8>, usize)> {
     let mut len = 0usize;
     while len < JMP_REL32 {
         let i = dec.decode();
-        if i.is_invalid() || i.flow_control() != FlowControl::Next {
+        // Straight-line code, or a conditional branch (an early-return
+        // test, as Node 24's `uv_queue_work` starts with), which the
+        // encoder re-targets from the trampoline.
+        let movable = match i.flow_control() {
+            FlowControl::Next => true,
+            FlowControl::ConditionalBranch => i.is_jcc_short_or_near(),
+            _ => false,
+        };
+        if i.is_invalid() || !movable {
             return None;
         }
         len += i.len();
         instrs.push(i);
+    }
+    // A branch back into the displaced bytes would land in the patch.
+    if instrs.iter().any(|i| {
+        i.is_jcc_short_or_near()
+            && i.near_branch_target() > func
+            && i.near_branch_target() < func + len as u64
+    }) {
+        return None;
     }
     instrs.push(Instruction::with_branch(Code::Jmp_rel32_64, func + len as u64).ok()?);
     let r = BlockEncoder::encode(

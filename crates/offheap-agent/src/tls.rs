@@ -26,6 +26,10 @@ pub struct Tls {
     /// While this thread runs queued work (libuv threadpool): 1 + the id of
     /// the stack that queued it, else 0 (see `origin.rs`).
     pub origin: Cell<u32>,
+    /// Set while this thread is inside the `uv_queue_work` hook: a
+    /// `uv__work_submit` it reaches (not inlined) is the same work, already
+    /// carrying its origin.
+    pub queuing: Cell<bool>,
     /// Stacks this thread interned recently (see `stacks::intern_add`).
     pub memo: [Cell<crate::stacks::Memo>; crate::stacks::MEMO],
     tid: Cell<u32>,
@@ -45,6 +49,7 @@ thread_local! {
             pend_samples: Cell::new(0),
             pend_bytes: Cell::new(0),
             origin: Cell::new(0),
+            queuing: Cell::new(false),
             memo: [const { Cell::new(crate::stacks::Memo::EMPTY) }; crate::stacks::MEMO],
             tid: Cell::new(0),
         }

@@ -501,8 +501,6 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     if let Some(n) = native {
         ev.native_sampling = n.sample_interval as f64;
     }
-    let verdict = decide(&ev);
-    let growth = ev.growth();
     let max_of = |name: &str| {
         tl.series(name)
             .map(|s| s.points.iter().map(|p| p.1).fold(0.0, f64::max) as u64)
@@ -586,6 +584,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             );
         }
         ranked.sort_by(|a, b| b.slope.total_cmp(&a.slope));
+        ev.native_concentrated = !ranked.is_empty();
         for f in ranked.into_iter().take(opts.top) {
             let stack = &native.stacks[f.stack as usize];
             let frames = crate::suspects::collapse_allocator(
@@ -617,6 +616,8 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             "the native agent was preloaded but wrote nothing (static or non-glibc target?)".into(),
         );
     }
+    let verdict = decide(&ev);
+    let growth = ev.growth();
     // V8-heap suspects from the sampling heap profiler of every isolate.
     let stop_abs = stop.map(|s| rec.meta.start_ms + s * 1000.0);
     let (js, js_notes) = crate::jsheap::suspects(

@@ -4,11 +4,18 @@
 use crate::model::{JsOwner, Suspect, SuspectKind};
 use offheap_symbols::{Frame, FrameKind};
 
-/// Frames of V8's heap profiler and allocation tracker: memory that exists
-/// because offheap took snapshots or tracked allocations, not the target's.
+/// Frames of V8's heap profiler and allocation tracker, and of offheap's
+/// own JS agent: memory that exists because offheap took snapshots, heap
+/// profiles or tracked allocations, not the target's. (Node 24's V8 runs a
+/// full GC inside every sampling-profile read: the heap pages it maps then
+/// carry the agent's frame, and are the V8 heap the verdict already sees.)
 pub fn is_instrumentation(f: &Frame) -> bool {
     let n = f.function.as_str();
-    n.contains("v8::internal::AllocationTracker")
+    (f.kind == FrameKind::Js
+        && f.file
+            .as_deref()
+            .is_some_and(|p| p.ends_with("/offheap-agent.js")))
+        || n.contains("v8::internal::AllocationTracker")
         || n.contains("v8::internal::HeapObjectsMap")
         || n.contains("v8::internal::HeapSnapshotGenerator")
         || n.contains("v8::internal::HeapProfiler")

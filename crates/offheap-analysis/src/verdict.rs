@@ -29,6 +29,10 @@ pub struct Evidence {
     /// sampling noise of about sqrt(level x interval): growth below a few
     /// times that is noise, not a leak.
     pub native_sampling: f64,
+    /// Some stack's live bytes grow steadily (a suspect). Sampled growth
+    /// near the noise floor spread over every stack is warm-up (JIT
+    /// metadata, caches filling), not a leak: a leak has a site.
+    pub native_concentrated: bool,
 }
 
 fn after(points: &[(f64, f64)], t0: f64) -> Vec<(f64, f64)> {
@@ -61,9 +65,10 @@ impl Evidence {
                 .map(|p| bucket_minima(&p, buckets(span)))
                 .filter(|p| p.len() >= 3)
         };
-        let mut post_gc = after(post_gc_heap, w);
+        let post_gc = after(post_gc_heap, w);
         let (heap_after_gc, heap_confirmed) = if post_gc.len() >= 3 {
-            post_gc.extend(exit_gc);
+            // Enough natural points: the exit's forced GC is left out, as it
+            // follows the program's teardown (timers cleared, caches let go).
             (Some(trend(&post_gc)), true)
         } else if let (Some((te, ve)), Some(samples)) = (exit_gc, raw("heap_used")) {
             // Few natural major GCs: a sound lower bound on growth is the
@@ -106,6 +111,7 @@ impl Evidence {
             allocator_free: raw("allocator_retained").map(|p| trend(&p)),
             node,
             native_sampling: 0.0,
+            native_concentrated: true,
         }
     }
 
@@ -209,7 +215,7 @@ pub fn decide(ev: &Evidence) -> Verdict {
     if ev.native_sampling > 1.0
         && g_native > 0.0
         && g_native < 3.0 * native_noise
-        && rss_or_reuse < 0.75 * g_native
+        && (rss_or_reuse < 0.75 * g_native || !ev.native_concentrated)
     {
         g_native = 0.0;
     }

@@ -289,13 +289,19 @@ pub(crate) fn parse_name(name: &str) -> JsName {
         },
         _ => {
             // JS:, LazyCompile:, Function:, Eval:, Script:, or no prefix.
+            // Code-kind markers: `~` Ignition, `^` Sparkplug, `+` Maglev,
+            // `*` TurboFan; Node 24's V8 adds a `'` after one of them
+            // (`JS:+'name`). The first is the tier; all are peeled.
             let mut rest = rest;
             let mut tier = None;
-            if let Some(c) = rest.chars().next()
-                && matches!(c, '~' | '^' | '+' | '*')
-            {
-                tier = Some(c);
-                rest = &rest[1..];
+            for _ in 0..2 {
+                match rest.chars().next() {
+                    Some(c @ ('~' | '^' | '+' | '*' | '\'')) => {
+                        tier.get_or_insert(c);
+                        rest = &rest[1..];
+                    }
+                    _ => break,
+                }
             }
             let (func, file, line, column) = split_location(rest);
             let func = func.trim();
@@ -404,7 +410,14 @@ mod tests {
         assert_eq!(
             (n.function.as_str(), n.file.as_deref(), n.tier),
             ("fn", Some("[eval]"), Some('+'))
+        ); // Node 24 (V8 13): a second marker after the tier.
+        let n = parse_name("JS:+'isPosixPathSeparator node:path:69:30");
+        assert_eq!(
+            (n.function.as_str(), n.tier),
+            ("isPosixPathSeparator", Some('+'))
         );
+        let n = parse_name("JS:+' /tmp/jo/logsvc.js:6:23");
+        assert_eq!(n.function, "(anonymous)");
     }
 
     #[test]
