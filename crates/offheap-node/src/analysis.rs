@@ -169,6 +169,9 @@ pub struct SnapshotReport {
     pub top_retainers: Vec<RetainerFinding>,
     pub external: Vec<ExternalGroup>,
     pub hostage_buffers: Vec<HostageGroup>,
+    /// Native objects (zlib streams, TLS contexts, sockets, N-API wraps,
+    /// backing stores) grouped by the JS that holds them.
+    pub native_wrappers: Vec<crate::wrappers::WrapperGroup>,
     pub constructors: Vec<ConstructorStat>,
     pub warnings: Vec<String>,
 }
@@ -226,9 +229,22 @@ fn edge_label(s: &HeapSnapshot, e: &Edge) -> String {
     }
 }
 
-fn build_path(s: &HeapSnapshot, i: NodeIx, max: usize) -> Vec<PathStep> {
-    s.retainer_path(i, max)
-        .into_iter()
+pub(crate) fn build_path(s: &HeapSnapshot, i: NodeIx, max: usize) -> Vec<PathStep> {
+    steps(s, s.retainer_path(i, max))
+}
+
+/// [`build_path`] along the distances `dist` (e.g. [`HeapSnapshot::js_distances`]).
+pub(crate) fn build_path_by(
+    s: &HeapSnapshot,
+    i: NodeIx,
+    max: usize,
+    dist: &[u32],
+) -> Vec<PathStep> {
+    steps(s, s.retainer_path_by(i, max, dist))
+}
+
+fn steps(s: &HeapSnapshot, path: Vec<(NodeIx, Edge)>) -> Vec<PathStep> {
+    path.into_iter()
         .map(|(_, e)| PathStep {
             edge_type: s.edge_type_name(&e).to_string(),
             edge: edge_label(s, &e),
@@ -342,7 +358,7 @@ pub fn held_by(path: &[PathStep]) -> String {
 }
 
 /// `kept[3]` → `kept[]`.
-fn fold_indices(s: &str) -> String {
+pub(crate) fn fold_indices(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut in_idx = false;
     for c in s.chars() {
@@ -404,7 +420,7 @@ fn retained_external(s: &HeapSnapshot) -> Vec<u64> {
 }
 
 /// A view: an object with an internal `buffer` edge to an ArrayBuffer.
-fn view_buffer(s: &HeapSnapshot, v: NodeIx) -> Option<NodeIx> {
+pub(crate) fn view_buffer(s: &HeapSnapshot, v: NodeIx) -> Option<NodeIx> {
     let t = s.types();
     if s.node_type(v) != t.object {
         return None;
@@ -567,6 +583,7 @@ pub fn analyze(
     let top_retainers = top_retainers(s, opts, &ext);
     let external = external_groups(s, opts);
     let hostage_buffers = hostages(s, opts, geometry);
+    let native_wrappers = crate::wrappers::wrapper_groups(s, opts);
 
     SnapshotReport {
         source: source.to_string(),
@@ -582,6 +599,7 @@ pub fn analyze(
         top_retainers,
         external,
         hostage_buffers,
+        native_wrappers,
         constructors,
         warnings: s.warnings.clone(),
     }
@@ -1011,6 +1029,33 @@ impl SnapshotReport {
                 g.count,
                 t(&g.holder)
             );
+        }
+        if !self.native_wrappers.is_empty() {
+            let _ = writeln!(o, "\nNative objects by JS holder:");
+            for g in self.native_wrappers.iter().take(15) {
+                let _ = writeln!(
+                    o,
+                    "  {:>8}  {} {} ({}) held by `{}` ({}){}{}",
+                    g.count,
+                    t(&g.wrapper),
+                    t(&g.class),
+                    t(&g.native),
+                    t(&g.held_by),
+                    t(&g.holder),
+                    if g.reported_bytes > 0 {
+                        format!(", {} reported", human(g.reported_bytes))
+                    } else {
+                        String::new()
+                    },
+                    g.allocated_by
+                        .as_ref()
+                        .map(|a| format!(", allocated in {}", t(a)))
+                        .unwrap_or_default()
+                );
+                if !g.path_text.is_empty() {
+                    let _ = writeln!(o, "            {}", t(&g.path_text));
+                }
+            }
         }
         let _ = writeln!(o, "\nConstructors (by self size):");
         for c in self.constructors.iter().take(15) {
@@ -1473,6 +1518,9 @@ pub struct HeapSummary {
     pub hostage_buffers: Vec<HostageGroup>,
     pub top_retainers: Vec<RetainerFinding>,
     pub external: Vec<ExternalGroup>,
+    /// Native objects by the JS that holds them (last snapshot; `count_before`
+    /// from the first).
+    pub native_wrappers: Vec<crate::wrappers::WrapperGroup>,
     pub growing: Vec<Growing>,
     pub global_handles: Option<u64>,
     pub global_handles_before: Option<u64>,
@@ -1503,6 +1551,7 @@ impl HeapSummary {
             hostage_buffers: last.hostage_buffers.clone(),
             top_retainers: last.top_retainers.clone(),
             external: last.external.clone(),
+            native_wrappers: last.native_wrappers.clone(),
             growing: compare.map(|c| c.growing.clone()).unwrap_or_default(),
             global_handles: last.global_handles,
             global_handles_before: compare.and_then(|c| c.global_handles_before),

@@ -1444,14 +1444,55 @@ impl HeapSnapshot {
     /// Retainer path from the root to `i`, following the retainer closest to
     /// the root at each step. Returns (retainer, edge) pairs, root side first.
     pub fn retainer_path(&self, i: NodeIx, max_len: usize) -> Vec<(NodeIx, Edge)> {
+        self.retainer_path_by(i, max_len, &self.distance)
+    }
+
+    /// Distances from the root (as [`HeapSnapshot::distance`]) over the
+    /// essential edges that do not leave a native (embedder) node: the
+    /// JavaScript side of the graph. Node's own C++ objects (cleanup queues,
+    /// handle wraps) reach every wrapper they own; these distances find the
+    /// JS that holds it instead. `u32::MAX`: a native node, or reachable
+    /// only through native nodes.
+    pub fn js_distances(&self) -> Vec<u32> {
+        let n = self.node_count();
+        let native = self.meta.t_native;
+        let mut dist = vec![u32::MAX; n];
+        if n == 0 {
+            return dist;
+        }
+        let mut queue: Vec<u32> = Vec::with_capacity(1024);
+        dist[0] = 0;
+        queue.push(0);
+        let mut head = 0;
+        while head < queue.len() {
+            let u = queue[head];
+            head += 1;
+            let d = dist[u as usize].saturating_add(1);
+            for e in self.edges(u) {
+                if self.is_essential(u, e.ty)
+                    && dist[e.to as usize] == u32::MAX
+                    && self.node_type(e.to) != native
+                {
+                    dist[e.to as usize] = d;
+                    queue.push(e.to);
+                }
+            }
+        }
+        dist
+    }
+
+    /// [`HeapSnapshot::retainer_path`] along the distances `dist` (one per
+    /// node, e.g. [`HeapSnapshot::js_distances`]).
+    pub fn retainer_path_by(&self, i: NodeIx, max_len: usize, dist: &[u32]) -> Vec<(NodeIx, Edge)> {
         let mut out = Vec::new();
         let mut cur = i;
+        let d = |x: NodeIx| dist.get(x as usize).copied().unwrap_or(u32::MAX);
         while cur != 0 && out.len() < max_len {
-            let dcur = self.distance[cur as usize];
+            let dcur = d(cur);
             let mut best: Option<NodeIx> = None;
             for r in self.retainers(cur) {
-                let dr = self.distance[r as usize];
-                if dr < dcur && best.is_none_or(|b| dr < self.distance[b as usize]) {
+                let dr = d(r);
+                if dr < dcur && best.is_none_or(|b| dr < d(b)) {
                     best = Some(r);
                 }
             }

@@ -1,0 +1,419 @@
+//! Native objects and the JavaScript that holds them: the snapshot's side of
+//! "native bytes tied to their JS owners".
+//!
+//! Node's C++ objects that wrap a JS object appear in a heap snapshot as
+//! embedder (`native`) nodes, `Node / ZlibStream`, `Node / SecureContext`,
+//! `Node / TLSWrap`, `Node / TCPWrap`, with a `native_to_javascript` edge to
+//! their JS handle (whose `owner_symbol` is the stream or socket the program
+//! sees). N-API objects carry the wrapped pointer under a private
+//! `node:napi:wrapper` symbol, and ArrayBuffer backing stores are
+//! `system / JSArrayBufferData` nodes. Every such object is a *wrapper*,
+//! classed by the mechanism that allocates its native memory (`zlib`,
+//! `brotli`, `tls-context`, `tls-socket`, `socket`, `napi`, `array-buffer`:
+//! the names offheap-analysis gives native stacks).
+//!
+//! Wrappers are grouped by the JS that holds them: the retainer path from a
+//! GC root along JavaScript edges only ([`HeapSnapshot::js_distances`]), since
+//! Node's own cleanup queues and handle lists reach every wrapper too and
+//! would otherwise be the shortest path. The group's name is the path's
+//! [`held_by`](crate::analysis::held_by) with indices folded (`compressors`,
+//! `kept[]`, `sessions[].zlib`); its holder is the nearest object on the path
+//! (the Map, array or object, or a closure's context).
+//!
+//! Byte figures here are only what Node reports to the snapshot; the live
+//! bytes come from the native agent and are joined in offheap-analysis.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::analysis::{
+    AnalyzeOptions, PathStep, build_path, build_path_by, fold_indices, held_by, node_label,
+    path_text, view_buffer,
+};
+use crate::heapsnapshot::{HeapSnapshot, NodeIx};
+
+/// The mechanism class of an embedder node, from its name.
+pub fn class_of_native(name: &str) -> Option<&'static str> {
+    match name.strip_prefix("Node / ")? {
+        "ZlibStream" => Some("zlib"),
+        "BrotliEncoderStream" | "BrotliDecoderStream" => Some("brotli"),
+        "SecureContext" => Some("tls-context"),
+        "TLSWrap" => Some("tls-socket"),
+        "TCPWrap" | "PipeWrap" | "UDPWrap" => Some("socket"),
+        _ => None,
+    }
+}
+
+/// Wrappers of one mechanism held by the same JS (`summary.json`
+/// `heap.native_wrappers`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WrapperGroup {
+    /// `zlib`, `brotli`, `tls-context`, `tls-socket`, `socket`, `napi`, `array-buffer`.
+    pub class: String,
+    /// The native node's name (`Node / ZlibStream`), `napi_wrap` or `system / JSArrayBufferData`.
+    pub native: String,
+    /// Constructor of the wrapper objects the program sees (`DeflateRaw`, `TLSSocket`, `Buffer`).
+    pub wrapper: String,
+    pub count: u64,
+    /// In the start snapshot, the wrappers of the same class held by the same name.
+    pub count_before: Option<u64>,
+    /// Native bytes Node reported for them in the snapshot (a lower bound:
+    /// N-API memory and part of zlib's are not reported).
+    pub reported_bytes: u64,
+    /// The JS name that holds them, indices folded: `compressors`, `kept[]`.
+    pub held_by: String,
+    /// The nearest object on the path holding them: `Map`, `Array`, `Object`, `a closure variable`.
+    pub holder: String,
+    pub holder_type: String,
+    pub holder_id: u64,
+    /// Where the holder was allocated (snapshots with allocation traces).
+    pub holder_allocated_by: Option<String>,
+    /// Where the example wrapper was allocated (snapshots with allocation traces).
+    pub allocated_by: Option<String>,
+    pub example_id: u64,
+    /// Retainer path from a GC root to the example wrapper.
+    pub path_text: String,
+    pub path: Vec<PathStep>,
+}
+
+/// Most wrappers whose retainer paths are traced; the rest are counted in
+/// an `(other holders)` group of their class.
+const MAX_TRACED: usize = 20_000;
+
+/// Smallest ArrayBuffer backing store counted.
+const MIN_BACKING_STORE: u64 = 4096;
+
+/// Label of the `(other holders)` group.
+pub const OTHER_HOLDERS: &str = "(other holders)";
+
+/// The private symbol under which N-API keeps a wrapped object's pointer
+/// (`<symbol node:napi:wrapper>`), not the registry of private symbols
+/// that names it (`napi_wrapper`).
+fn is_napi_wrapper_key(name: Option<&str>) -> bool {
+    name.is_some_and(|n| {
+        n.starts_with("<symbol") && (n.contains("napi:wrapper") || n.contains("napi_wrapper"))
+    })
+}
+
+struct Item {
+    class: &'static str,
+    native: String,
+    wrapper: NodeIx,
+    reported: u64,
+}
+
+/// The JS object a native wrapper serves: its handle's `owner_symbol` (the
+/// stream or socket), else the handle.
+fn owner_of_handle(s: &HeapSnapshot, handle: NodeIx) -> NodeIx {
+    let t = s.types();
+    s.edges(handle)
+        .find(|e| {
+            e.ty == t.e_property
+                && s.edge_name(e).is_some_and(|n| n.contains("owner_symbol"))
+                && s.node_type(e.to) == t.object
+        })
+        .map(|e| e.to)
+        .unwrap_or(handle)
+}
+
+/// Bytes Node reports for a native wrapper: its own and its native
+/// children's (`zlib_memory`, the compression context), two levels deep.
+fn reported_bytes(s: &HeapSnapshot, i: NodeIx) -> u64 {
+    let native = s.types().native;
+    let mut total = s.self_size(i);
+    for e in s.edges(i) {
+        if s.node_type(e.to) != native || s.edge_name(&e) == Some("native_to_javascript") {
+            continue;
+        }
+        total = total.saturating_add(s.self_size(e.to));
+        for e2 in s.edges(e.to) {
+            if s.node_type(e2.to) == native
+                && e2.to != i
+                && s.edge_name(&e2) != Some("native_to_javascript")
+                && class_of_native(s.node_name(e2.to)).is_none()
+            {
+                total = total.saturating_add(s.self_size(e2.to));
+            }
+        }
+    }
+    total
+}
+
+fn collect(s: &HeapSnapshot) -> Vec<Item> {
+    let t = s.types();
+    let mut out = Vec::new();
+    for i in 1..s.node_count() as u32 {
+        let ty = s.node_type(i);
+        if ty == t.native {
+            let name = s.node_name(i);
+            if let Some(class) = class_of_native(name) {
+                let Some(handle) = s
+                    .edges(i)
+                    .find(|e| {
+                        s.edge_name(e) == Some("native_to_javascript")
+                            && s.node_type(e.to) != t.native
+                    })
+                    .map(|e| e.to)
+                else {
+                    continue;
+                };
+                out.push(Item {
+                    class,
+                    native: name.to_string(),
+                    wrapper: owner_of_handle(s, handle),
+                    reported: reported_bytes(s, i),
+                });
+            } else if name == "system / JSArrayBufferData" && s.self_size(i) >= MIN_BACKING_STORE {
+                let Some(ab) = s.retainers(i).find(|&r| s.node_name(r) == "ArrayBuffer") else {
+                    continue;
+                };
+                let view = s.retainers(ab).find(|&v| view_buffer(s, v) == Some(ab));
+                out.push(Item {
+                    class: "array-buffer",
+                    native: name.to_string(),
+                    wrapper: view.unwrap_or(ab),
+                    reported: s.self_size(i),
+                });
+            }
+        } else if ty == t.object
+            && s.edges(i).any(|e| {
+                e.ty == t.e_property
+                    && s.node_type(e.to) == t.object
+                    && is_napi_wrapper_key(s.edge_name(&e))
+            })
+        {
+            out.push(Item {
+                class: "napi",
+                native: "napi_wrap".into(),
+                wrapper: i,
+                reported: 0,
+            });
+        }
+    }
+    out
+}
+
+/// The nearest object holding the end of `path`: (label, node type, id,
+/// its index in `path`).
+fn holder_of(path: &[PathStep]) -> (String, String, u64, Option<usize>) {
+    for (k, st) in path.iter().enumerate().rev().skip(1) {
+        let internal = st.node.starts_with("system / ") || st.node.starts_with('(');
+        if st.node == "system / Context" {
+            return (
+                "a closure variable".into(),
+                st.node_type.clone(),
+                st.node_id,
+                Some(k),
+            );
+        }
+        if st.node_type == "synthetic" {
+            break;
+        }
+        if (st.node_type == "object" || st.node_type == "closure") && !internal {
+            return (st.node.clone(), st.node_type.clone(), st.node_id, Some(k));
+        }
+    }
+    ("(a GC root)".into(), "synthetic".into(), 0, None)
+}
+
+/// The name a group is known by: the path's `held_by`, indices folded, and
+/// when that is only a property of an object held without a name of its own
+/// (a Map's value, a stream's `_outBuffer`), prefixed with the name that
+/// holds that object: `compressors → DeflateRaw._outBuffer`.
+fn group_name(path: &[PathStep]) -> String {
+    let held = fold_indices(&held_by(path));
+    let (holder, _, _, at) = holder_of(path);
+    let Some(at) = at else {
+        return held;
+    };
+    if holder == "a closure variable" || holder == "global" {
+        return held;
+    }
+    let outer = fold_indices(&held_by(&path[..=at]));
+    if outer == "(internal)" || held.starts_with(&outer) {
+        return held;
+    }
+    format!("{outer} → {holder}.{held}")
+}
+
+/// Groups the snapshot's wrappers by mechanism and by the JS that holds them,
+/// largest first: at most `opts.top` per class, the rest in an
+/// [`OTHER_HOLDERS`] group.
+pub fn wrapper_groups(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<WrapperGroup> {
+    let items = collect(s);
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let dist = s.js_distances();
+    struct G {
+        group: WrapperGroup,
+        wrappers: HashMap<String, u64>,
+    }
+    let mut groups: HashMap<(&'static str, String), G> = HashMap::new();
+    let mut untraced: HashMap<&'static str, G> = HashMap::new();
+    for (k, it) in items.iter().enumerate() {
+        let wname = node_label(s, it.wrapper);
+        let new_group = |held: String, path: Vec<PathStep>| {
+            let (holder, holder_type, holder_id) = if path.is_empty() {
+                (OTHER_HOLDERS.to_string(), String::new(), 0)
+            } else {
+                let (h, ty, id, _) = holder_of(&path);
+                (h, ty, id)
+            };
+            G {
+                group: WrapperGroup {
+                    class: it.class.to_string(),
+                    native: it.native.clone(),
+                    wrapper: String::new(),
+                    count: 0,
+                    count_before: None,
+                    reported_bytes: 0,
+                    held_by: held,
+                    holder,
+                    holder_type,
+                    holder_id,
+                    holder_allocated_by: None,
+                    allocated_by: s.allocation_site(it.wrapper),
+                    example_id: s.node_id(it.wrapper),
+                    path_text: if path.is_empty() {
+                        String::new()
+                    } else {
+                        path_text(&path)
+                    },
+                    path,
+                },
+                wrappers: HashMap::new(),
+            }
+        };
+        let g = if k < MAX_TRACED {
+            let mut path = build_path_by(s, it.wrapper, opts.max_path, &dist);
+            if path.is_empty() {
+                // Held by native code only (an active handle, a pending request).
+                path = build_path(s, it.wrapper, opts.max_path);
+            }
+            let held = if path.is_empty() {
+                "(unreachable from the roots)".to_string()
+            } else {
+                group_name(&path)
+            };
+            groups
+                .entry((it.class, held.clone()))
+                .or_insert_with(|| new_group(held, path))
+        } else {
+            untraced
+                .entry(it.class)
+                .or_insert_with(|| new_group(OTHER_HOLDERS.into(), Vec::new()))
+        };
+        g.group.count += 1;
+        g.group.reported_bytes = g.group.reported_bytes.saturating_add(it.reported);
+        *g.wrappers.entry(wname).or_default() += 1;
+        if g.group.allocated_by.is_none()
+            && let Some(a) = s.allocation_site(it.wrapper)
+        {
+            g.group.allocated_by = Some(a);
+        }
+    }
+    let mut by_class: HashMap<&'static str, Vec<G>> = HashMap::new();
+    for ((class, _), g) in groups {
+        by_class.entry(class).or_default().push(g);
+    }
+    let mut out = Vec::new();
+    for (class, mut gs) in by_class {
+        gs.sort_by(|a, b| {
+            b.group
+                .count
+                .cmp(&a.group.count)
+                .then(a.group.held_by.cmp(&b.group.held_by))
+        });
+        let rest: Vec<G> = if gs.len() > opts.top {
+            gs.split_off(opts.top)
+        } else {
+            Vec::new()
+        };
+        if !rest.is_empty() || untraced.contains_key(class) {
+            let mut other = untraced.remove(class).unwrap_or_else(|| G {
+                group: WrapperGroup {
+                    held_by: OTHER_HOLDERS.into(),
+                    holder: OTHER_HOLDERS.into(),
+                    holder_type: String::new(),
+                    holder_id: 0,
+                    holder_allocated_by: None,
+                    allocated_by: None,
+                    count: 0,
+                    reported_bytes: 0,
+                    path_text: String::new(),
+                    path: Vec::new(),
+                    ..rest[0].group.clone()
+                },
+                wrappers: HashMap::new(),
+            });
+            for r in rest {
+                other.group.count += r.group.count;
+                other.group.reported_bytes = other
+                    .group
+                    .reported_bytes
+                    .saturating_add(r.group.reported_bytes);
+                for (w, c) in r.wrappers {
+                    *other.wrappers.entry(w).or_default() += c;
+                }
+            }
+            gs.push(other);
+        }
+        out.extend(gs);
+    }
+    for g in untraced.into_values() {
+        out.push(g);
+    }
+    let mut out: Vec<WrapperGroup> = out
+        .into_iter()
+        .map(|mut g| {
+            g.group.wrapper = g
+                .wrappers
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+                .map(|x| x.0)
+                .unwrap_or_default();
+            g.group
+        })
+        .collect();
+    // Holders' allocation sites, by node id.
+    let want: Vec<u64> = out
+        .iter()
+        .map(|g| g.holder_id)
+        .filter(|&id| id != 0)
+        .collect();
+    if !want.is_empty() && s.meta.n_trace.is_some() {
+        let mut site: HashMap<u64, Option<String>> = HashMap::new();
+        for i in 0..s.node_count() as u32 {
+            let id = s.node_id(i);
+            if want.contains(&id) && !site.contains_key(&id) {
+                site.insert(id, s.allocation_site(i));
+            }
+        }
+        for g in &mut out {
+            g.holder_allocated_by = site.get(&g.holder_id).cloned().flatten();
+        }
+    }
+    out.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.class.cmp(&b.class))
+            .then(a.held_by.cmp(&b.held_by))
+    });
+    out
+}
+
+/// Fills `count_before` of the end snapshot's groups from the start
+/// snapshot's: the wrappers of the same class held by the same name.
+pub fn with_baseline(end: &mut [WrapperGroup], start: &[WrapperGroup]) {
+    for g in end.iter_mut() {
+        g.count_before = Some(
+            start
+                .iter()
+                .filter(|b| b.class == g.class && b.held_by == g.held_by)
+                .map(|b| b.count)
+                .sum(),
+        );
+    }
+}
