@@ -417,3 +417,194 @@ pub fn with_baseline(end: &mut [WrapperGroup], start: &[WrapperGroup]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot built from (type, name, self size) nodes and
+    /// (from, edge type, name or index, to) edges, node 0 the root.
+    fn snapshot(nodes: &[(&str, &str, u64)], edges: &[(usize, &str, &str, usize)]) -> String {
+        let node_types = [
+            "hidden",
+            "array",
+            "object",
+            "closure",
+            "native",
+            "synthetic",
+        ];
+        let edge_types = [
+            "context", "element", "property", "internal", "hidden", "weak",
+        ];
+        let mut strings: Vec<String> = vec![String::new()];
+        let mut sid = |s: &str| match strings.iter().position(|x| x == s) {
+            Some(i) => i,
+            None => {
+                strings.push(s.to_string());
+                strings.len() - 1
+            }
+        };
+        let mut ns = Vec::new();
+        for (i, (ty, name, size)) in nodes.iter().enumerate() {
+            let count = edges.iter().filter(|e| e.0 == i).count();
+            let t = node_types.iter().position(|x| x == ty).unwrap();
+            ns.push(format!("{t},{},{},{size},{count}", sid(name), i * 2 + 1));
+        }
+        let mut es = Vec::new();
+        for i in 0..nodes.len() {
+            for e in edges.iter().filter(|e| e.0 == i) {
+                let t = edge_types.iter().position(|x| *x == e.1).unwrap();
+                let name = if e.1 == "element" || e.1 == "hidden" {
+                    e.2.parse::<usize>().unwrap()
+                } else {
+                    sid(e.2)
+                };
+                es.push(format!("{t},{name},{}", e.3 * 5));
+            }
+        }
+        let strings: Vec<String> = strings
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap())
+            .collect();
+        format!(
+            r#"{{"snapshot":{{"meta":{{"node_fields":["type","name","id","self_size","edge_count"],
+            "node_types":[{:?},"string","number","number","number"],
+            "edge_fields":["type","name_or_index","to_node"],
+            "edge_types":[{:?},"string_or_number","node"]}},
+            "node_count":{},"edge_count":{}}},
+            "nodes":[{}],"edges":[{}],"strings":[{}]}}"#,
+            node_types,
+            edge_types,
+            nodes.len(),
+            es.len(),
+            ns.join(","),
+            es.join(","),
+            strings.join(",")
+        )
+    }
+
+    /// Three DeflateRaw streams in a Map held by a closure variable, each
+    /// also reached (more directly) from Node's cleanup queue through its
+    /// native ZlibStream; two N-API-wrapped objects in an array.
+    fn zlib_and_napi() -> String {
+        let mut nodes: Vec<(&str, &str, u64)> = vec![
+            ("synthetic", "", 0),                  // 0 root
+            ("synthetic", "(GC roots)", 0),        // 1
+            ("object", "system / Context", 40),    // 2
+            ("object", "Map", 32),                 // 3
+            ("array", "", 100),                    // 4 the Map's table
+            ("native", "Node / CleanupQueue", 64), // 5
+            ("object", "Array", 32),               // 6 blocks
+        ];
+        let mut edges: Vec<(usize, &str, &str, usize)> = vec![
+            (0, "element", "1", 1),
+            (0, "element", "2", 5),
+            (1, "element", "1", 2),
+            (2, "context", "compressors", 3),
+            (2, "context", "blocks", 6),
+            (3, "internal", "table", 4),
+        ];
+        let idx = ["0", "1", "2"];
+        for k in 0..3 {
+            let base = nodes.len();
+            nodes.push(("object", "DeflateRaw", 200)); // base
+            nodes.push(("object", "Zlib", 56)); // base+1
+            nodes.push(("native", "Node / ZlibStream", 464)); // base+2
+            nodes.push(("native", "Node / zlib_memory", 284_672)); // base+3
+            edges.push((4, "internal", idx[k], base));
+            edges.push((base, "property", "_handle", base + 1));
+            edges.push((base + 1, "property", "<symbol owner_symbol>", base));
+            edges.push((base + 1, "internal", "javascript_to_native", base + 2));
+            edges.push((base + 2, "internal", "native_to_javascript", base + 1));
+            edges.push((base + 2, "internal", "zlib_memory", base + 3));
+            edges.push((5, "element", idx[k], base + 2));
+        }
+        for k in 0..2 {
+            let base = nodes.len();
+            nodes.push(("object", "Block", 24));
+            nodes.push(("object", "Object", 32)); // the External
+            edges.push((6, "element", idx[k], base));
+            edges.push((base, "property", "<symbol node:napi:wrapper>", base + 1));
+        }
+        // The registry of private symbols names the key: not a wrapper.
+        let base = nodes.len();
+        nodes.push(("object", "Object", 56));
+        nodes.push(("object", "Object", 24));
+        edges.push((2, "context", "privateSymbols", base));
+        edges.push((base, "property", "napi_wrapper", base + 1));
+        snapshot(&nodes, &edges)
+    }
+
+    #[test]
+    fn wrappers_are_grouped_by_the_js_that_holds_them() {
+        let s = HeapSnapshot::from_reader(zlib_and_napi().as_bytes()).unwrap();
+        let g = wrapper_groups(&s, &AnalyzeOptions::default());
+        assert_eq!(g.len(), 2, "{g:#?}");
+        let z = g.iter().find(|g| g.class == "zlib").unwrap();
+        assert_eq!(
+            (
+                z.count,
+                z.held_by.as_str(),
+                z.holder.as_str(),
+                z.wrapper.as_str()
+            ),
+            (3, "compressors", "Map", "DeflateRaw"),
+            "{z:#?}"
+        );
+        assert_eq!(z.reported_bytes, 3 * (464 + 284_672));
+        assert!(z.path_text.contains("compressors"), "{}", z.path_text);
+        assert!(!z.path_text.contains("CleanupQueue"), "{}", z.path_text);
+        let n = g.iter().find(|g| g.class == "napi").unwrap();
+        assert_eq!(
+            (
+                n.count,
+                n.held_by.as_str(),
+                n.holder.as_str(),
+                n.wrapper.as_str()
+            ),
+            (2, "blocks[]", "Array", "Block")
+        );
+        // Against a start snapshot that held one of each.
+        let mut end = g.clone();
+        let mut start = g.clone();
+        for x in &mut start {
+            x.count = 1;
+        }
+        with_baseline(&mut end, &start);
+        assert!(end.iter().all(|x| x.count_before == Some(1)));
+    }
+
+    #[test]
+    fn odd_wrappers_never_panic() {
+        // A ZlibStream whose native_to_javascript edge leads to a native
+        // node, one with no such edge, a backing store with no ArrayBuffer,
+        // and a wrapper reachable only through native nodes.
+        let nodes = [
+            ("synthetic", "", 0),
+            ("native", "Node / ZlibStream", 10),
+            ("native", "Node / ZlibStream", 10),
+            ("native", "system / JSArrayBufferData", 1 << 20),
+            ("native", "Node / TCPWrap", 10),
+            ("object", "TCP", 10),
+            ("object", "Socket", 10),
+        ];
+        let edges = [
+            (0, "element", "1", 1),
+            (0, "element", "2", 2),
+            (0, "element", "3", 3),
+            (0, "element", "4", 4),
+            (1, "internal", "native_to_javascript", 2),
+            (4, "internal", "native_to_javascript", 5),
+            (5, "property", "<symbol owner_symbol>", 6),
+            (6, "property", "_handle", 5),
+        ];
+        let s = HeapSnapshot::from_reader(snapshot(&nodes, &edges).as_bytes()).unwrap();
+        let g = wrapper_groups(&s, &AnalyzeOptions::default());
+        assert_eq!(g.len(), 1, "{g:#?}");
+        assert_eq!((g[0].class.as_str(), g[0].count), ("socket", 1));
+        assert_eq!(g[0].wrapper, "Socket");
+        // Empty and tiny snapshots.
+        let s = HeapSnapshot::from_reader(snapshot(&nodes[..1], &[]).as_bytes()).unwrap();
+        assert!(wrapper_groups(&s, &AnalyzeOptions::default()).is_empty());
+    }
+}
