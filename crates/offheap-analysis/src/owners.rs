@@ -268,8 +268,10 @@ pub fn owners(suspects: &[Suspect], heap: Option<&serde_json::Value>) -> Vec<Own
         }
         gs.sort_by(|a, b| b.count.cmp(&a.count).then(a.held_by.cmp(&b.held_by)));
         for g in gs.into_iter().take(PER_CLASS) {
-            // Groups with a small share of the wrappers explain little.
-            if g.count * 20 < total {
+            // Groups with a small share of the wrappers explain little; and
+            // wrappers no JS name holds (`(other holders)`, `(internal)`,
+            // `(unreachable from the roots)`) make no finding of their own.
+            if g.count * 20 < total || g.held_by.starts_with('(') || g.held_by.is_empty() {
                 continue;
             }
             let share = g.count as f64 / total as f64;
@@ -376,12 +378,13 @@ mod tests {
              "held_by": "compressors", "holder": "Map", "path_text": "(root) --compressors--> Map"},
             {"class": "zlib", "wrapper": "Gzip", "count": 100, "held_by": "old[]", "holder": "Array"},
             {"class": "zlib", "wrapper": "Gzip", "count": 1, "held_by": "x", "holder": "Object"},
+            {"class": "zlib", "wrapper": "Gzip", "count": 100, "held_by": "(other holders)", "holder": "(other holders)"},
             {"class": "tls-context", "count": 5, "held_by": "ctx", "holder": "Object"}
         ]});
         let o = owners(&suspects, Some(&heap));
         assert_eq!(o.len(), 2, "{o:#?}");
         assert_eq!(o[0].held_by, "compressors");
-        assert_eq!(o[0].native_bytes, (1000u64 << 10) * 300 / 401);
+        assert_eq!(o[0].native_bytes, (1000u64 << 10) * 300 / 501);
         assert_eq!(o[0].suspects, vec![1, 2]);
         assert!(
             o[0].text

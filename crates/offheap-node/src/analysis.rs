@@ -229,21 +229,11 @@ fn edge_label(s: &HeapSnapshot, e: &Edge) -> String {
     }
 }
 
-pub(crate) fn build_path(s: &HeapSnapshot, i: NodeIx, max: usize) -> Vec<PathStep> {
+fn build_path(s: &HeapSnapshot, i: NodeIx, max: usize) -> Vec<PathStep> {
     steps(s, s.retainer_path(i, max))
 }
 
-/// [`build_path`] along the distances `dist` (e.g. [`HeapSnapshot::js_distances`]).
-pub(crate) fn build_path_by(
-    s: &HeapSnapshot,
-    i: NodeIx,
-    max: usize,
-    dist: &[u32],
-) -> Vec<PathStep> {
-    steps(s, s.retainer_path_by(i, max, dist))
-}
-
-fn steps(s: &HeapSnapshot, path: Vec<(NodeIx, Edge)>) -> Vec<PathStep> {
+pub(crate) fn steps(s: &HeapSnapshot, path: Vec<(NodeIx, Edge)>) -> Vec<PathStep> {
     path.into_iter()
         .map(|(_, e)| PathStep {
             edge_type: s.edge_type_name(&e).to_string(),
@@ -308,7 +298,11 @@ pub fn held_by(path: &[PathStep]) -> String {
         };
         match st.edge_type.as_str() {
             "element" if owner_ty != "synthetic" => {
-                suffix = format!("{}{}", st.edge, suffix);
+                suffix = if suffix.is_empty() || suffix.starts_with('[') {
+                    format!("{}{suffix}", st.edge)
+                } else {
+                    format!("{}.{suffix}", st.edge)
+                };
                 continue;
             }
             "property" => {
@@ -1482,6 +1476,9 @@ mod tests {
             step("element", "[3]", "Buffer"),
         ];
         assert_eq!(held_by(&p), "kept[3]");
+        let mut q = p.clone();
+        q.push(step("property", "._outBuffer", "Buffer"));
+        assert_eq!(held_by(&q), "kept[3]._outBuffer");
         let p = vec![
             step("context", "cache (closure variable)", "Map"),
             step("internal", "{table}", "x"),

@@ -1451,31 +1451,52 @@ impl HeapSnapshot {
     /// essential edges that do not leave a native (embedder) node: the
     /// JavaScript side of the graph. Node's own C++ objects (cleanup queues,
     /// handle wraps) reach every wrapper they own; these distances find the
-    /// JS that holds it instead. `u32::MAX`: a native node, or reachable
-    /// only through native nodes.
+    /// JS that holds it instead. `u32::MAX`: an embedder node (`native`, or
+    /// `synthetic` named `Node / …`), or reachable only through them.
     pub fn js_distances(&self) -> Vec<u32> {
         let n = self.node_count();
         let native = self.meta.t_native;
+        let synthetic = self.meta.t_synthetic;
+        // Node reports active handles as synthetic roots named `Node / …`.
+        let embedder = |i: u32| {
+            let ty = self.node_type(i);
+            ty == native || (ty == synthetic && self.node_name(i).starts_with("Node / "))
+        };
         let mut dist = vec![u32::MAX; n];
         if n == 0 {
             return dist;
         }
+        // `(Global handles)` last: what JS holds is named before what native
+        // code holds through a persistent handle (an active socket's handle).
+        let handles = (0..n as u32)
+            .find(|&i| self.node_type(i) == synthetic && self.node_name(i) == "(Global handles)");
         let mut queue: Vec<u32> = Vec::with_capacity(1024);
         dist[0] = 0;
         queue.push(0);
         let mut head = 0;
-        while head < queue.len() {
-            let u = queue[head];
-            head += 1;
-            let d = dist[u as usize].saturating_add(1);
-            for e in self.edges(u) {
-                if self.is_essential(u, e.ty)
-                    && dist[e.to as usize] == u32::MAX
-                    && self.node_type(e.to) != native
-                {
-                    dist[e.to as usize] = d;
-                    queue.push(e.to);
+        loop {
+            while head < queue.len() {
+                let u = queue[head];
+                head += 1;
+                let d = dist[u as usize].saturating_add(1);
+                for e in self.edges(u) {
+                    if self.is_essential(u, e.ty)
+                        && dist[e.to as usize] == u32::MAX
+                        && !embedder(e.to)
+                        && Some(e.to) != handles
+                    {
+                        dist[e.to as usize] = d;
+                        queue.push(e.to);
+                    }
                 }
+            }
+            match handles {
+                Some(h) if dist[h as usize] == u32::MAX => {
+                    let far = queue.iter().map(|&q| dist[q as usize]).max().unwrap_or(0);
+                    dist[h as usize] = far.saturating_add(1);
+                    queue.push(h);
+                }
+                _ => break,
             }
         }
         dist

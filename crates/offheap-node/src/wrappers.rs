@@ -28,21 +28,38 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::analysis::{
-    AnalyzeOptions, PathStep, build_path, build_path_by, fold_indices, held_by, node_label,
-    path_text, view_buffer,
+    AnalyzeOptions, PathStep, fold_indices, held_by, node_label, path_text, steps, view_buffer,
 };
 use crate::heapsnapshot::{HeapSnapshot, NodeIx};
 
 /// The mechanism class of an embedder node, from its name.
+/// Node 20 names them `ZlibStream`, `BrotliCompressionStream`,
+/// `SecureContext`, `TLSWrap`, `TCPSocketWrap`, `TCPServerWrap`, …
 pub fn class_of_native(name: &str) -> Option<&'static str> {
-    match name.strip_prefix("Node / ")? {
-        "ZlibStream" => Some("zlib"),
-        "BrotliEncoderStream" | "BrotliDecoderStream" => Some("brotli"),
-        "SecureContext" => Some("tls-context"),
-        "TLSWrap" => Some("tls-socket"),
-        "TCPWrap" | "PipeWrap" | "UDPWrap" => Some("socket"),
-        _ => None,
+    let n = name.strip_prefix("Node / ")?;
+    if n == "ZlibStream" {
+        Some("zlib")
+    } else if n.starts_with("Brotli") && n.ends_with("Stream") {
+        Some("brotli")
+    } else if n == "SecureContext" {
+        Some("tls-context")
+    } else if n == "TLSWrap" {
+        Some("tls-socket")
+    } else if (n.starts_with("TCP") || n.starts_with("Pipe") || n.starts_with("UDP"))
+        && n.ends_with("Wrap")
+    {
+        Some("socket")
+    } else {
+        None
     }
+}
+
+/// An embedder node: `native`, or `synthetic` with a `Node / ` name (Node
+/// reports active handles, such as sockets, as roots of the embedder graph).
+pub fn is_embedder(s: &HeapSnapshot, i: NodeIx) -> bool {
+    let t = s.types();
+    let ty = s.node_type(i);
+    ty == t.native || (ty == t.synthetic && s.node_name(i).starts_with("Node / "))
 }
 
 /// Wrappers of one mechanism held by the same JS (`summary.json`
@@ -100,7 +117,18 @@ struct Item {
     class: &'static str,
     native: String,
     wrapper: NodeIx,
+    /// The wrapper is a bare handle (no `owner_symbol`): the object that
+    /// holds it as `.context`/`._handle` is the one the program sees.
+    bare_handle: bool,
     reported: u64,
+}
+
+/// Properties through which Node's JS classes hold their native handle.
+fn is_handle_property(name: Option<&str>) -> bool {
+    name.is_some_and(|n| {
+        matches!(n, "context" | "_handle" | "handle" | "_context")
+            || (n.starts_with("<symbol") && n.contains("kHandle"))
+    })
 }
 
 /// The JS object a native wrapper serves: its handle's `owner_symbol` (the
@@ -120,15 +148,14 @@ fn owner_of_handle(s: &HeapSnapshot, handle: NodeIx) -> NodeIx {
 /// Bytes Node reports for a native wrapper: its own and its native
 /// children's (`zlib_memory`, the compression context), two levels deep.
 fn reported_bytes(s: &HeapSnapshot, i: NodeIx) -> u64 {
-    let native = s.types().native;
     let mut total = s.self_size(i);
     for e in s.edges(i) {
-        if s.node_type(e.to) != native || s.edge_name(&e) == Some("native_to_javascript") {
+        if !is_embedder(s, e.to) || s.edge_name(&e) == Some("native_to_javascript") {
             continue;
         }
         total = total.saturating_add(s.self_size(e.to));
         for e2 in s.edges(e.to) {
-            if s.node_type(e2.to) == native
+            if is_embedder(s, e2.to)
                 && e2.to != i
                 && s.edge_name(&e2) != Some("native_to_javascript")
                 && class_of_native(s.node_name(e2.to)).is_none()
@@ -145,23 +172,24 @@ fn collect(s: &HeapSnapshot) -> Vec<Item> {
     let mut out = Vec::new();
     for i in 1..s.node_count() as u32 {
         let ty = s.node_type(i);
-        if ty == t.native {
+        if is_embedder(s, i) {
             let name = s.node_name(i);
             if let Some(class) = class_of_native(name) {
                 let Some(handle) = s
                     .edges(i)
                     .find(|e| {
-                        s.edge_name(e) == Some("native_to_javascript")
-                            && s.node_type(e.to) != t.native
+                        s.edge_name(e) == Some("native_to_javascript") && !is_embedder(s, e.to)
                     })
                     .map(|e| e.to)
                 else {
                     continue;
                 };
+                let wrapper = owner_of_handle(s, handle);
                 out.push(Item {
                     class,
                     native: name.to_string(),
-                    wrapper: owner_of_handle(s, handle),
+                    wrapper,
+                    bare_handle: wrapper == handle,
                     reported: reported_bytes(s, i),
                 });
             } else if name == "system / JSArrayBufferData" && s.self_size(i) >= MIN_BACKING_STORE {
@@ -173,6 +201,7 @@ fn collect(s: &HeapSnapshot) -> Vec<Item> {
                     class: "array-buffer",
                     native: name.to_string(),
                     wrapper: view.unwrap_or(ab),
+                    bare_handle: false,
                     reported: s.self_size(i),
                 });
             }
@@ -187,6 +216,7 @@ fn collect(s: &HeapSnapshot) -> Vec<Item> {
                 class: "napi",
                 native: "napi_wrap".into(),
                 wrapper: i,
+                bare_handle: false,
                 reported: 0,
             });
         }
@@ -231,7 +261,14 @@ fn group_name(path: &[PathStep]) -> String {
         return held;
     }
     let outer = fold_indices(&held_by(&path[..=at]));
-    if outer == "(internal)" || held.starts_with(&outer) {
+    // Not when the holder is held by a GC root itself (`a global handle
+    // (native code)`): its name says nothing more.
+    if outer == "(internal)"
+        || held.starts_with(&outer)
+        || outer.starts_with("a ")
+        || outer.contains(" (in ")
+        || held.contains(" (in ")
+    {
         return held;
     }
     format!("{outer} → {holder}.{held}")
@@ -245,6 +282,7 @@ pub fn wrapper_groups(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<WrapperGro
     if items.is_empty() {
         return Vec::new();
     }
+    let t = s.types();
     let dist = s.js_distances();
     struct G {
         group: WrapperGroup,
@@ -253,7 +291,25 @@ pub fn wrapper_groups(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<WrapperGro
     let mut groups: HashMap<(&'static str, String), G> = HashMap::new();
     let mut untraced: HashMap<&'static str, G> = HashMap::new();
     for (k, it) in items.iter().enumerate() {
-        let wname = node_label(s, it.wrapper);
+        let mut wrapper = it.wrapper;
+        let mut raw = Vec::new();
+        if k < MAX_TRACED {
+            raw = s.retainer_path_by(wrapper, opts.max_path, &dist);
+            if raw.is_empty() {
+                // Held by native code only (an active handle, a pending request).
+                raw = s.retainer_path(wrapper, opts.max_path);
+            }
+            if it.bare_handle
+                && let Some(&(r, e)) = raw.last()
+                && e.ty == t.e_property
+                && is_handle_property(s.edge_name(&e))
+                && s.node_type(r) == t.object
+            {
+                wrapper = r;
+                raw.pop();
+            }
+        }
+        let wname = node_label(s, wrapper);
         let new_group = |held: String, path: Vec<PathStep>| {
             let (holder, holder_type, holder_id) = if path.is_empty() {
                 (OTHER_HOLDERS.to_string(), String::new(), 0)
@@ -274,8 +330,8 @@ pub fn wrapper_groups(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<WrapperGro
                     holder_type,
                     holder_id,
                     holder_allocated_by: None,
-                    allocated_by: s.allocation_site(it.wrapper),
-                    example_id: s.node_id(it.wrapper),
+                    allocated_by: s.allocation_site(wrapper),
+                    example_id: s.node_id(wrapper),
                     path_text: if path.is_empty() {
                         String::new()
                     } else {
@@ -287,11 +343,7 @@ pub fn wrapper_groups(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<WrapperGro
             }
         };
         let g = if k < MAX_TRACED {
-            let mut path = build_path_by(s, it.wrapper, opts.max_path, &dist);
-            if path.is_empty() {
-                // Held by native code only (an active handle, a pending request).
-                path = build_path(s, it.wrapper, opts.max_path);
-            }
+            let path = steps(s, std::mem::take(&mut raw));
             let held = if path.is_empty() {
                 "(unreachable from the roots)".to_string()
             } else {
@@ -309,7 +361,7 @@ pub fn wrapper_groups(s: &HeapSnapshot, opts: &AnalyzeOptions) -> Vec<WrapperGro
         g.group.reported_bytes = g.group.reported_bytes.saturating_add(it.reported);
         *g.wrappers.entry(wname).or_default() += 1;
         if g.group.allocated_by.is_none()
-            && let Some(a) = s.allocation_site(it.wrapper)
+            && let Some(a) = s.allocation_site(wrapper)
         {
             g.group.allocated_by = Some(a);
         }
@@ -584,7 +636,7 @@ mod tests {
             ("native", "Node / ZlibStream", 10),
             ("native", "Node / ZlibStream", 10),
             ("native", "system / JSArrayBufferData", 1 << 20),
-            ("native", "Node / TCPWrap", 10),
+            ("synthetic", "Node / TCPSocketWrap", 10),
             ("object", "TCP", 10),
             ("object", "Socket", 10),
         ];
