@@ -262,7 +262,8 @@ pub fn owners(suspects: &[Suspect], heap: Option<&serde_json::Value>) -> Vec<Own
             .iter()
             .filter(|g| &g.class == class && g.count > 0)
             .collect();
-        let total: u64 = gs.iter().map(|g| g.count).sum();
+        // Saturating: heap.json is read back from the recording.
+        let total: u64 = gs.iter().fold(0u64, |a, g| a.saturating_add(g.count));
         if total == 0 {
             continue;
         }
@@ -271,11 +272,15 @@ pub fn owners(suspects: &[Suspect], heap: Option<&serde_json::Value>) -> Vec<Own
             // Groups with a small share of the wrappers explain little; and
             // wrappers no JS name holds (`(other holders)`, `(internal)`,
             // `(unreachable from the roots)`) make no finding of their own.
-            if g.count * 20 < total || g.held_by.starts_with('(') || g.held_by.is_empty() {
+            if g.count.saturating_mul(20) < total
+                || g.held_by.starts_with('(')
+                || g.held_by.is_empty()
+            {
                 continue;
             }
             let share = g.count as f64 / total as f64;
-            let native_bytes = (c.bytes as u128 * g.count as u128 / total as u128) as u64;
+            let native_bytes =
+                (c.bytes as u128 * g.count.min(total) as u128 / total as u128) as u64;
             let (noun, memory) = words(class, &g.wrapper, g.count, &c.modules);
             let created = g
                 .holder_allocated_by
@@ -400,5 +405,13 @@ mod tests {
         assert!(owners(&s1, Some(&bad)).is_empty());
         assert!(owners(&s1, Some(&serde_json::json!({"native_wrappers": "x"}))).is_empty());
         assert!(owners(&s1, None).is_empty());
+        // Absurd counts read back from a damaged heap.json do not overflow.
+        let huge = serde_json::json!({"native_wrappers": [
+            {"class": "zlib", "count": u64::MAX, "count_before": 1, "held_by": "a", "holder": "Map"},
+            {"class": "zlib", "count": u64::MAX, "held_by": "b", "holder": "Map"}
+        ]});
+        let o = owners(&s1, Some(&huge));
+        assert_eq!(o.len(), 2);
+        assert!(o.iter().all(|x| x.native_bytes <= 900 << 10));
     }
 }
