@@ -299,3 +299,67 @@ fn zlib_streams_destroyed_have_no_owner() {
         describe(&out, &s)
     );
 }
+
+/// TLS contexts created per call and kept in an array: their OpenSSL state
+/// (SSL_CTX) is tied to the array.
+const TLS_CONTEXTS: &str = r#"
+const tls = require('tls');
+const fs = require('fs');
+const contexts = [];
+function makeContext() { contexts.push(tls.createSecureContext({})); }
+const t = setInterval(() => { for (let k = 0; k < 20; k++) makeContext(); }, 50);
+process.on('SIGINT', () => {
+  clearInterval(t);
+  fs.writeFileSync('count.txt', String(contexts.length));
+  process.exit(0);
+});
+"#;
+
+#[test]
+fn tls_contexts_in_an_array_are_tied_to_the_array() {
+    let sb = Sandbox::new();
+    sb.write("app.js", TLS_CONTEXTS);
+    let out = output_within(
+        offheap().current_dir(sb.dir.path()).args([
+            "run",
+            "--quiet",
+            "--out",
+            "rec",
+            "--snapshots",
+            "--duration",
+            "7s",
+            "--min-age",
+            "2s",
+            "--",
+            "node",
+            "app.js",
+        ]),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let s = summary(&sb.path("rec"));
+    let truth: u64 = std::fs::read_to_string(sb.path("count.txt"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let owners = owners_of(&s);
+    let f = owners
+        .iter()
+        .find(|o| o["class"] == "tls-context")
+        .unwrap_or_else(|| {
+            panic!(
+                "no tls-context owner; owners {owners:#?}\nwrappers {:#}\n{}",
+                s["heap"]["native_wrappers"],
+                describe(&out, &s)
+            )
+        });
+    assert_eq!(f["held_by"], "contexts[]", "{f:#}");
+    assert_eq!(f["wrapper"], "SecureContext", "{f:#}");
+    let count = f["count"].as_u64().unwrap();
+    assert!(
+        count <= truth && count * 10 >= truth * 8,
+        "count {count}, true count {truth}: {f:#}"
+    );
+    assert!(f["native_bytes"].as_u64().unwrap() > 1 << 20, "{f:#}");
+}
