@@ -268,6 +268,10 @@ struct StackFigures {
     slope: f64,
 }
 
+/// How steady (Kendall's tau) a stack's live bytes must rise in a window
+/// too short for the aged counter.
+const SHORT_WINDOW_TAU: f64 = 0.7;
+
 /// Per-stack growth, counting only allocations that survived `min_age`:
 /// the agent's aged counter at time t + min_age is "bytes allocated before t
 /// and still live at t + min_age", so the series (t, aged(t + min_age)) rises
@@ -313,9 +317,22 @@ fn stack_figures(
                 let tr = trend(&pts);
                 if tr.tau > 0.0 { tr.slope } else { 0.0 }
             } else {
-                // Too short for the shift: what survived to the end, aged, beyond what was live at the start.
-                let span = (t(last) - t_first).max(1e-9);
-                (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span
+                // Too short for the shift (a window under min_age plus three
+                // snapshots): the aged counter cannot tell kept memory from
+                // young garbage yet, so the live bytes must rise steadily
+                // instead, snapshot after snapshot, which churn does not.
+                let pts: Vec<(f64, f64)> = snaps
+                    .iter()
+                    .step_by((snaps.len() / 64).max(1))
+                    .map(|&i| (t(i), s.at(i).live_bytes as f64))
+                    .collect();
+                let tr = trend(&pts);
+                if pts.len() >= 4 && tr.tau >= SHORT_WINDOW_TAU {
+                    tr.slope
+                } else {
+                    let span = (t(last) - t_first).max(1e-9);
+                    (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span
+                }
             };
             StackFigures {
                 stack: s.stack,
@@ -412,6 +429,34 @@ fn merge_by_frames(
         .collect()
 }
 
+/// Notes on the streams whose last point is well before the recording's
+/// end: /proc sampling stops when offheap itself is killed, while the
+/// target and its agents may go on; the verdict then rests on the others.
+fn streams_that_stopped_early(tl: &Timeline) -> Vec<String> {
+    let streams = [
+        ("rss", "/proc sampling (RSS)"),
+        ("heap_used", "the JS agent's telemetry"),
+        ("native_live", "the native agent's stream"),
+    ];
+    let ends: Vec<(&str, f64)> = streams
+        .iter()
+        .filter_map(|&(series, what)| {
+            let last = tl.series(series)?.points.last()?.0;
+            Some((what, last))
+        })
+        .collect();
+    let latest = ends.iter().map(|e| e.1).fold(0.0, f64::max);
+    let slack = (0.1 * latest).max(2.0);
+    ends.iter()
+        .filter(|e| e.1 + slack < latest)
+        .map(|(what, last)| {
+            format!(
+                "{what} stopped at {last:.1} s while other streams went on to {latest:.1} s (offheap killed?): the verdict rests on the streams that cover the window"
+            )
+        })
+        .collect()
+}
+
 /// The whole analysis.
 pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     // Symbolize every stack once, up front: the verdict must not count the
@@ -452,7 +497,10 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         .into_iter()
         .filter(|p| stop.is_none_or(|s| p.0 <= s))
         .collect();
-    let ev = Evidence::from_timeline(judged_tl, &post_gc, exit_gc, rec.meta.node);
+    let mut ev = Evidence::from_timeline(judged_tl, &post_gc, exit_gc, rec.meta.node);
+    if let Some(n) = native {
+        ev.native_sampling = n.sample_interval as f64;
+    }
     let verdict = decide(&ev);
     let growth = ev.growth();
     let max_of = |name: &str| {
@@ -467,6 +515,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         native_live: max_of("native_live"),
     };
     let mut notes = rec.notes.clone();
+    notes.extend(streams_that_stopped_early(&tl));
     if let Some(s) = stop
         && tl.duration - s >= 0.5
     {

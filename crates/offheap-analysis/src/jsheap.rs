@@ -91,6 +91,12 @@ pub fn suspects(
         if profiles.len() < MIN_PROFILES {
             continue;
         }
+        // The at-exit profile describes teardown (a script whose timers
+        // ended lets its caches go before exit): like the native at-exit
+        // snapshot, it is left out when enough others remain.
+        if profiles.iter().filter(|p| !p.exit).count() >= MIN_PROFILES {
+            profiles.retain(|p| !p.exit);
+        }
         // stack -> (t, bytes, samples) at each profile, 0 when absent.
         let n = profiles.len();
         let mut sites: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();

@@ -141,6 +141,10 @@ pub struct HeapProfile {
     pub interval: u64,
     /// `[stack id, live bytes, live samples]`.
     pub sites: Vec<(u32, u64, u64)>,
+    /// Taken at the process's normal exit, after its forced GC: it
+    /// describes teardown (timers cleared, module state let go).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exit: bool,
 }
 
 /// `snapshot`: a heap snapshot written by the agent into the recording.

@@ -155,7 +155,7 @@
           samplingInterval: cfg.heapSampleBytes, stackDepth: 64,
         });
         heap.on = true;
-        heap.last = nowMs();
+        heap.last = heap.started = nowMs();
       } catch (e) {
         record({ type: 'note', t: nowMs(), text: 'heap sampling unavailable: ' + String(e && e.message) });
         heap.on = false;
@@ -174,7 +174,9 @@
       }
       return id;
     }
-    function heapProfile() {
+    // atExit: taken after the exit's forced GC, describing teardown (the
+    // analysis leaves it out when it has enough others).
+    function heapProfile(atExit) {
       if (!heap.on || !session) return;
       let profile;
       try {
@@ -202,7 +204,9 @@
         for (const c of node.children || []) walk(c, here);
       };
       try { walk(profile.head, []); } catch (_) { return; }
-      record({ type: 'heap_profile', t: nowMs(), interval: cfg.heapSampleBytes, sites });
+      const rec = { type: 'heap_profile', t: nowMs(), interval: cfg.heapSampleBytes, sites };
+      if (atExit) rec.exit = true;
+      record(rec);
     }
 
     // ---- heap snapshots, taken here on request -------------------------
@@ -408,7 +412,10 @@
           return;
         }
         startHeapSampling();
-        if (heap.on && nowMs() - heap.last >= heap.periodMs) {
+        // Every 500 ms at first, slowing to every periodMs: a short run
+        // still gets enough profiles for a trend, a long one stays cheap.
+        const period = Math.min(heap.periodMs, Math.max(500, (nowMs() - heap.started) / 8));
+        if (heap.on && nowMs() - heap.last >= period) {
           heap.last = nowMs();
           heapProfile();
         }
@@ -488,7 +495,7 @@
         // Skipped for very large heaps, where a full GC would delay the exit noticeably.
         if (isMain && cfg.mode !== 'attach' && memoryUsage().heapUsed < 1024 * 1024 * 1024) fullGc();
       } catch (_) { /* ignore */ }
-      try { heapProfile(); } catch (_) { /* ignore */ }
+      try { heapProfile(true); } catch (_) { /* ignore */ }
       try {
         if (isMain && cfg.snapshots && startHeap && !state.endTaken) {
           const m = memoryUsage();

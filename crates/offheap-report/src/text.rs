@@ -238,8 +238,10 @@ fn suspect_text(o: &mut String, s: &Suspect) {
         }
     }
     // The native mechanism beside the JS owner: the innermost native frame.
+    // Said once: not when the owner line above already names it.
     if s.js.is_some()
         && let Some(f) = s.frames.first().filter(|f| f.kind == FrameKind::Native)
+        && !(f.function == s.function && f.module == s.module)
     {
         let _ = writeln!(
             o,

@@ -269,6 +269,110 @@ fn offheap_killed_with_sigkill_leaves_a_readable_recording() {
     assert!(out.contains("truncated"), "{out}");
 }
 
+/// Issue 18.3: offheap killed. The target it launched gets SIGTERM (the
+/// parent-death signal) instead of running on unwatched; one that ignores
+/// SIGTERM goes on leaking with its native agent writing, and `report`
+/// judges from the streams that cover the window (it said "none", "too
+/// short", beside a +9 MiB/s suspect) and says which stream stopped early.
+#[test]
+fn offheap_killed_the_target_gets_sigterm_and_report_judges_the_streams_that_went_on() {
+    let sb = Sandbox::new();
+    let obedient = sb.gcc(
+        "obedient.c",
+        r#"#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+static void on(int s) { FILE *f = fopen("got-sigterm", "w"); if (f) fclose(f); _exit(0); }
+int main(void) { signal(SIGTERM, on); for (int i = 0; i < 600; i++) usleep(50000); return 0; }
+"#,
+        "obedient",
+        &[],
+    );
+    let mut child = offheap()
+        .current_dir(sb.dir.path())
+        .args(["run", "--quiet", "--out", "rec", "--"])
+        .arg(&obedient)
+        .spawn()
+        .unwrap();
+    wait_for_pid(&sb);
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = Instant::now();
+    while !sb.path("got-sigterm").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the target never got SIGTERM when offheap died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let stubborn = sb.gcc(
+        "stubborn.c",
+        r#"#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((noinline)) void *keep_record(size_t n) { void *p = malloc(n); memset(p, 1, n); return p; }
+int main(void) {
+  signal(SIGTERM, SIG_IGN);
+  for (int i = 0; i < 320; i++) { keep_record(256 << 10); usleep(25000); }
+  return 0;
+}
+"#,
+        "stubborn",
+        &[],
+    );
+    let mut child = offheap()
+        .current_dir(sb.dir.path())
+        .args(["run", "--quiet", "--out", "rec2", "--"])
+        .arg(&stubborn)
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !sb.path("rec2/recording.json").exists() {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pid: u32 = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(sb.path("rec2/recording.json")).unwrap(),
+    )
+    .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    // It ignores SIGTERM and finishes its 8 s of leaking.
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}/exe")).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "target still running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rep = offheap()
+        .args(["report", "--json"])
+        .arg(sb.path("rec2"))
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
+    assert_eq!(s["verdict"]["primary"], "native", "{:#}", s["verdict"]);
+    assert!(
+        s["suspects"][0]["function"] == "keep_record",
+        "{:#}",
+        s["suspects"]
+    );
+    assert!(
+        s["notes"]
+            .to_string()
+            .contains("/proc sampling (RSS) stopped at"),
+        "{:#}",
+        s["notes"]
+    );
+}
+
 fn wait_for_pid(sb: &Sandbox) -> u32 {
     let t = Instant::now();
     loop {
