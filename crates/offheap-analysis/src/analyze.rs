@@ -634,6 +634,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     for (i, s) in suspects.iter_mut().enumerate() {
         s.rank = i as u32 + 1;
     }
+    let owners = crate::owners::owners(&suspects, rec.heap.as_ref());
     Model {
         meta: rec.meta.clone(),
         end: rec.end.clone(),
@@ -644,6 +645,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         suspects,
         profile,
         heap: rec.heap.clone(),
+        owners,
         notes,
     }
 }

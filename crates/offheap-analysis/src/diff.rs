@@ -121,6 +121,7 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
             window: b.profile.window,
         },
         heap: None,
+        owners: Vec::new(),
         notes,
     }
 }

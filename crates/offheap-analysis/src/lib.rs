@@ -6,6 +6,7 @@ mod analyze;
 pub mod diff;
 mod jsheap;
 pub mod model;
+pub mod owners;
 pub mod stats;
 pub mod summary;
 pub mod suspects;
@@ -14,3 +15,4 @@ pub mod verdict;
 
 pub use analyze::{Options, analyze, timeline, warmup};
 pub use model::*;
+pub use owners::OwnerFinding;

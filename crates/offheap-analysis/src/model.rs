@@ -205,6 +205,10 @@ pub struct Model {
     pub profile: Profile,
     /// Heap-snapshot findings (`summary.json` `heap`), if snapshots were taken.
     pub heap: Option<serde_json::Value>,
+    /// Native bytes tied to the JS that holds them (suspects joined with
+    /// the snapshot's native wrappers), largest first.
+    #[serde(default)]
+    pub owners: Vec<crate::owners::OwnerFinding>,
     /// What was skipped or looks odd; shown to the user.
     pub notes: Vec<String>,
 }

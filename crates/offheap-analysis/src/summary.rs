@@ -18,6 +18,10 @@ pub struct Summary<'a> {
     pub suspects: Vec<SummarySuspect<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heap: Option<&'a serde_json::Value>,
+    /// Native bytes tied to the JS that holds them; present when heap
+    /// snapshots were taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owners: Option<&'a [crate::owners::OwnerFinding]>,
     pub notes: &'a [String],
 }
 
@@ -48,6 +52,9 @@ pub struct SummarySuspect<'a> {
     /// The JS thread (0: main) whose heap a js-heap suspect is in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thread: Option<u32>,
+    /// Indices into `owners` of the findings that explain this suspect's bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<usize>,
     pub frames: Vec<SummaryFrame<'a>>,
 }
 
@@ -108,6 +115,13 @@ impl Model {
                     kind: s.kind.as_str(),
                     js: s.js.as_ref(),
                     thread: s.thread,
+                    owners: self
+                        .owners
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, o)| o.suspects.contains(&s.rank))
+                        .map(|(i, _)| i)
+                        .collect(),
                     frames: s
                         .frames
                         .iter()
@@ -122,6 +136,7 @@ impl Model {
                 })
                 .collect(),
             heap: self.heap.as_ref(),
+            owners: self.heap.as_ref().map(|_| self.owners.as_slice()),
             notes: &self.notes,
         }
     }

@@ -306,7 +306,7 @@
         try { writeSync(vfd, stringify(geo)); } finally { closeSync(vfd); }
         fs.renameSync(partial, final);
         const m = memoryUsage();
-        if (name === 'start') startHeap = { heap: m.heapUsed, external: m.external };
+        if (name === 'start') startHeap = { heap: m.heapUsed, external: m.external, rss: m.rss };
         if (name === 'end') state.endTaken = true;
         record({
           type: 'snapshot', t: t0, name, request, file: base, bytes, views: geo.views.length,
@@ -499,7 +499,7 @@
     // When the main isolate exits normally: one full GC, so that the end of
     // the recording has a true "retained after GC" figure (a short run may
     // never see a natural mark-compact), a last heap profile, and with
-    // --snapshots the end snapshot, when the heap or external memory grew
+    // --snapshots the end snapshot, when the heap, external memory or RSS grew
     // since the start snapshot and the heap is small enough to write in a
     // bounded time. The process is already exiting with its own code:
     // nothing observable to the program changes.
@@ -514,8 +514,9 @@
           const m = memoryUsage();
           const grew = (now, then) => now - then > Math.max(8 << 20, then / 10);
           const limit = cfg.exitSnapshotMaxHeap || 256 * 1024 * 1024;
-          if (!(grew(m.heapUsed, startHeap.heap) || grew(m.external, startHeap.external))) {
-            record({ type: 'note', t: nowMs(), text: 'no end heap snapshot at exit: neither the JS heap nor external memory grew since the start snapshot' });
+          // RSS too: the snapshot's native wrappers tie a native leak to its JS holders.
+          if (!(grew(m.heapUsed, startHeap.heap) || grew(m.external, startHeap.external) || grew(m.rss, startHeap.rss || m.rss))) {
+            record({ type: 'note', t: nowMs(), text: 'no end heap snapshot at exit: neither the JS heap, external memory nor RSS grew since the start snapshot' });
           } else if (m.heapUsed > limit) {
             record({ type: 'note', t: nowMs(), text: 'no end heap snapshot at exit: the heap (' + m.heapUsed + ' bytes) is over the ' + limit + '-byte bound' });
           } else {

@@ -169,6 +169,9 @@ pub struct SnapshotReport {
     pub top_retainers: Vec<RetainerFinding>,
     pub external: Vec<ExternalGroup>,
     pub hostage_buffers: Vec<HostageGroup>,
+    /// Native objects (zlib streams, TLS contexts, sockets, N-API wraps,
+    /// backing stores) grouped by the JS that holds them.
+    pub native_wrappers: Vec<crate::wrappers::WrapperGroup>,
     pub constructors: Vec<ConstructorStat>,
     pub warnings: Vec<String>,
 }
@@ -227,8 +230,11 @@ fn edge_label(s: &HeapSnapshot, e: &Edge) -> String {
 }
 
 fn build_path(s: &HeapSnapshot, i: NodeIx, max: usize) -> Vec<PathStep> {
-    s.retainer_path(i, max)
-        .into_iter()
+    steps(s, s.retainer_path(i, max))
+}
+
+pub(crate) fn steps(s: &HeapSnapshot, path: Vec<(NodeIx, Edge)>) -> Vec<PathStep> {
+    path.into_iter()
         .map(|(_, e)| PathStep {
             edge_type: s.edge_type_name(&e).to_string(),
             edge: edge_label(s, &e),
@@ -292,7 +298,11 @@ pub fn held_by(path: &[PathStep]) -> String {
         };
         match st.edge_type.as_str() {
             "element" if owner_ty != "synthetic" => {
-                suffix = format!("{}{}", st.edge, suffix);
+                suffix = if suffix.is_empty() || suffix.starts_with('[') {
+                    format!("{}{suffix}", st.edge)
+                } else {
+                    format!("{}.{suffix}", st.edge)
+                };
                 continue;
             }
             "property" => {
@@ -342,7 +352,7 @@ pub fn held_by(path: &[PathStep]) -> String {
 }
 
 /// `kept[3]` → `kept[]`.
-fn fold_indices(s: &str) -> String {
+pub(crate) fn fold_indices(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut in_idx = false;
     for c in s.chars() {
@@ -404,7 +414,7 @@ fn retained_external(s: &HeapSnapshot) -> Vec<u64> {
 }
 
 /// A view: an object with an internal `buffer` edge to an ArrayBuffer.
-fn view_buffer(s: &HeapSnapshot, v: NodeIx) -> Option<NodeIx> {
+pub(crate) fn view_buffer(s: &HeapSnapshot, v: NodeIx) -> Option<NodeIx> {
     let t = s.types();
     if s.node_type(v) != t.object {
         return None;
@@ -567,6 +577,7 @@ pub fn analyze(
     let top_retainers = top_retainers(s, opts, &ext);
     let external = external_groups(s, opts);
     let hostage_buffers = hostages(s, opts, geometry);
+    let native_wrappers = crate::wrappers::wrapper_groups(s, opts);
 
     SnapshotReport {
         source: source.to_string(),
@@ -582,6 +593,7 @@ pub fn analyze(
         top_retainers,
         external,
         hostage_buffers,
+        native_wrappers,
         constructors,
         warnings: s.warnings.clone(),
     }
@@ -1012,6 +1024,33 @@ impl SnapshotReport {
                 t(&g.holder)
             );
         }
+        if !self.native_wrappers.is_empty() {
+            let _ = writeln!(o, "\nNative objects by JS holder:");
+            for g in self.native_wrappers.iter().take(15) {
+                let _ = writeln!(
+                    o,
+                    "  {:>8}  {} {} ({}) held by `{}` ({}){}{}",
+                    g.count,
+                    t(&g.wrapper),
+                    t(&g.class),
+                    t(&g.native),
+                    t(&g.held_by),
+                    t(&g.holder),
+                    if g.reported_bytes > 0 {
+                        format!(", {} reported", human(g.reported_bytes))
+                    } else {
+                        String::new()
+                    },
+                    g.allocated_by
+                        .as_ref()
+                        .map(|a| format!(", allocated in {}", t(a)))
+                        .unwrap_or_default()
+                );
+                if !g.path_text.is_empty() {
+                    let _ = writeln!(o, "            {}", t(&g.path_text));
+                }
+            }
+        }
         let _ = writeln!(o, "\nConstructors (by self size):");
         for c in self.constructors.iter().take(15) {
             let _ = writeln!(
@@ -1437,6 +1476,9 @@ mod tests {
             step("element", "[3]", "Buffer"),
         ];
         assert_eq!(held_by(&p), "kept[3]");
+        let mut q = p.clone();
+        q.push(step("property", "._outBuffer", "Buffer"));
+        assert_eq!(held_by(&q), "kept[3]._outBuffer");
         let p = vec![
             step("context", "cache (closure variable)", "Map"),
             step("internal", "{table}", "x"),
@@ -1473,6 +1515,9 @@ pub struct HeapSummary {
     pub hostage_buffers: Vec<HostageGroup>,
     pub top_retainers: Vec<RetainerFinding>,
     pub external: Vec<ExternalGroup>,
+    /// Native objects by the JS that holds them (last snapshot; `count_before`
+    /// from the first).
+    pub native_wrappers: Vec<crate::wrappers::WrapperGroup>,
     pub growing: Vec<Growing>,
     pub global_handles: Option<u64>,
     pub global_handles_before: Option<u64>,
@@ -1503,6 +1548,7 @@ impl HeapSummary {
             hostage_buffers: last.hostage_buffers.clone(),
             top_retainers: last.top_retainers.clone(),
             external: last.external.clone(),
+            native_wrappers: last.native_wrappers.clone(),
             growing: compare.map(|c| c.growing.clone()).unwrap_or_default(),
             global_handles: last.global_handles,
             global_handles_before: compare.and_then(|c| c.global_handles_before),

@@ -1444,14 +1444,76 @@ impl HeapSnapshot {
     /// Retainer path from the root to `i`, following the retainer closest to
     /// the root at each step. Returns (retainer, edge) pairs, root side first.
     pub fn retainer_path(&self, i: NodeIx, max_len: usize) -> Vec<(NodeIx, Edge)> {
+        self.retainer_path_by(i, max_len, &self.distance)
+    }
+
+    /// Distances from the root (as [`HeapSnapshot::distance`]) over the
+    /// essential edges that do not leave a native (embedder) node: the
+    /// JavaScript side of the graph. Node's own C++ objects (cleanup queues,
+    /// handle wraps) reach every wrapper they own; these distances find the
+    /// JS that holds it instead. `u32::MAX`: an embedder node (`native`, or
+    /// `synthetic` named `Node / …`), or reachable only through them.
+    pub fn js_distances(&self) -> Vec<u32> {
+        let n = self.node_count();
+        let native = self.meta.t_native;
+        let synthetic = self.meta.t_synthetic;
+        // Node reports active handles as synthetic roots named `Node / …`.
+        let embedder = |i: u32| {
+            let ty = self.node_type(i);
+            ty == native || (ty == synthetic && self.node_name(i).starts_with("Node / "))
+        };
+        let mut dist = vec![u32::MAX; n];
+        if n == 0 {
+            return dist;
+        }
+        // `(Global handles)` last: what JS holds is named before what native
+        // code holds through a persistent handle (an active socket's handle).
+        let handles = (0..n as u32)
+            .find(|&i| self.node_type(i) == synthetic && self.node_name(i) == "(Global handles)");
+        let mut queue: Vec<u32> = Vec::with_capacity(1024);
+        dist[0] = 0;
+        queue.push(0);
+        let mut head = 0;
+        loop {
+            while head < queue.len() {
+                let u = queue[head];
+                head += 1;
+                let d = dist[u as usize].saturating_add(1);
+                for e in self.edges(u) {
+                    if self.is_essential(u, e.ty)
+                        && dist[e.to as usize] == u32::MAX
+                        && !embedder(e.to)
+                        && Some(e.to) != handles
+                    {
+                        dist[e.to as usize] = d;
+                        queue.push(e.to);
+                    }
+                }
+            }
+            match handles {
+                Some(h) if dist[h as usize] == u32::MAX => {
+                    let far = queue.iter().map(|&q| dist[q as usize]).max().unwrap_or(0);
+                    dist[h as usize] = far.saturating_add(1);
+                    queue.push(h);
+                }
+                _ => break,
+            }
+        }
+        dist
+    }
+
+    /// [`HeapSnapshot::retainer_path`] along the distances `dist` (one per
+    /// node, e.g. [`HeapSnapshot::js_distances`]).
+    pub fn retainer_path_by(&self, i: NodeIx, max_len: usize, dist: &[u32]) -> Vec<(NodeIx, Edge)> {
         let mut out = Vec::new();
         let mut cur = i;
+        let d = |x: NodeIx| dist.get(x as usize).copied().unwrap_or(u32::MAX);
         while cur != 0 && out.len() < max_len {
-            let dcur = self.distance[cur as usize];
+            let dcur = d(cur);
             let mut best: Option<NodeIx> = None;
             for r in self.retainers(cur) {
-                let dr = self.distance[r as usize];
-                if dr < dcur && best.is_none_or(|b| dr < self.distance[b as usize]) {
+                let dr = d(r);
+                if dr < dcur && best.is_none_or(|b| dr < d(b)) {
                     best = Some(r);
                 }
             }

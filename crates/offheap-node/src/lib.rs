@@ -70,6 +70,7 @@ pub fn js_agent_expression(cfg: &AgentConfig) -> String {
 pub mod analysis;
 pub mod heapsnapshot;
 pub mod inspector;
+pub mod wrappers;
 
 use std::fmt;
 use std::io::Write;
@@ -82,6 +83,7 @@ pub use analysis::{
 };
 pub use heapsnapshot::{HeapSnapshot, SnapshotError};
 pub use inspector::{Inspector, InspectorError};
+pub use wrappers::WrapperGroup;
 
 /// Errors of the public entry points.
 #[derive(Debug)]

@@ -233,6 +233,7 @@ fn model(nstacks: usize) -> Model {
             window: (10.0, 600.0),
         },
         heap: None,
+        owners: Vec::new(),
         notes: vec![],
     }
 }

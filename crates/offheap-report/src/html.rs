@@ -575,12 +575,69 @@ fn suspects(o: &mut String, m: &Model) {
          <th>#</th><th>growth</th><th>peak live</th><th>allocations</th><th>where</th><th>hint</th></tr></thead>",
     );
     for (i, s) in m.suspects.iter().enumerate() {
-        suspect_row(o, s, i == 0);
+        suspect_row(o, s, i == 0, m);
     }
     o.push_str("</table></section>\n");
+    owners(o, m);
 }
 
-fn suspect_row(o: &mut String, s: &Suspect, open: bool) {
+/// The JS that holds native memory, each finding linked from the suspects it explains.
+fn owners(o: &mut String, m: &Model) {
+    if m.owners.is_empty() {
+        return;
+    }
+    o.push_str(
+        "<section id=\"owners\"><h2>JS owners of native memory</h2>\
+         <p class=\"muted\">The heap snapshot's native objects (zlib streams, TLS contexts, sockets, N-API-wrapped objects, \
+         Buffer backing stores) grouped by the JavaScript that holds them, joined with the native stacks of the same \
+         mechanism; a class's live bytes are shared by wrapper count.</p><table class=\"owners\"><thead><tr>\
+         <th>finding</th><th>wrappers</th><th>live (native agent)</th><th>reported by Node</th><th>suspects</th></tr></thead><tbody>",
+    );
+    for (i, f) in m.owners.iter().enumerate() {
+        let ranks: Vec<String> = f
+            .suspects
+            .iter()
+            .map(|r| format!("<a href=\"#suspect-{r}\">#{r}</a>"))
+            .collect();
+        let count = match f.count_before {
+            Some(b) => format!("{} (was {b})", f.count),
+            None => f.count.to_string(),
+        };
+        let mut detail = String::new();
+        if let Some(js) = &f.js {
+            let _ = write!(
+                detail,
+                "<div>your code: <span class=\"js-owner\">{}</span></div>",
+                esc(&crate::text::js_owner_text(js))
+            );
+        }
+        if let Some(a) = &f.allocated_by {
+            let _ = write!(detail, "<div>allocated in {}</div>", esc(a));
+        }
+        if !f.path_text.is_empty() {
+            let _ = write!(
+                detail,
+                "<details><summary>retainer path</summary><code class=\"path\">{}</code></details>",
+                esc(&f.path_text)
+            );
+        }
+        let _ = write!(
+            o,
+            "<tr id=\"owner-{i}\"><td>{}<div class=\"muted\">{} · {}</div>{detail}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            rich(&f.text),
+            esc(&f.class),
+            esc(&f.native),
+            esc(&count),
+            esc(&format::bytes(f.native_bytes)),
+            esc(&format::bytes(f.reported_bytes)),
+            ranks.join(" "),
+        );
+    }
+    o.push_str("</tbody></table></section>\n");
+}
+
+fn suspect_row(o: &mut String, s: &Suspect, open: bool, m: &Model) {
     let kind = match s.thread {
         Some(0) | None => s.kind.as_str().to_string(),
         Some(t) => format!("{}, worker thread {t}", s.kind.as_str()),
@@ -593,10 +650,21 @@ fn suspect_row(o: &mut String, s: &Suspect, open: bool) {
         ),
         _ => String::new(),
     };
+    let mut js = js;
+    for (i, f) in m.owners.iter().enumerate() {
+        if f.suspects.contains(&s.rank) {
+            let _ = write!(
+                js,
+                "<div class=\"owner\">held in JS: <a href=\"#owner-{i}\">{}</a></div>",
+                rich(&f.text)
+            );
+        }
+    }
     let _ = write!(
         o,
-        "<tbody class=\"suspect\"><tr class=\"srow\"><td class=\"rank\">{}</td><td class=\"num up\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+        "<tbody class=\"suspect\" id=\"suspect-{}\"><tr class=\"srow\"><td class=\"rank\">{}</td><td class=\"num up\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
          <td><span class=\"fn\">{}</span> <span class=\"mod\" title=\"{}\">{}</span> <span class=\"tag t-alloc\">{}</span>{js}</td><td class=\"hint\">{}</td></tr>",
+        s.rank,
         s.rank,
         esc(&format::rate(s.bytes_per_s)),
         esc(&format::bytes(s.live_bytes)),

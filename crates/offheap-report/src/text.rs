@@ -135,6 +135,9 @@ pub fn render_text(model: &Model) -> String {
         );
         for s in model.suspects.iter().take(TEXT_SUSPECTS) {
             suspect_text(&mut o, s);
+            for f in model.owners.iter().filter(|f| f.suspects.contains(&s.rank)) {
+                let _ = writeln!(o, "     held in JS: {}", t(&f.text));
+            }
         }
         if model.suspects.len() > TEXT_SUSPECTS {
             let _ = writeln!(
@@ -142,6 +145,39 @@ pub fn render_text(model: &Model) -> String {
                 "\n  ... and {} more suspects in report.html",
                 model.suspects.len() - TEXT_SUSPECTS
             );
+        }
+    }
+
+    if !model.owners.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nJS owners of native memory (heap snapshot joined with the native stacks by mechanism):"
+        );
+        for f in &model.owners {
+            let ranks: Vec<String> = f.suspects.iter().map(|r| format!("#{r}")).collect();
+            let _ = writeln!(o, "  {}", t(&f.text));
+            let _ = writeln!(
+                o,
+                "    {} {} in the snapshot{}; native bytes of suspect{} {}",
+                t(&f.class),
+                t(&f.native),
+                if f.reported_bytes > 0 {
+                    format!(", {} reported by Node", format::bytes(f.reported_bytes))
+                } else {
+                    String::new()
+                },
+                if ranks.len() == 1 { "" } else { "s" },
+                ranks.join(", ")
+            );
+            if let Some(js) = &f.js {
+                let _ = writeln!(o, "    your code: {}", t(&js_owner_text(js)));
+            }
+            if let Some(a) = &f.allocated_by {
+                let _ = writeln!(o, "    allocated in {}", t(a));
+            }
+            if !f.path_text.is_empty() {
+                let _ = writeln!(o, "    path: {}", t(&f.path_text));
+            }
         }
     }
 

@@ -743,3 +743,58 @@ const SVG_SELFTEST: &str = r#"(function () {
   } catch (e) { fail('exception: ' + e); }
   document.documentElement.setAttribute('data-selftest', out.length ? out.join(' | ') : 'ok');
 })();"#;
+
+/// An owner finding (issue 12.3) with hostile names from the heap: shown in
+/// the text under its suspect and in its own section, and in report.html
+/// linked both ways, escaped everywhere.
+#[test]
+fn owner_findings_are_shown_linked_and_escaped() {
+    let mut m = common::model();
+    let rank = m.suspects[0].rank;
+    let evil_term = "cache\x1b]0;T\x07\nx";
+    m.owners.push(offheap_analysis::OwnerFinding {
+        class: "zlib".into(),
+        held_by: common::EVIL.into(),
+        holder: "Map".into(),
+        holder_allocated_by: None,
+        wrapper: "DeflateRaw".into(),
+        native: "Node / ZlibStream".into(),
+        count: 410,
+        count_before: Some(10),
+        native_bytes: 110 << 20,
+        bytes_per_s: 1e6,
+        reported_bytes: 0,
+        modules: Vec::new(),
+        suspects: vec![rank],
+        js: None,
+        allocated_by: Some(evil_term.into()),
+        path_text: format!("(root) --{}--> Map", common::EVIL),
+        path: Vec::new(),
+        text: format!(
+            "`{}` (a Map) holds 410 DeflateRaw streams whose zlib state is 110.0 MiB live {evil_term}",
+            common::EVIL
+        ),
+    });
+    let html = render_html(&m);
+    assert_eq!(html.matches("<script").count(), 2, "extra <script in html");
+    assert!(!html.contains("alert(1)</"), "raw hostile markup in html");
+    assert!(!html.contains("<!--"), "comment opener in html");
+    assert!(html.contains("id=\"owner-0\""), "no owners section");
+    assert!(
+        html.contains("href=\"#owner-0\""),
+        "suspect not linked to its owner"
+    );
+    assert!(
+        html.contains(&format!("href=\"#suspect-{rank}\"")),
+        "owner not linked to its suspect"
+    );
+    assert!(html.contains("<code>&lt;/script&gt;&lt;script&gt;alert(1)"));
+    let text = render_text(&m);
+    assert!(!text.contains(['\x1b', '\x07']), "{text:?}");
+    assert!(text.contains("JS owners of native memory"), "{text}");
+    assert!(text.contains("held in JS: `</script>"), "{text}");
+    assert!(text.contains("cache\\e]0;T\\x07\\nx"), "{text}");
+    // One line per fact: the hostile newline does not break lines.
+    let plain = render_text(&common::model()).lines().count();
+    assert_eq!(text.lines().count(), plain + 1 + 2 + 4, "{text}");
+}

@@ -68,7 +68,7 @@ pub struct RecordOpts {
     /// No live status line.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Take heap snapshots at the start and the end when the verdict is js-heap or external.
+    /// Take heap snapshots at the start and the end when the verdict is js-heap, external or native.
     #[arg(long)]
     pub snapshots: bool,
     /// With --snapshots: record allocation stacks between the snapshots, so the findings name the JS

@@ -56,7 +56,7 @@ impl Control {
 pub const SNAPSHOT_BUDGET: Duration = Duration::from_secs(30);
 
 /// `--snapshots`: a snapshot shortly after the start, and one at the end
-/// when the JS heap or external memory grows.
+/// when the JS heap, external memory or native memory grows.
 pub struct Snapshots {
     enabled: bool,
     started: bool,
@@ -95,8 +95,10 @@ impl Snapshots {
             return false;
         }
         if !heap_grows(dir) {
-            self.notes
-                .push("no end heap snapshot: neither the JS heap nor external memory grows".into());
+            self.notes.push(
+                "no end heap snapshot: neither the JS heap, external memory nor native memory grows"
+                    .into(),
+            );
             return false;
         }
         let req = serde_json::json!({"name": "end", "file": layout::END_SNAPSHOT});
@@ -141,8 +143,9 @@ impl Snapshots {
     }
 }
 
-/// True if the recording so far says the JS heap or external memory grows:
-/// the only verdicts an end-of-run heap snapshot can explain.
+/// True if the recording so far says the JS heap, external memory or
+/// native memory grows: the verdicts an end-of-run heap snapshot can
+/// explain (native: by the JS that holds the native wrappers).
 ///
 /// A run stopped early (a short `--duration`, a target stalled by the start
 /// snapshot) may be too short for a verdict: then a plain rise of heapUsed
@@ -156,7 +159,9 @@ pub fn heap_grows(dir: &Path) -> bool {
         v.kinds.iter().any(|k| {
             matches!(
                 k,
-                offheap_analysis::Kind::JsHeap | offheap_analysis::Kind::External
+                offheap_analysis::Kind::JsHeap
+                    | offheap_analysis::Kind::External
+                    | offheap_analysis::Kind::Native
             )
         })
     });
@@ -209,7 +214,10 @@ pub fn write_findings(dir: &Path, notes: &mut Vec<String>) {
         .ok(),
         _ => None,
     };
-    let summary = offheap_node::analysis::HeapSummary::new(latest, compare.as_ref());
+    let mut summary = offheap_node::analysis::HeapSummary::new(latest, compare.as_ref());
+    if let (Some(f), Some(_)) = (&first, &last) {
+        offheap_node::wrappers::with_baseline(&mut summary.native_wrappers, &f.native_wrappers);
+    }
     match serde_json::to_vec_pretty(&summary) {
         Ok(bytes) => {
             if let Err(e) = crate::run::write_bytes(&dir.join(layout::HEAP), &bytes) {

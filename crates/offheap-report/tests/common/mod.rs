@@ -549,6 +549,7 @@ pub fn model() -> Model {
             ],
             "retainer_paths": [["(GC roots)", "cache", "Map", "Buffer"]]
         })),
+        owners: Vec::new(),
         notes: vec![
             "Skipped 1 truncated record at the end of native-41217.bin (the target was killed).".into(),
             "JS frames resolved from /tmp/perf-41217.map copied at 59.5 s.".into(),
