@@ -122,6 +122,9 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
         },
         heap: None,
         notes,
+        processes: Vec::new(),
+        focus: b.focus,
+        headline: String::new(),
     }
 }
 

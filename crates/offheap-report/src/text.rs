@@ -7,7 +7,7 @@
 
 use crate::Weight;
 use crate::format::{self, basename, file_line, frame_label, kind_str};
-use offheap_analysis::{Kind, Model, Suspect, SuspectKind};
+use offheap_analysis::{Kind, Model, ProcessModel, Suspect, SuspectKind};
 use offheap_symbols::FrameKind;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -55,7 +55,7 @@ pub fn render_text(model: &Model) -> String {
     if model.meta.pid != 0 {
         facts.push(format!("pid {}", model.meta.pid));
     }
-    facts.push(format::seconds(model.timeline.duration));
+    facts.push(format::seconds(model.recording_duration()));
     if let Some(end) = &model.end {
         facts.push(match (end.exit_code, end.signal) {
             (_, Some(sig)) => format!("killed by signal {sig}"),
@@ -65,7 +65,77 @@ pub fn render_text(model: &Model) -> String {
     }
     let _ = writeln!(o, "  ({})", facts.join(", "));
     o.push('\n');
+    let multi = model.processes.len() > 1;
+    if multi {
+        let _ = writeln!(o, "{}\n", t(&model.headline));
+    }
+    verdict_text(&mut o, model);
+    if multi {
+        processes_text(&mut o, model);
+    }
 
+    if !model.notes.is_empty() {
+        o.push_str("\nNotes:\n");
+        for n in &model.notes {
+            let _ = writeln!(o, "  - {}", t(n.trim_end()));
+        }
+    }
+    o
+}
+
+/// How many other processes get a section of their own in the terminal.
+pub const TEXT_PROCESS_SECTIONS: usize = 8;
+
+/// One line per process; then a section for each other notable one.
+fn processes_text(o: &mut String, model: &Model) {
+    let _ = writeln!(o, "\nProcesses ({} recorded):", model.processes.len());
+    for p in &model.processes {
+        let _ = writeln!(o, "  {}", t(&process_line(p, p.pid == model.focus)));
+    }
+    let others: Vec<&ProcessModel> = model
+        .processes
+        .iter()
+        .filter(|p| p.pid != model.focus && p.notable())
+        .collect();
+    for p in others.iter().take(TEXT_PROCESS_SECTIONS) {
+        let _ = writeln!(o, "\n== {} ==", t(&p.label()));
+        let view = model.process_view(p);
+        verdict_text(o, &view);
+    }
+    if others.len() > TEXT_PROCESS_SECTIONS {
+        let _ = writeln!(
+            o,
+            "\n... and {} more processes with a finding in report.html",
+            others.len() - TEXT_PROCESS_SECTIONS
+        );
+    }
+}
+
+/// `child 124 (./worker), parent 123: native +1.00 MiB/s, 0.2-6.1 s (exited early)`.
+pub fn process_line(p: &ProcessModel, focus: bool) -> String {
+    let mut l = p.label();
+    if !p.root
+        && let Some(pp) = p.ppid
+    {
+        let _ = write!(l, ", parent {pp}");
+    }
+    let _ = write!(l, ": {}", p.verdict.primary.as_str());
+    if p.verdict.primary != Kind::None {
+        let _ = write!(l, " {}", format::rate(p.leak_rate()));
+    }
+    let _ = write!(l, ", {:.1}-{:.1} s", p.start, p.end);
+    if p.exited_early {
+        let _ = write!(l, " (exited early, lived {})", format::seconds(p.end - p.start));
+    }
+    if focus {
+        l.push_str("  <- the figures above");
+    }
+    l
+}
+
+/// The verdict, growth rates and top suspects of a Model (the focus, or a
+/// process view).
+fn verdict_text(o: &mut String, model: &Model) {
     match &model.verdict {
         Some(v) => {
             let _ = writeln!(
@@ -134,7 +204,7 @@ pub fn render_text(model: &Model) -> String {
             "\nTop suspects (ranked by sustained growth of live bytes):"
         );
         for s in model.suspects.iter().take(TEXT_SUSPECTS) {
-            suspect_text(&mut o, s);
+            suspect_text(o, s);
         }
         if model.suspects.len() > TEXT_SUSPECTS {
             let _ = writeln!(
@@ -144,14 +214,6 @@ pub fn render_text(model: &Model) -> String {
             );
         }
     }
-
-    if !model.notes.is_empty() {
-        o.push_str("\nNotes:\n");
-        for n in &model.notes {
-            let _ = writeln!(o, "  - {}", t(n.trim_end()));
-        }
-    }
-    o
 }
 
 /// `handle (server.js:28)`.
