@@ -234,6 +234,7 @@ fn model(nstacks: usize) -> Model {
         },
         heap: None,
         notes: vec![],
+         ..Default::default()
     }
 }
 
