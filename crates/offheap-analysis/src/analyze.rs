@@ -3,8 +3,8 @@
 use crate::model::*;
 use crate::stats::trend;
 use crate::verdict::{Evidence, decide};
-use offheap_format::{NodeStream, ProcSample, Recording};
 use offheap_format::native::{AllocKind, NativeStream, StackCounters, StackSeries};
+use offheap_format::{NodeStream, ProcSample, Recording};
 use offheap_symbols::Frame;
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -200,14 +200,12 @@ fn process_timeline(
         // its V8 heap and external memory: the series are their sums, at
         // the main thread's sample times, each worker's value carried
         // forward (0 before it started).
-        let isolates: Vec<&offheap_format::NodeStream> = std::iter::once(node)
-            .chain(
-                p.isolates
-                    .iter()
-                    .copied()
-                    .filter(|s| !std::ptr::eq(*s, node) && !s.is_main_thread() && !s.mem.is_empty()),
-            )
-            .collect();
+        let isolates: Vec<&offheap_format::NodeStream> =
+            std::iter::once(node)
+                .chain(p.isolates.iter().copied().filter(|s| {
+                    !std::ptr::eq(*s, node) && !s.is_main_thread() && !s.mem.is_empty()
+                }))
+                .collect();
         let times: Vec<f64> = node.mem.iter().map(|x| x.t).collect();
         let summed = |f: &dyn Fn(&offheap_format::NodeMem) -> u64| -> Points {
             let per: Vec<Points> = isolates
@@ -566,7 +564,18 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
     // memory of offheap's own instrumentation (V8's allocation tracker and
     // heap profiler, switched on by --track-allocations / --snapshots).
     let native = p.native;
+    // A process (not the target, not Node) whose stacks never held 64 KiB
+    // live can have no suspect: it is not symbolized (a program that forks
+    // a hundred short children would spend most of the report on them).
+    let quiet = !p.root
+        && p.isolates.is_empty()
+        && native.is_some_and(|n| {
+            n.series
+                .iter()
+                .all(|s| s.points.iter().all(|(_, c)| c.live_bytes < 64 * 1024))
+        });
     let (mut frames_of, sym_notes) = match native {
+        Some(_) if quiet => Default::default(),
         Some(n) => {
             let ids: Vec<u32> = n
                 .series
@@ -757,16 +766,12 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
             .or_else(|| p.native.map(|n| n.exe.clone()).filter(|e| !e.is_empty()))
             .unwrap_or_default()
     };
-    let ppid = p
-        .native
-        .map(|n| n.ppid)
-        .filter(|&pp| pp != 0)
-        .or_else(|| {
-            p.proc
-                .iter()
-                .rev()
-                .find_map(|s| s.status.get("PPid").map(|&v| v as u32))
-        });
+    let ppid = p.native.map(|n| n.ppid).filter(|&pp| pp != 0).or_else(|| {
+        p.proc
+            .iter()
+            .rev()
+            .find_map(|s| s.status.get("PPid").map(|&v| v as u32))
+    });
     Analysed {
         process: ProcessModel {
             pid: p.pid,
@@ -882,7 +887,13 @@ fn rate_text(v: f64) -> String {
     if !v.is_finite() {
         return "?/s".into();
     }
-    let sign = if v > 0.0 { "+" } else if v < 0.0 { "-" } else { "" };
+    let sign = if v > 0.0 {
+        "+"
+    } else if v < 0.0 {
+        "-"
+    } else {
+        ""
+    };
     let mut x = v.abs();
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     if x < 1024.0 {

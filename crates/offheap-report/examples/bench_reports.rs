@@ -234,7 +234,7 @@ fn model(nstacks: usize) -> Model {
         },
         heap: None,
         notes: vec![],
-         ..Default::default()
+        ..Default::default()
     }
 }
 

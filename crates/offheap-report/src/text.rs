@@ -85,12 +85,30 @@ pub fn render_text(model: &Model) -> String {
 
 /// How many other processes get a section of their own in the terminal.
 pub const TEXT_PROCESS_SECTIONS: usize = 8;
+/// How many processes with no finding the terminal lists.
+pub const TEXT_QUIET_PROCESSES: usize = 10;
 
 /// One line per process; then a section for each other notable one.
 fn processes_text(o: &mut String, model: &Model) {
     let _ = writeln!(o, "\nProcesses ({} recorded):", model.processes.len());
+    // Every process with a finding, and the first quiet ones.
+    let mut quiet = 0;
     for p in &model.processes {
-        let _ = writeln!(o, "  {}", t(&process_line(p, p.pid == model.focus)));
+        let focus = p.pid == model.focus;
+        if !(focus || p.root || p.notable()) {
+            quiet += 1;
+            if quiet > TEXT_QUIET_PROCESSES {
+                continue;
+            }
+        }
+        let _ = writeln!(o, "  {}", t(&process_line(p, focus)));
+    }
+    if quiet > TEXT_QUIET_PROCESSES {
+        let _ = writeln!(
+            o,
+            "  ... and {} more processes with no finding (summary.json and report.html list them all)",
+            quiet - TEXT_QUIET_PROCESSES
+        );
     }
     let others: Vec<&ProcessModel> = model
         .processes
@@ -125,7 +143,13 @@ pub fn process_line(p: &ProcessModel, focus: bool) -> String {
     }
     let _ = write!(l, ", {:.1}-{:.1} s", p.start, p.end);
     if p.exited_early {
-        let _ = write!(l, " (exited early, lived {})", format::seconds(p.end - p.start));
+        let life = p.end - p.start;
+        let life = if life < 1.0 {
+            format!("{:.0} ms", life.max(0.0) * 1000.0)
+        } else {
+            format::seconds(life)
+        };
+        let _ = write!(l, " (exited early, lived {life})");
     }
     if focus {
         l.push_str("  <- the figures above");

@@ -58,8 +58,8 @@ pub fn sample_proc(pid: u32) -> Option<ProcSample> {
             s.status.insert(k.to_string(), n);
         }
     }
-    if s.status.is_empty() {
-        return None; // zombie: no memory left to describe
+    if !s.status.contains_key("VmRSS") {
+        return None; // zombie (or kernel thread): no memory left to describe
     }
     if let Ok(rollup) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
         for line in rollup.lines().skip(1) {
@@ -97,7 +97,10 @@ fn children(pid: u32, out: &mut Vec<u32>) {
     };
     for e in rd.flatten() {
         if let Ok(text) = fs::read_to_string(e.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
         }
     }
 }
@@ -435,7 +438,10 @@ mod tests {
         assert!(s.rss().unwrap() > 0);
         assert!(s.status.contains_key("RssAnon"));
         assert!(sample_proc(u32::MAX - 1).is_none());
-        assert_eq!(s.status.get("PPid"), Some(&std::os::unix::process::parent_id().into()));
+        assert_eq!(
+            s.status.get("PPid"),
+            Some(&std::os::unix::process::parent_id().into())
+        );
         assert!(!cmdline(std::process::id()).is_empty());
     }
 
