@@ -144,8 +144,9 @@ pub fn processes(rec: &Recording) -> Vec<ProcStreams<'_>> {
             e.isolates.push(s);
         }
     }
+    // /proc samples carry the pids offheap itself sees: always their own.
     for s in &rec.proc {
-        entry(&mut by_pid, owner(Some(s.pid)), root).proc.push(s);
+        entry(&mut by_pid, s.pid, root).proc.push(s);
     }
     let mut out: Vec<ProcStreams> = by_pid.into_values().collect();
     out.sort_by(|a, b| {
@@ -917,6 +918,133 @@ fn rate_text(v: f64) -> String {
 mod tests {
     use super::*;
     use offheap_format::native::{NativeStream, StackCounters, StackSeries};
+
+    /// A recording of `/proc` samples only: pid -> (first s, last s, RSS at s).
+    fn proc_only(mode: &str, procs: &[(u32, f64, f64, &dyn Fn(f64) -> f64)]) -> Recording {
+        let start = 1.0e12;
+        let mut proc = Vec::new();
+        for &(pid, from, to, rss) in procs {
+            let mut t = from;
+            while t <= to {
+                let mut s = ProcSample {
+                    t: start + t * 1000.0,
+                    pid,
+                    ..Default::default()
+                };
+                s.status.insert("VmRSS".into(), rss(t) as u64);
+                if pid != 10 {
+                    s.status.insert("PPid".into(), 10);
+                }
+                if t == from {
+                    s.cmdline = vec![format!("./p{pid}")];
+                }
+                proc.push(s);
+                t += 0.5;
+            }
+        }
+        proc.sort_by(|a, b| a.t.total_cmp(&b.t));
+        Recording {
+            dir: Default::default(),
+            meta: offheap_format::Meta {
+                mode: mode.into(),
+                command: vec!["./p10".into()],
+                pid: 10,
+                start_ms: start,
+                interval_ms: 500,
+                ..Default::default()
+            },
+            end: Some(offheap_format::End {
+                end_ms: start + 20_000.0,
+                reason: "exited".into(),
+                ..Default::default()
+            }),
+            proc,
+            node: Vec::new(),
+            native: Vec::new(),
+            perf_maps: Default::default(),
+            heap: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Every process is analysed on its own, and the headline and top-level
+    /// figures are about the one whose memory grows: here a child seen only
+    /// in /proc whose RSS rises 1 MiB/s beside an idle target and a child
+    /// that exited after 3 s.
+    #[test]
+    fn the_growing_child_is_the_focus() {
+        let flat = |_t: f64| 10.0 * 1048576.0;
+        let grows = |t: f64| 5.0 * 1048576.0 + t * 1048576.0;
+        let rec = proc_only(
+            "run",
+            &[
+                (10, 0.0, 20.0, &flat),
+                (11, 1.0, 20.0, &grows),
+                (12, 2.0, 5.0, &flat),
+            ],
+        );
+        let m = analyze(&rec, &Options::default());
+        assert_eq!(m.processes.len(), 3);
+        assert_eq!(
+            m.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            [10, 11, 12],
+            "the target first, then by start"
+        );
+        assert_eq!(m.focus, 11, "{:#?}", m.processes);
+        assert_eq!(m.verdict.as_ref().unwrap().primary, Kind::Native);
+        assert!(m.growth.rss > 0.9e6, "{:?}", m.growth);
+        assert!(
+            m.headline
+                .starts_with("native leak in child 11 (./p11): +1."),
+            "{}",
+            m.headline
+        );
+        let root = &m.processes[0];
+        assert!(root.root && root.verdict.primary == Kind::None);
+        assert_eq!(m.recording_duration(), 20.0);
+        let early = &m.processes[2];
+        assert_eq!(early.ppid, Some(10));
+        assert!(early.exited_early && (early.start, early.end) == (2.0, 5.0));
+        assert_eq!(early.verdict.primary, Kind::None);
+        let js: serde_json::Value = serde_json::from_str(&m.summary_json()).unwrap();
+        assert_eq!(js["focus_pid"], 11);
+        assert_eq!(js["pid"], 10);
+        assert_eq!(js["processes"].as_array().unwrap().len(), 3);
+        assert_eq!(js["processes"][1]["focus"], true);
+        assert_eq!(js["processes"][1]["timeline"], "report.html#process-11");
+    }
+
+    /// Nothing grows: the target is the focus, and the headline says no
+    /// process leaks. In an attached recording the JS agent's stream is the
+    /// target's whatever pid it carries (it may see another pid namespace).
+    #[test]
+    fn no_leak_anywhere_and_attach_is_one_process() {
+        let flat = |_t: f64| 10.0 * 1048576.0;
+        let rec = proc_only("run", &[(10, 0.0, 20.0, &flat), (11, 1.0, 20.0, &flat)]);
+        let m = analyze(&rec, &Options::default());
+        assert_eq!((m.focus, m.processes.len()), (10, 2));
+        assert_eq!(m.headline, "no leak found in any of the 2 processes");
+        let mut rec = proc_only("attach", &[(10, 0.0, 20.0, &flat)]);
+        let mut ns = NodeStream {
+            hello: Some(offheap_format::NodeHello {
+                pid: 4,
+                is_main_thread: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        ns.mem.push(offheap_format::NodeMem {
+            t: rec.meta.start_ms + 1000.0,
+            heap_used: 1 << 20,
+            ..Default::default()
+        });
+        rec.node.push(ns);
+        let m = analyze(&rec, &Options::default());
+        assert_eq!(m.processes.len(), 1);
+        assert!(m.processes[0].node);
+        assert!(m.timeline.series("heap_used").is_some());
+        assert_eq!(m.headline, "no leak found");
+    }
 
     /// Regression: a suspect's live bytes were those of the window's last
     /// snapshot, which for a Node server stopped gracefully (the demo) came
