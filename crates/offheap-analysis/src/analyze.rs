@@ -413,12 +413,20 @@ struct StackFigures {
 /// and still live at t + min_age", so the series (t, aged(t + min_age)) rises
 /// only with memory that is kept, never with young garbage, and startup
 /// allocations stay constant in it.
+///
+/// A window shorter than `min_age` has no aged series to speak of. Where
+/// there is no young garbage (`young_garbage` false: no garbage-collected
+/// heap whose Buffers wait for a GC, i.e. not Node), a stack whose live
+/// bytes rise in nearly every snapshot of it (Kendall's tau at least 0.8, 5
+/// snapshots or more) grows at that slope: a short-lived child that leaks
+/// is still named.
 fn stack_figures(
     native: &NativeStream,
     series: &[StackSeries],
     snaps: &[u32],
     start: f64,
     min_age: f64,
+    young_garbage: bool,
 ) -> Vec<StackFigures> {
     let (Some(&first), Some(&last)) = (snaps.first(), snaps.last()) else {
         return Vec::new();
@@ -455,7 +463,27 @@ fn stack_figures(
             } else {
                 // Too short for the shift: what survived to the end, aged, beyond what was live at the start.
                 let span = (t(last) - t_first).max(1e-9);
-                (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span
+                let aged = (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span;
+                let steady = if !young_garbage && snaps.len() >= 5 {
+                    let step = (snaps.len() / 64).max(1);
+                    let mut pts: Vec<(f64, f64)> = snaps
+                        .iter()
+                        .step_by(step)
+                        .map(|&i| (t(i), s.at(i).live_bytes as f64))
+                        .collect();
+                    if step > 1 {
+                        pts.push((t(last), end.live_bytes as f64));
+                    }
+                    let tr = trend(&pts);
+                    if tr.tau >= 0.8 {
+                        tr.slope.max(0.0)
+                    } else {
+                        0.0
+                    }
+                } else {
+                    0.0
+                };
+                aged.max(steady)
             };
             StackFigures {
                 stack: s.stack,
@@ -663,7 +691,14 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
         // same (threadpool threads, a worker forked twice, one call site
         // reached through two return addresses) are added up first.
         let merged = merge_by_frames(native, &frames_of);
-        let figures = stack_figures(native, &merged, &snaps, rec.meta.start_ms, min_age);
+        let figures = stack_figures(
+            native,
+            &merged,
+            &snaps,
+            rec.meta.start_ms,
+            min_age,
+            !p.isolates.is_empty() || (p.root && rec.meta.node),
+        );
         let span = snaps
             .first()
             .zip(snaps.last())
@@ -919,6 +954,32 @@ mod tests {
     use super::*;
     use offheap_format::native::{NativeStream, StackCounters, StackSeries};
 
+    /// A window shorter than the minimum age: a C child's steady rise of
+    /// live bytes is growth; in Node it may be garbage awaiting a GC.
+    #[test]
+    fn a_short_steady_rise_is_growth_without_young_garbage() {
+        let mut n = NativeStream {
+            snapshot_times_ms: (0..8).map(|i| 500.0 * i as f64).collect(),
+            ..Default::default()
+        };
+        let at = |live: u64| StackCounters {
+            alloc_bytes: live,
+            alloc_count: live >> 20,
+            live_bytes: live,
+            live_count: live >> 20,
+            aged_live_bytes: 0,
+        };
+        n.series.push(StackSeries {
+            stack: 0,
+            points: (0..8).map(|i| (i, at((i as u64 + 1) << 20))).collect(),
+        });
+        let snaps: Vec<u32> = (0..8).collect();
+        let c = &stack_figures(&n, &n.series, &snaps, 0.0, 5.0, false)[0];
+        assert!((c.slope - 2.0 * 1048576.0).abs() < 1.0, "{}", c.slope);
+        let node = &stack_figures(&n, &n.series, &snaps, 0.0, 5.0, true)[0];
+        assert_eq!(node.slope, 0.0);
+    }
+
     /// A recording of `/proc` samples only: pid -> (first s, last s, RSS at s).
     fn proc_only(mode: &str, procs: &[(u32, f64, f64, &dyn Fn(f64) -> f64)]) -> Recording {
         let start = 1.0e12;
@@ -1071,7 +1132,7 @@ mod tests {
                 .collect(),
         });
         let snaps: Vec<u32> = (0..10).collect();
-        let f = &stack_figures(&n, &n.series, &snaps, 0.0, 0.0)[0];
+        let f = &stack_figures(&n, &n.series, &snaps, 0.0, 0.0, true)[0];
         assert_eq!((f.live_end, f.count_end), (0, 0));
         assert_eq!((f.live_peak, f.count_at_peak), (8 << 20, 8));
         assert!(f.slope > 0.0);
