@@ -103,9 +103,10 @@ impl ProcStreams<'_> {
 }
 
 /// The recording split by process: the target first, then every other
-/// process that left a stream or `/proc` samples, by start time. Attached
-/// recordings have one process (the target's agent may see another pid
-/// namespace); JS streams without a pid belong to the target.
+/// process that left a stream or `/proc` samples, by start time. In an
+/// attached recording every agent stream is the target's (its agent may see
+/// another pid namespace), and JS streams without a pid always are; `/proc`
+/// samples carry offheap's own pids and are always their process's.
 pub fn processes(rec: &Recording) -> Vec<ProcStreams<'_>> {
     let root = rec.meta.pid;
     let single = rec.meta.mode == "attach";
