@@ -3,11 +3,12 @@
 use crate::model::*;
 use crate::stats::trend;
 use crate::verdict::{Evidence, decide};
-use offheap_format::Recording;
 use offheap_format::native::{AllocKind, NativeStream, StackCounters, StackSeries};
+use offheap_format::{NodeStream, ProcSample, Recording};
 use offheap_symbols::Frame;
 use std::collections::HashMap;
 use std::collections::HashSet;
+use std::fmt::Write;
 
 /// (seconds since start, value) points.
 pub type Points = Vec<(f64, f64)>;
@@ -44,11 +45,140 @@ fn rel(t_ms: f64, start_ms: f64) -> f64 {
     (t_ms - start_ms) / 1000.0
 }
 
-/// Builds the timeline from every stream of the target process.
+/// The streams of one recorded process.
+#[derive(Clone, Debug)]
+pub struct ProcStreams<'a> {
+    pub pid: u32,
+    /// The process offheap started or attached to.
+    pub root: bool,
+    pub native: Option<&'a NativeStream>,
+    /// Its main thread's JS stream.
+    pub main_node: Option<&'a NodeStream>,
+    /// Every isolate's JS stream (main thread first, then workers).
+    pub isolates: Vec<&'a NodeStream>,
+    pub proc: Vec<&'a ProcSample>,
+}
+
+impl ProcStreams<'_> {
+    /// Unix ms of its first data.
+    fn first_ms(&self) -> Option<f64> {
+        let n = self.native.map(|n| {
+            n.snapshot_times_ms
+                .first()
+                .copied()
+                .unwrap_or(n.start_ms)
+                .min(n.start_ms)
+        });
+        let js = self.isolates.iter().filter_map(|s| {
+            s.hello
+                .as_ref()
+                .map(|h| h.t)
+                .or_else(|| s.mem.first().map(|m| m.t))
+        });
+        let pr = self.proc.first().map(|p| p.t);
+        n.into_iter()
+            .chain(js)
+            .chain(pr)
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .reduce(f64::min)
+    }
+
+    /// Unix ms of its last data.
+    fn last_ms(&self) -> Option<f64> {
+        let n = self
+            .native
+            .and_then(|n| n.snapshot_times_ms.last().copied());
+        let js = self.isolates.iter().filter_map(|s| {
+            let mem = s.mem.last().map(|m| m.t);
+            let bye = s.bye.as_ref().map(|b| b.t);
+            mem.into_iter().chain(bye).reduce(f64::max)
+        });
+        let pr = self.proc.last().map(|p| p.t);
+        n.into_iter()
+            .chain(js)
+            .chain(pr)
+            .filter(|t| t.is_finite())
+            .reduce(f64::max)
+    }
+}
+
+/// The recording split by process: the target first, then every other
+/// process that left a stream or `/proc` samples, by start time. In an
+/// attached recording every agent stream is the target's (its agent may see
+/// another pid namespace), and JS streams without a pid always are; `/proc`
+/// samples carry offheap's own pids and are always their process's.
+pub fn processes(rec: &Recording) -> Vec<ProcStreams<'_>> {
+    let root = rec.meta.pid;
+    let single = rec.meta.mode == "attach";
+    let owner = |pid: Option<u32>| match pid {
+        Some(p) if !single => p,
+        _ => root,
+    };
+    let mut by_pid: std::collections::BTreeMap<u32, ProcStreams> = Default::default();
+    fn entry<'m, 'a>(
+        by_pid: &'m mut std::collections::BTreeMap<u32, ProcStreams<'a>>,
+        pid: u32,
+        root: u32,
+    ) -> &'m mut ProcStreams<'a> {
+        by_pid.entry(pid).or_insert_with(|| ProcStreams {
+            pid,
+            root: pid == root,
+            native: None,
+            main_node: None,
+            isolates: Vec::new(),
+            proc: Vec::new(),
+        })
+    }
+    entry(&mut by_pid, root, root);
+    for n in &rec.native {
+        let e = entry(&mut by_pid, owner(Some(n.pid)), root);
+        if e.native.is_none() {
+            e.native = Some(n);
+        }
+    }
+    for s in &rec.node {
+        let e = entry(&mut by_pid, owner(s.pid()), root);
+        if s.is_main_thread() && e.main_node.is_none() {
+            e.main_node = Some(s);
+            e.isolates.insert(0, s);
+        } else {
+            e.isolates.push(s);
+        }
+    }
+    // /proc samples carry the pids offheap itself sees: always their own.
+    for s in &rec.proc {
+        entry(&mut by_pid, s.pid, root).proc.push(s);
+    }
+    let mut out: Vec<ProcStreams> = by_pid.into_values().collect();
+    out.sort_by(|a, b| {
+        b.root.cmp(&a.root).then(
+            a.first_ms()
+                .unwrap_or(f64::MAX)
+                .total_cmp(&b.first_ms().unwrap_or(f64::MAX))
+                .then(a.pid.cmp(&b.pid)),
+        )
+    });
+    out
+}
+
+/// Builds the timeline of the target process from every stream of it.
 /// Also returns heapUsed after natural major GCs, and after the agent's exit GC.
 pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Option<(f64, f64)>) {
+    let procs = processes(rec);
+    match procs.first() {
+        Some(p) => process_timeline(rec, p, skip),
+        None => Default::default(),
+    }
+}
+
+/// Builds the timeline of one process from every stream of it.
+/// Also returns heapUsed after natural major GCs, and after the agent's exit GC.
+fn process_timeline(
+    rec: &Recording,
+    p: &ProcStreams,
+    skip: &HashSet<u32>,
+) -> (Timeline, Points, Option<(f64, f64)>) {
     let start = rec.meta.start_ms;
-    let pid = rec.meta.pid;
     let mut tl = Timeline::default();
     let mut push = |name: &str, points: Vec<(f64, f64)>| {
         if !points.is_empty() {
@@ -60,24 +190,24 @@ pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Opti
     };
     push(
         "rss",
-        rec.proc
+        p.proc
             .iter()
-            .filter(|s| s.pid == pid)
             .filter_map(|s| Some((rel(s.t, start), s.rss()? as f64)))
             .collect(),
     );
     let mut post_gc = Vec::new();
     let mut exit_gc = None;
-    if let Some(node) = rec.main_node_stream() {
+    if let Some(node) = p.main_node {
         // Every isolate of the process (main thread and workers) adds to
         // its V8 heap and external memory: the series are their sums, at
         // the main thread's sample times, each worker's value carried
         // forward (0 before it started).
-        let isolates: Vec<&offheap_format::NodeStream> = std::iter::once(node)
-            .chain(rec.node.iter().filter(|s| {
-                !s.is_main_thread() && s.pid().is_none_or(|p| p == pid) && !s.mem.is_empty()
-            }))
-            .collect();
+        let isolates: Vec<&offheap_format::NodeStream> =
+            std::iter::once(node)
+                .chain(p.isolates.iter().copied().filter(|s| {
+                    !std::ptr::eq(*s, node) && !s.is_main_thread() && !s.mem.is_empty()
+                }))
+                .collect();
         let times: Vec<f64> = node.mem.iter().map(|x| x.t).collect();
         let summed = |f: &dyn Fn(&offheap_format::NodeMem) -> u64| -> Points {
             let per: Vec<Points> = isolates
@@ -141,7 +271,7 @@ pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Opti
                 (t, v + others)
             });
     }
-    if let Some(native) = rec.main_native_stream() {
+    if let Some(native) = p.native {
         let (live, retained) = native_totals(native, start, skip);
         push("native_live", live);
         push("allocator_retained", retained);
@@ -151,13 +281,24 @@ pub fn timeline(rec: &Recording, skip: &HashSet<u32>) -> (Timeline, Points, Opti
         .iter()
         .filter_map(|s| s.points.last().map(|p| p.0))
         .fold(0.0, f64::max);
-    tl.duration = rec
-        .end
-        .as_ref()
-        .map(|e| rel(e.end_ms, start))
-        .unwrap_or(last_sample)
-        .max(last_sample);
-    tl.warmup_end = warmup(tl.duration);
+    if p.root {
+        tl.duration = rec
+            .end
+            .as_ref()
+            .map(|e| rel(e.end_ms, start))
+            .unwrap_or(last_sample)
+            .max(last_sample);
+        tl.warmup_end = warmup(tl.duration);
+    } else {
+        // A child's warm-up starts when it does.
+        let last = p.last_ms().map_or(0.0, |t| rel(t, start));
+        tl.duration = last.max(last_sample);
+        let first = p
+            .first_ms()
+            .map_or(0.0, |t| rel(t, start))
+            .clamp(0.0, tl.duration);
+        tl.warmup_end = first + warmup(tl.duration - first);
+    }
     (tl, post_gc, exit_gc)
 }
 
@@ -277,12 +418,20 @@ const SHORT_WINDOW_TAU: f64 = 0.7;
 /// and still live at t + min_age", so the series (t, aged(t + min_age)) rises
 /// only with memory that is kept, never with young garbage, and startup
 /// allocations stay constant in it.
+///
+/// A window shorter than `min_age` has no aged series to speak of. Where
+/// there is no young garbage (`young_garbage` false: no garbage-collected
+/// heap whose Buffers wait for a GC, i.e. not Node), a stack whose live
+/// bytes rise in nearly every snapshot of it (Kendall's tau at least 0.8, 5
+/// snapshots or more) grows at that slope: a short-lived child that leaks
+/// is still named.
 fn stack_figures(
     native: &NativeStream,
     series: &[StackSeries],
     snaps: &[u32],
     start: f64,
     min_age: f64,
+    young_garbage: bool,
 ) -> Vec<StackFigures> {
     let (Some(&first), Some(&last)) = (snaps.first(), snaps.last()) else {
         return Vec::new();
@@ -317,22 +466,35 @@ fn stack_figures(
                 let tr = trend(&pts);
                 if tr.tau > 0.0 { tr.slope } else { 0.0 }
             } else {
-                // Too short for the shift (a window under min_age plus three
+                // Too short for the shift (a window under min_age plus a few
                 // snapshots): the aged counter cannot tell kept memory from
                 // young garbage yet, so the live bytes must rise steadily
-                // instead, snapshot after snapshot, which churn does not.
-                let pts: Vec<(f64, f64)> = snaps
-                    .iter()
-                    .step_by((snaps.len() / 64).max(1))
-                    .map(|&i| (t(i), s.at(i).live_bytes as f64))
-                    .collect();
-                let tr = trend(&pts);
-                if pts.len() >= 4 && tr.tau >= SHORT_WINDOW_TAU {
-                    tr.slope
+                // instead, snapshot after snapshot, which churn does not (in
+                // Node, where a rise can be garbage waiting for a GC, more
+                // steadily still).
+                let span = (t(last) - t_first).max(1e-9);
+                let aged = (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span;
+                let tau_min = if young_garbage { 0.8 } else { SHORT_WINDOW_TAU };
+                let steady = if snaps.len() >= 4 {
+                    let step = (snaps.len() / 64).max(1);
+                    let mut pts: Vec<(f64, f64)> = snaps
+                        .iter()
+                        .step_by(step)
+                        .map(|&i| (t(i), s.at(i).live_bytes as f64))
+                        .collect();
+                    if step > 1 {
+                        pts.push((t(last), end.live_bytes as f64));
+                    }
+                    let tr = trend(&pts);
+                    if tr.tau >= tau_min {
+                        tr.slope.max(0.0)
+                    } else {
+                        0.0
+                    }
                 } else {
-                    let span = (t(last) - t_first).max(1e-9);
-                    (end.aged_live_bytes as f64 - begin.live_bytes as f64).max(0.0) / span
-                }
+                    0.0
+                };
+                aged.max(steady)
             };
             StackFigures {
                 stack: s.stack,
@@ -457,13 +619,31 @@ fn streams_that_stopped_early(tl: &Timeline) -> Vec<String> {
         .collect()
 }
 
-/// The whole analysis.
-pub fn analyze(rec: &Recording, opts: &Options) -> Model {
+/// What the analysis of one process gives: its model, its profile (for
+/// the flame graphs and pprof, if it becomes the focus).
+struct Analysed {
+    process: ProcessModel,
+    profile: Profile,
+}
+
+/// The analysis of one process: timeline, verdict, suspects, profile.
+fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed {
     // Symbolize every stack once, up front: the verdict must not count the
     // memory of offheap's own instrumentation (V8's allocation tracker and
     // heap profiler, switched on by --track-allocations / --snapshots).
-    let native = rec.main_native_stream();
+    let native = p.native;
+    // A process (not the target, not Node) whose stacks never held 64 KiB
+    // live can have no suspect: it is not symbolized (a program that forks
+    // a hundred short children would spend most of the report on them).
+    let quiet = !p.root
+        && p.isolates.is_empty()
+        && native.is_some_and(|n| {
+            n.series
+                .iter()
+                .all(|s| s.points.iter().all(|(_, c)| c.live_bytes < 64 * 1024))
+        });
     let (mut frames_of, sym_notes) = match native {
+        Some(_) if quiet => Default::default(),
         Some(n) => {
             let ids: Vec<u32> = n
                 .series
@@ -480,7 +660,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         .filter(|(_, frames)| frames.iter().any(crate::suspects::is_instrumentation))
         .map(|(&id, _)| id)
         .collect();
-    let (tl, post_gc, exit_gc) = timeline(rec, &instrumentation);
+    let (tl, post_gc, exit_gc) = process_timeline(rec, p, &instrumentation);
     // The verdict and the suspects end where the target was asked to stop:
     // a server stopped by --duration or Ctrl-C that closes its streams and
     // frees its caches on the way out would otherwise end flat, and its leak
@@ -497,7 +677,8 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         .into_iter()
         .filter(|p| stop.is_none_or(|s| p.0 <= s))
         .collect();
-    let mut ev = Evidence::from_timeline(judged_tl, &post_gc, exit_gc, rec.meta.node);
+    let is_node = p.main_node.is_some() || (p.root && rec.meta.node);
+    let mut ev = Evidence::from_timeline(judged_tl, &post_gc, exit_gc, is_node);
     if let Some(n) = native {
         ev.native_sampling = n.sample_interval as f64;
     }
@@ -512,8 +693,10 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         array_buffers: max_of("array_buffers").unwrap_or(0),
         native_live: max_of("native_live"),
     };
-    let mut notes = rec.notes.clone();
-    notes.extend(streams_that_stopped_early(&tl));
+    let mut notes = Vec::new();
+    if p.root {
+        notes.extend(streams_that_stopped_early(&tl));
+    }
     if let Some(s) = stop
         && tl.duration - s >= 0.5
     {
@@ -529,7 +712,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         sample_interval: rec.meta.sample_interval,
         ..Default::default()
     };
-    if let Some(native) = rec.main_native_stream() {
+    if let Some(native) = p.native {
         profile.sample_interval = native.sample_interval;
         profile.modules = native.modules.clone();
         for n in &native.agent_notes {
@@ -551,7 +734,14 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         // same (threadpool threads, a worker forked twice, one call site
         // reached through two return addresses) are added up first.
         let merged = merge_by_frames(native, &frames_of);
-        let figures = stack_figures(native, &merged, &snaps, rec.meta.start_ms, min_age);
+        let figures = stack_figures(
+            native,
+            &merged,
+            &snaps,
+            rec.meta.start_ms,
+            min_age,
+            !p.isolates.is_empty() || (p.root && rec.meta.node),
+        );
         let span = snaps
             .first()
             .zip(snaps.last())
@@ -611,7 +801,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
             });
         }
         notes.extend(sym_notes);
-    } else if rec.meta.native {
+    } else if p.root && rec.meta.native {
         notes.push(
             "the native agent was preloaded but wrote nothing (static or non-glibc target?)".into(),
         );
@@ -622,6 +812,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     let stop_abs = stop.map(|s| rec.meta.start_ms + s * 1000.0);
     let (js, js_notes) = crate::jsheap::suspects(
         rec,
+        &p.isolates,
         (from, to),
         stop_abs,
         verdict.kinds.contains(&Kind::JsHeap),
@@ -634,19 +825,175 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     for (i, s) in suspects.iter_mut().enumerate() {
         s.rank = i as u32 + 1;
     }
-    let owners = crate::owners::owners(&suspects, rec.heap.as_ref());
+    let start = rec.meta.start_ms;
+    let first = p.first_ms().map_or(0.0, |t| rel(t, start).max(0.0));
+    let last = if p.root {
+        tl.duration
+    } else {
+        p.last_ms().map_or(tl.duration, |t| rel(t, start))
+    };
+    let rec_end = rec.end.as_ref().map(|e| rel(e.end_ms, start));
+    // Early: its data stopped more than two intervals (at least a second)
+    // before the recording ended.
+    let slack = (2.0 * rec.meta.interval_ms as f64 / 1000.0).max(1.0);
+    let exited_early = !p.root && rec_end.is_some_and(|e| last < e - slack);
+    let command = if p.root {
+        rec.meta.command.join(" ")
+    } else {
+        p.proc
+            .iter()
+            .rev()
+            .find(|s| !s.cmdline.is_empty())
+            .map(|s| s.cmdline.join(" "))
+            .or_else(|| p.native.map(|n| n.exe.clone()).filter(|e| !e.is_empty()))
+            .unwrap_or_default()
+    };
+    let ppid = p.native.map(|n| n.ppid).filter(|&pp| pp != 0).or_else(|| {
+        p.proc
+            .iter()
+            .rev()
+            .find_map(|s| s.status.get("PPid").map(|&v| v as u32))
+    });
+    Analysed {
+        process: ProcessModel {
+            pid: p.pid,
+            ppid,
+            command,
+            root: p.root,
+            node: is_node || !p.isolates.is_empty(),
+            native: p.native.is_some(),
+            start: first,
+            end: last,
+            exited_early,
+            timeline: tl,
+            verdict,
+            growth,
+            peak,
+            suspects,
+            notes,
+        },
+        profile,
+    }
+}
+
+/// The whole analysis: every recorded process in turn, and the focus (the
+/// process that leaks fastest, else the target) for the top-level figures.
+pub fn analyze(rec: &Recording, opts: &Options) -> Model {
+    let mut analysed: Vec<Analysed> = processes(rec)
+        .iter()
+        .map(|p| analyze_process(rec, p, opts))
+        .collect();
+    // Leaks outrank fragmentation, which outranks nothing; then the rate.
+    let score = |p: &ProcessModel| {
+        let class = if p.leaks() {
+            2
+        } else if p.verdict.primary == Kind::Fragmentation {
+            1
+        } else {
+            0
+        };
+        (class, p.leak_rate())
+    };
+    let mut focus = 0;
+    for (i, a) in analysed.iter().enumerate() {
+        let (c, r) = score(&a.process);
+        let (fc, fr) = score(&analysed[focus].process);
+        if c > fc || (c == fc && c > 0 && r > fr) {
+            focus = i;
+        }
+    }
+    let headline = headline(
+        &analysed.iter().map(|a| &a.process).collect::<Vec<_>>(),
+        focus,
+    );
+    let profile = std::mem::take(&mut analysed[focus].profile);
+    let processes: Vec<ProcessModel> = analysed.into_iter().map(|a| a.process).collect();
+    let f = &processes[focus];
+    let mut notes = rec.notes.clone();
+    notes.extend(f.notes.iter().cloned());
+    let owners = crate::owners::owners(&f.suspects, rec.heap.as_ref());
     Model {
         meta: rec.meta.clone(),
         end: rec.end.clone(),
-        timeline: tl,
-        verdict: Some(verdict),
-        growth,
-        peak,
-        suspects,
+        timeline: f.timeline.clone(),
+        verdict: Some(f.verdict.clone()),
+        growth: f.growth.clone(),
+        peak: f.peak.clone(),
+        suspects: f.suspects.clone(),
         profile,
         heap: rec.heap.clone(),
         owners,
         notes,
+        focus: f.pid,
+        headline,
+        processes,
+    }
+}
+
+/// "native leak in child 124 (./worker): +10.0 MiB/s", "no leak found in any
+/// of the 3 processes".
+fn headline(procs: &[&ProcessModel], focus: usize) -> String {
+    let f = procs[focus];
+    let multi = procs.len() > 1;
+    let what = match f.verdict.primary {
+        Kind::JsHeap => "JS heap leak",
+        Kind::External => "external memory leak",
+        Kind::Native => "native leak",
+        Kind::Fragmentation => "allocator fragmentation",
+        Kind::None if multi => {
+            return format!("no leak found in any of the {} processes", procs.len());
+        }
+        Kind::None => return "no leak found".into(),
+    };
+    let mut h = if multi {
+        format!("{what} in {}: {}", f.label(), rate_text(f.leak_rate()))
+    } else {
+        format!("{what}: {}", rate_text(f.leak_rate()))
+    };
+    let others = procs
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| *i != focus && p.leaks())
+        .count();
+    if others > 0 {
+        let _ = write!(
+            h,
+            "; {others} other process{} leak{} too",
+            if others == 1 { "" } else { "es" },
+            if others == 1 { "s" } else { "" }
+        );
+    }
+    h
+}
+
+/// `+1.50 MiB/s`, as the reports write rates.
+fn rate_text(v: f64) -> String {
+    if !v.is_finite() {
+        return "?/s".into();
+    }
+    let sign = if v > 0.0 {
+        "+"
+    } else if v < 0.0 {
+        "-"
+    } else {
+        ""
+    };
+    let mut x = v.abs();
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    if x < 1024.0 {
+        return format!("{sign}{} B/s", x.round() as u64);
+    }
+    let mut i = 0;
+    while x >= 1024.0 && i < UNITS.len() - 1 {
+        x /= 1024.0;
+        i += 1;
+    }
+    if x >= 100.0 {
+        format!("{sign}{x:.0} {}/s", UNITS[i])
+    } else if x >= 10.0 {
+        format!("{sign}{x:.1} {}/s", UNITS[i])
+    } else {
+        format!("{sign}{x:.2} {}/s", UNITS[i])
     }
 }
 
@@ -654,6 +1001,166 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
 mod tests {
     use super::*;
     use offheap_format::native::{NativeStream, StackCounters, StackSeries};
+
+    /// A window shorter than the minimum age: a C child's steady rise of
+    /// live bytes is growth; in Node, where a rise may be garbage awaiting
+    /// a GC, only a very steady one (tau 0.8).
+    #[test]
+    fn a_short_steady_rise_is_growth_without_young_garbage() {
+        let mut n = NativeStream {
+            snapshot_times_ms: (0..8).map(|i| 500.0 * i as f64).collect(),
+            ..Default::default()
+        };
+        let at = |live: u64| StackCounters {
+            alloc_bytes: live,
+            alloc_count: live >> 20,
+            live_bytes: live,
+            live_count: live >> 20,
+            aged_live_bytes: 0,
+        };
+        n.series.push(StackSeries {
+            stack: 0,
+            points: (0..8).map(|i| (i, at((i as u64 + 1) << 20))).collect(),
+        });
+        let snaps: Vec<u32> = (0..8).collect();
+        let c = &stack_figures(&n, &n.series, &snaps, 0.0, 5.0, false)[0];
+        assert!((c.slope - 2.0 * 1048576.0).abs() < 1.0, "{}", c.slope);
+        // In Node (young garbage), a perfectly steady rise counts too (a
+        // short N-API leak run had no suspect), a wandering one does not.
+        let node = &stack_figures(&n, &n.series, &snaps, 0.0, 5.0, true)[0];
+        assert!((node.slope - 2.0 * 1048576.0).abs() < 1.0, "{}", node.slope);
+        let wander = [1u64, 3, 2, 4, 3, 5, 2, 6];
+        n.series[0].points = (0..8).map(|i| (i, at(wander[i as usize] << 20))).collect();
+        let node = &stack_figures(&n, &n.series, &snaps, 0.0, 5.0, true)[0];
+        assert_eq!(node.slope, 0.0);
+    }
+
+    /// A recording of `/proc` samples only: pid -> (first s, last s, RSS at s).
+    fn proc_only(mode: &str, procs: &[(u32, f64, f64, &dyn Fn(f64) -> f64)]) -> Recording {
+        let start = 1.0e12;
+        let mut proc = Vec::new();
+        for &(pid, from, to, rss) in procs {
+            let mut t = from;
+            while t <= to {
+                let mut s = ProcSample {
+                    t: start + t * 1000.0,
+                    pid,
+                    ..Default::default()
+                };
+                s.status.insert("VmRSS".into(), rss(t) as u64);
+                if pid != 10 {
+                    s.status.insert("PPid".into(), 10);
+                }
+                if t == from {
+                    s.cmdline = vec![format!("./p{pid}")];
+                }
+                proc.push(s);
+                t += 0.5;
+            }
+        }
+        proc.sort_by(|a, b| a.t.total_cmp(&b.t));
+        Recording {
+            dir: Default::default(),
+            meta: offheap_format::Meta {
+                mode: mode.into(),
+                command: vec!["./p10".into()],
+                pid: 10,
+                start_ms: start,
+                interval_ms: 500,
+                ..Default::default()
+            },
+            end: Some(offheap_format::End {
+                end_ms: start + 20_000.0,
+                reason: "exited".into(),
+                ..Default::default()
+            }),
+            proc,
+            node: Vec::new(),
+            native: Vec::new(),
+            perf_maps: Default::default(),
+            heap: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Every process is analysed on its own, and the headline and top-level
+    /// figures are about the one whose memory grows: here a child seen only
+    /// in /proc whose RSS rises 1 MiB/s beside an idle target and a child
+    /// that exited after 3 s.
+    #[test]
+    fn the_growing_child_is_the_focus() {
+        let flat = |_t: f64| 10.0 * 1048576.0;
+        let grows = |t: f64| 5.0 * 1048576.0 + t * 1048576.0;
+        let rec = proc_only(
+            "run",
+            &[
+                (10, 0.0, 20.0, &flat),
+                (11, 1.0, 20.0, &grows),
+                (12, 2.0, 5.0, &flat),
+            ],
+        );
+        let m = analyze(&rec, &Options::default());
+        assert_eq!(m.processes.len(), 3);
+        assert_eq!(
+            m.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            [10, 11, 12],
+            "the target first, then by start"
+        );
+        assert_eq!(m.focus, 11, "{:#?}", m.processes);
+        assert_eq!(m.verdict.as_ref().unwrap().primary, Kind::Native);
+        assert!(m.growth.rss > 0.9e6, "{:?}", m.growth);
+        assert!(
+            m.headline
+                .starts_with("native leak in child 11 (./p11): +1."),
+            "{}",
+            m.headline
+        );
+        let root = &m.processes[0];
+        assert!(root.root && root.verdict.primary == Kind::None);
+        assert_eq!(m.recording_duration(), 20.0);
+        let early = &m.processes[2];
+        assert_eq!(early.ppid, Some(10));
+        assert!(early.exited_early && (early.start, early.end) == (2.0, 5.0));
+        assert_eq!(early.verdict.primary, Kind::None);
+        let js: serde_json::Value = serde_json::from_str(&m.summary_json()).unwrap();
+        assert_eq!(js["focus_pid"], 11);
+        assert_eq!(js["pid"], 10);
+        assert_eq!(js["processes"].as_array().unwrap().len(), 3);
+        assert_eq!(js["processes"][1]["focus"], true);
+        assert_eq!(js["processes"][1]["timeline"], "report.html#process-11");
+    }
+
+    /// Nothing grows: the target is the focus, and the headline says no
+    /// process leaks. In an attached recording the JS agent's stream is the
+    /// target's whatever pid it carries (it may see another pid namespace).
+    #[test]
+    fn no_leak_anywhere_and_attach_is_one_process() {
+        let flat = |_t: f64| 10.0 * 1048576.0;
+        let rec = proc_only("run", &[(10, 0.0, 20.0, &flat), (11, 1.0, 20.0, &flat)]);
+        let m = analyze(&rec, &Options::default());
+        assert_eq!((m.focus, m.processes.len()), (10, 2));
+        assert_eq!(m.headline, "no leak found in any of the 2 processes");
+        let mut rec = proc_only("attach", &[(10, 0.0, 20.0, &flat)]);
+        let mut ns = NodeStream {
+            hello: Some(offheap_format::NodeHello {
+                pid: 4,
+                is_main_thread: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        ns.mem.push(offheap_format::NodeMem {
+            t: rec.meta.start_ms + 1000.0,
+            heap_used: 1 << 20,
+            ..Default::default()
+        });
+        rec.node.push(ns);
+        let m = analyze(&rec, &Options::default());
+        assert_eq!(m.processes.len(), 1);
+        assert!(m.processes[0].node);
+        assert!(m.timeline.series("heap_used").is_some());
+        assert_eq!(m.headline, "no leak found");
+    }
 
     /// Regression: a suspect's live bytes were those of the window's last
     /// snapshot, which for a Node server stopped gracefully (the demo) came
@@ -680,7 +1187,7 @@ mod tests {
                 .collect(),
         });
         let snaps: Vec<u32> = (0..10).collect();
-        let f = &stack_figures(&n, &n.series, &snaps, 0.0, 0.0)[0];
+        let f = &stack_figures(&n, &n.series, &snaps, 0.0, 0.0, true)[0];
         assert_eq!((f.live_end, f.count_end), (0, 0));
         assert_eq!((f.live_peak, f.count_at_peak), (8 << 20, 8));
         assert!(f.slope > 0.0);

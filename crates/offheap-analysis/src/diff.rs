@@ -104,6 +104,12 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
         a.meta.command.join(" "),
         a.meta.pid
     )];
+    if (a.focus != 0 && a.focus != a.meta.pid) || (b.focus != 0 && b.focus != b.meta.pid) {
+        notes.push(format!(
+            "diff: the stacks compared are those of each recording's focus process (the one that leaks fastest): {} in A, {} in B",
+            a.focus, b.focus
+        ));
+    }
     notes.extend(a.notes.iter().map(|n| format!("A: {n}")));
     notes.extend(b.notes.iter().map(|n| format!("B: {n}")));
     Model {
@@ -123,6 +129,9 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
         heap: None,
         owners: Vec::new(),
         notes,
+        processes: Vec::new(),
+        focus: b.focus,
+        headline: String::new(),
     }
 }
 

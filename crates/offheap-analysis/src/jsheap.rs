@@ -54,12 +54,13 @@ fn frames(ns: &NodeStream, stack: u32) -> Vec<Frame> {
         .collect()
 }
 
-/// js-heap suspects of every isolate of the target, over the window
+/// js-heap suspects of every isolate of one process, over the window
 /// `[from, to]` (seconds since start), ending at `stop_ms` (Unix ms) when
 /// the target was asked to stop. `heap_grows`: the verdict found the V8
 /// heap growing; otherwise only clear, large growth makes a suspect.
 pub fn suspects(
     rec: &Recording,
+    isolates: &[&NodeStream],
     (from, to): (f64, f64),
     stop_ms: Option<f64>,
     heap_grows: bool,
@@ -73,11 +74,7 @@ pub fn suspects(
     } else {
         (0.7, 1024.0 * 1024.0)
     };
-    for ns in rec
-        .node
-        .iter()
-        .filter(|s| s.pid().is_none_or(|p| p == rec.meta.pid))
-    {
+    for &ns in isolates {
         let end = stop_ms.unwrap_or(f64::MAX).min(start + to * 1000.0);
         let mut profiles: Vec<_> = ns
             .heap_profiles

@@ -13,6 +13,6 @@ pub mod suspects;
 mod symbolize;
 pub mod verdict;
 
-pub use analyze::{Options, analyze, timeline, warmup};
+pub use analyze::{Options, ProcStreams, analyze, processes, timeline, warmup};
 pub use model::*;
 pub use owners::OwnerFinding;

@@ -7,7 +7,9 @@ use offheap_symbols::Frame;
 use serde::{Deserialize, Serialize};
 
 /// Verdict categories (`summary.json` `verdict.kinds`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// The V8 heap retained after GC grows.
@@ -19,6 +21,7 @@ pub enum Kind {
     /// RSS grows while live native bytes stay flat and the allocator retains free memory.
     Fragmentation,
     /// Memory plateaus.
+    #[default]
     None,
 }
 
@@ -34,7 +37,7 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub kinds: Vec<Kind>,
     pub primary: Kind,
@@ -192,7 +195,92 @@ pub struct Profile {
     pub window: (f64, f64),
 }
 
+/// One recorded process (the target, or a child or descendant of it that
+/// left a stream or was sampled in `/proc`): its own timeline, verdict and
+/// suspects (`summary.json` `processes`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessModel {
+    pub pid: u32,
+    /// The parent's pid, if the recording knows it (native agent, `/proc`).
+    pub ppid: Option<u32>,
+    /// The command line (`/proc/PID/cmdline`), else the executable (native
+    /// agent); for the target, the command as given. Empty if unknown.
+    pub command: String,
+    /// The process offheap started or attached to.
+    pub root: bool,
+    /// A JS agent stream of it was recorded.
+    pub node: bool,
+    /// A native agent stream of it was recorded.
+    pub native: bool,
+    /// Seconds since the recording started of its first and last data.
+    pub start: f64,
+    pub end: f64,
+    /// Its data stopped well before the recording did: it exited early.
+    pub exited_early: bool,
+    pub timeline: Timeline,
+    pub verdict: Verdict,
+    pub growth: Growth,
+    pub peak: Peak,
+    pub suspects: Vec<Suspect>,
+    /// What was skipped or looks odd in this process's streams.
+    pub notes: Vec<String>,
+}
+
+impl ProcessModel {
+    /// "pid 123 (node app.js)" for the target, "child 124 (./worker)" for a
+    /// child of a recorded process, "process 125 (...)" otherwise (raw: a
+    /// reporter escapes it).
+    pub fn label(&self) -> String {
+        let who = if self.root {
+            "pid"
+        } else if self.ppid.is_some() {
+            "child"
+        } else {
+            "process"
+        };
+        if self.command.is_empty() {
+            format!("{who} {}", self.pid)
+        } else {
+            format!("{who} {} ({})", self.pid, self.command)
+        }
+    }
+
+    /// The growth rate behind its primary verdict, bytes per second (0 for none).
+    pub fn leak_rate(&self) -> f64 {
+        primary_rate(self.verdict.primary, &self.growth)
+    }
+
+    /// A leak (js-heap, external or native) is its primary verdict.
+    pub fn leaks(&self) -> bool {
+        matches!(
+            self.verdict.primary,
+            Kind::JsHeap | Kind::External | Kind::Native
+        )
+    }
+
+    /// Worth a section of its own: a verdict other than none, or suspects.
+    pub fn notable(&self) -> bool {
+        self.verdict.primary != Kind::None || !self.suspects.is_empty()
+    }
+}
+
+/// The growth rate that a verdict kind rests on.
+pub fn primary_rate(kind: Kind, g: &Growth) -> f64 {
+    match kind {
+        Kind::JsHeap => g.heap_used,
+        Kind::External => g.external.max(g.array_buffers),
+        Kind::Native => g.native_live.filter(|&r| r > 0.0).unwrap_or(g.rss),
+        Kind::Fragmentation => g.rss,
+        Kind::None => 0.0,
+    }
+}
+
 /// Everything a reporter needs.
+///
+/// With several recorded processes, `timeline`, `verdict`, `growth`,
+/// `peak`, `suspects` and `profile` describe the *focus* process
+/// (`focus`): the one that leaks fastest, else the target. `processes`
+/// holds every process, the focus included.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Model {
     pub meta: Meta,
@@ -211,4 +299,58 @@ pub struct Model {
     pub owners: Vec<crate::owners::OwnerFinding>,
     /// What was skipped or looks odd; shown to the user.
     pub notes: Vec<String>,
+    /// Every recorded process, the target first, then by start time.
+    #[serde(default)]
+    pub processes: Vec<ProcessModel>,
+    /// The pid the top-level figures describe.
+    #[serde(default)]
+    pub focus: u32,
+    /// One line: which process leaks, how, how fast ("native leak in child
+    /// 124 (./worker): +10.0 MiB/s"), or that none does.
+    #[serde(default)]
+    pub headline: String,
+}
+
+impl Model {
+    /// The focus process (see [`Model`]), if processes were analysed.
+    pub fn focus_process(&self) -> Option<&ProcessModel> {
+        self.processes.iter().find(|p| p.pid == self.focus)
+    }
+
+    /// How long the recording ran, in seconds (the target's timeline: the
+    /// focus may be a child that ended earlier).
+    pub fn recording_duration(&self) -> f64 {
+        self.processes
+            .iter()
+            .find(|p| p.root)
+            .map_or(self.timeline.duration, |p| p.timeline.duration)
+    }
+
+    /// A Model of one process alone, for rendering its section with the
+    /// same code as the top level (no profile, no heap findings).
+    pub fn process_view(&self, p: &ProcessModel) -> Model {
+        let mut meta = self.meta.clone();
+        meta.pid = p.pid;
+        meta.node = p.node;
+        meta.native = p.native;
+        if !p.root {
+            meta.command = vec![p.command.clone()];
+        }
+        Model {
+            meta,
+            end: if p.root { self.end.clone() } else { None },
+            timeline: p.timeline.clone(),
+            verdict: Some(p.verdict.clone()),
+            growth: p.growth.clone(),
+            peak: p.peak.clone(),
+            suspects: p.suspects.clone(),
+            profile: Profile::default(),
+            heap: None,
+            owners: Vec::new(),
+            notes: p.notes.clone(),
+            processes: Vec::new(),
+            focus: p.pid,
+            headline: String::new(),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! `summary.json`: the stable, documented digest of a Model. Later work adds
 //! fields; the names here do not change.
 
-use crate::model::{Growth, Kind, Model, Peak};
+use crate::model::{Growth, Kind, Model, Peak, ProcessModel, Suspect, Verdict};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -12,6 +12,11 @@ pub struct Summary<'a> {
     /// The target's exit status (128+signal if a signal killed it); null if unknown.
     pub exit_status: Option<i32>,
     pub duration_s: f64,
+    /// Which process leaks, how and how fast, or that none does.
+    pub headline: &'a str,
+    /// The process `verdict`, `growth_bytes_per_s`, `peak` and `suspects`
+    /// describe: the one that leaks fastest, else the target (`pid`).
+    pub focus_pid: u32,
     pub verdict: SummaryVerdict<'a>,
     pub growth_bytes_per_s: &'a Growth,
     pub peak: &'a Peak,
@@ -23,7 +28,39 @@ pub struct Summary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owners: Option<&'a [crate::owners::OwnerFinding]>,
     pub notes: &'a [String],
+    /// Every recorded process, the target first.
+    pub processes: Vec<SummaryProcess<'a>>,
 }
+
+/// One recorded process (`summary.json` `processes`).
+#[derive(Serialize)]
+pub struct SummaryProcess<'a> {
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub command: &'a str,
+    /// The process offheap started or attached to.
+    pub root: bool,
+    /// The process the top-level figures describe.
+    pub focus: bool,
+    pub node: bool,
+    pub native: bool,
+    /// Seconds since the recording started.
+    pub start_s: f64,
+    pub end_s: f64,
+    /// It ended well before the recording did.
+    pub exited_early: bool,
+    pub verdict: SummaryVerdict<'a>,
+    pub growth_bytes_per_s: &'a Growth,
+    pub peak: &'a Peak,
+    /// Its first suspects (all of them for the focus: top-level `suspects`).
+    pub suspects: Vec<SummarySuspect<'a>>,
+    /// Where its timeline is drawn.
+    pub timeline: String,
+    pub notes: &'a [String],
+}
+
+/// How many suspects each entry of `processes` lists.
+pub const PROCESS_SUSPECTS: usize = 5;
 
 #[derive(Serialize)]
 pub struct SummaryVerdict<'a> {
@@ -69,24 +106,84 @@ pub struct SummaryFrame<'a> {
 
 static NO_STEPS: Vec<String> = Vec::new();
 
+fn verdict_of(v: Option<&Verdict>) -> SummaryVerdict<'_> {
+    match v {
+        Some(v) => SummaryVerdict {
+            kinds: v.kinds.iter().map(|k| k.as_str()).collect(),
+            primary: v.primary.as_str(),
+            confidence: v.confidence,
+            explanation: &v.explanation,
+            next_steps: &v.next_steps,
+        },
+        None => SummaryVerdict {
+            kinds: vec![Kind::None.as_str()],
+            primary: Kind::None.as_str(),
+            confidence: 0.0,
+            explanation: "no verdict",
+            next_steps: &NO_STEPS,
+        },
+    }
+}
+
+fn suspect_of(s: &Suspect) -> SummarySuspect<'_> {
+    SummarySuspect {
+        rank: s.rank,
+        bytes_per_s: s.bytes_per_s,
+        live_bytes: s.live_bytes,
+        allocations: s.allocations,
+        module: &s.module,
+        function: &s.function,
+        hint: s.hint.as_deref(),
+        kind: s.kind.as_str(),
+        js: s.js.as_ref(),
+        thread: s.thread,
+        owners: Vec::new(),
+        frames: s
+            .frames
+            .iter()
+            .map(|f| SummaryFrame {
+                function: &f.function,
+                module: &f.module,
+                file: f.file.as_deref(),
+                line: f.line,
+                kind: f.kind,
+            })
+            .collect(),
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn process_of(p: &ProcessModel, focus: bool) -> SummaryProcess<'_> {
+    SummaryProcess {
+        pid: p.pid,
+        ppid: p.ppid,
+        command: &p.command,
+        root: p.root,
+        focus,
+        node: p.node,
+        native: p.native,
+        start_s: round3(p.start),
+        end_s: round3(p.end),
+        exited_early: p.exited_early,
+        verdict: verdict_of(Some(&p.verdict)),
+        growth_bytes_per_s: &p.growth,
+        peak: &p.peak,
+        suspects: p
+            .suspects
+            .iter()
+            .take(PROCESS_SUSPECTS)
+            .map(suspect_of)
+            .collect(),
+        timeline: format!("report.html#process-{}", p.pid),
+        notes: &p.notes,
+    }
+}
+
 impl Model {
     pub fn summary(&self) -> Summary<'_> {
-        let verdict = match &self.verdict {
-            Some(v) => SummaryVerdict {
-                kinds: v.kinds.iter().map(|k| k.as_str()).collect(),
-                primary: v.primary.as_str(),
-                confidence: v.confidence,
-                explanation: &v.explanation,
-                next_steps: &v.next_steps,
-            },
-            None => SummaryVerdict {
-                kinds: vec![Kind::None.as_str()],
-                primary: Kind::None.as_str(),
-                confidence: 0.0,
-                explanation: "no verdict",
-                next_steps: &NO_STEPS,
-            },
-        };
         Summary {
             offheap_version: env!("CARGO_PKG_VERSION"),
             command: &self.meta.command,
@@ -97,47 +194,39 @@ impl Model {
                 .as_ref()
                 .filter(|e| e.reason != "detached")
                 .map(|e| e.exit_status),
-            duration_s: (self.timeline.duration * 1000.0).round() / 1000.0,
-            verdict,
+            duration_s: round3(self.recording_duration()),
+            headline: &self.headline,
+            focus_pid: if self.processes.is_empty() {
+                self.meta.pid
+            } else {
+                self.focus
+            },
+            verdict: verdict_of(self.verdict.as_ref()),
             growth_bytes_per_s: &self.growth,
             peak: &self.peak,
             suspects: self
                 .suspects
                 .iter()
-                .map(|s| SummarySuspect {
-                    rank: s.rank,
-                    bytes_per_s: s.bytes_per_s,
-                    live_bytes: s.live_bytes,
-                    allocations: s.allocations,
-                    module: &s.module,
-                    function: &s.function,
-                    hint: s.hint.as_deref(),
-                    kind: s.kind.as_str(),
-                    js: s.js.as_ref(),
-                    thread: s.thread,
-                    owners: self
+                .map(|s| {
+                    let mut x = suspect_of(s);
+                    x.owners = self
                         .owners
                         .iter()
                         .enumerate()
                         .filter(|(_, o)| o.suspects.contains(&s.rank))
                         .map(|(i, _)| i)
-                        .collect(),
-                    frames: s
-                        .frames
-                        .iter()
-                        .map(|f| SummaryFrame {
-                            function: &f.function,
-                            module: &f.module,
-                            file: f.file.as_deref(),
-                            line: f.line,
-                            kind: f.kind,
-                        })
-                        .collect(),
+                        .collect();
+                    x
                 })
                 .collect(),
             heap: self.heap.as_ref(),
             owners: self.heap.as_ref().map(|_| self.owners.as_slice()),
             notes: &self.notes,
+            processes: self
+                .processes
+                .iter()
+                .map(|p| process_of(p, p.pid == self.focus))
+                .collect(),
         }
     }
 

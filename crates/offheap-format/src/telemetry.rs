@@ -72,6 +72,10 @@ pub struct ProcSample {
     /// From `/proc/PID/smaps_rollup`: Rss, Pss, Private_Dirty, Anonymous, Swap...
     #[serde(default)]
     pub smaps_rollup: BTreeMap<String, u64>,
+    /// `/proc/PID/cmdline`, in the first sample of a process and whenever it
+    /// changed (an exec); absent otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmdline: Vec<String>,
 }
 
 impl ProcSample {

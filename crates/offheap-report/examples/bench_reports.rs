@@ -235,6 +235,7 @@ fn model(nstacks: usize) -> Model {
         heap: None,
         owners: Vec::new(),
         notes: vec![],
+        ..Default::default()
     }
 }
 

@@ -62,6 +62,7 @@ pub fn render_html_with(model: &Model, interned: &flame::Interned) -> String {
     verdict(&mut o, model);
     timeline(&mut o, model);
     suspects(&mut o, model);
+    processes(&mut o, model);
     flames(&mut o, model);
     heap(&mut o, model);
     notes(&mut o, model);
@@ -102,7 +103,7 @@ fn header(o: &mut String, m: &Model) {
     if m.meta.start_ms > 0.0 {
         facts.push(("started".into(), utc(m.meta.start_ms)));
     }
-    facts.push(("duration".into(), format::seconds(m.timeline.duration)));
+    facts.push(("duration".into(), format::seconds(m.recording_duration())));
     if let Some(e) = &m.end {
         let how = match (e.exit_code, e.signal) {
             (_, Some(s)) => format!("killed by signal {s}"),
@@ -152,6 +153,15 @@ fn rich(s: &str) -> String {
 
 fn verdict(o: &mut String, m: &Model) {
     o.push_str("<section id=\"verdict\">");
+    if m.processes.len() > 1 {
+        let _ = write!(o, "<p class=\"headline\">{}</p>", esc(&m.headline));
+    }
+    verdict_body(o, m);
+    o.push_str("</section>\n");
+}
+
+/// The verdict box and the key figures of a Model (the focus, or a process view).
+fn verdict_body(o: &mut String, m: &Model) {
     match &m.verdict {
         Some(v) => {
             let conf = (v.confidence.clamp(0.0, 1.0) * 100.0).round();
@@ -243,7 +253,6 @@ fn verdict(o: &mut String, m: &Model) {
         "</div><p class=\"muted\">Growth rates are robust slopes after the warm-up (which ends at {}).</p>",
         esc(&format::seconds(m.timeline.warmup_end))
     );
-    o.push_str("</section>\n");
 }
 
 // ---------------------------------------------------------------- charts
@@ -256,8 +265,14 @@ const MT: f64 = 10.0;
 const MB: f64 = 26.0;
 
 fn timeline(o: &mut String, m: &Model) {
-    let tl = &m.timeline;
     o.push_str("<section id=\"timeline\"><h2>Timeline</h2>");
+    timeline_body(o, m);
+    o.push_str("</section>\n");
+}
+
+/// The charts of a Model's timeline.
+fn timeline_body(o: &mut String, m: &Model) {
+    let tl = &m.timeline;
     let present: Vec<(&Series, &str, &str)> = SERIES
         .iter()
         .filter_map(|(n, t, c)| {
@@ -273,7 +288,7 @@ fn timeline(o: &mut String, m: &Model) {
         )
         .collect();
     if present.is_empty() {
-        o.push_str("<p class=\"muted\">No telemetry was recorded.</p></section>\n");
+        o.push_str("<p class=\"muted\">No telemetry was recorded.</p>");
         return;
     }
     o.push_str(
@@ -292,7 +307,7 @@ fn timeline(o: &mut String, m: &Model) {
     for line in &present {
         chart(o, m, std::slice::from_ref(line), false, t_end);
     }
-    o.push_str("</div></section>\n");
+    o.push_str("</div>");
 }
 
 /// One series drawn in a chart: (series, title, colour).
@@ -560,13 +575,20 @@ fn nice_bytes_axis(vmax: f64) -> (f64, f64) {
 
 fn suspects(o: &mut String, m: &Model) {
     o.push_str("<section id=\"suspects\"><h2>Top suspects</h2>");
+    suspects_body(o, m);
+    o.push_str("</section>\n");
+    owners(o, m);
+}
+
+/// The suspects table of a Model (the focus, or a process view).
+fn suspects_body(o: &mut String, m: &Model) {
     if m.suspects.is_empty() {
         let msg = if m.meta.native {
             "No stack's live bytes grow steadily after warm-up."
         } else {
             "No native stacks were recorded (run with the native agent to rank allocation stacks)."
         };
-        let _ = writeln!(o, "<p class=\"muted\">{}</p></section>", esc(msg));
+        let _ = write!(o, "<p class=\"muted\">{}</p>", esc(msg));
         return;
     }
     o.push_str(
@@ -577,8 +599,108 @@ fn suspects(o: &mut String, m: &Model) {
     for (i, s) in m.suspects.iter().enumerate() {
         suspect_row(o, s, i == 0, m);
     }
-    o.push_str("</table></section>\n");
-    owners(o, m);
+    o.push_str("</table>");
+}
+
+// ---------------------------------------------------------------- processes
+
+/// How many processes other than the focus get a section of their own.
+pub const HTML_PROCESS_SECTIONS: usize = 32;
+
+/// Every recorded process: a table, then a section each (verdict, timeline,
+/// suspects, notes) for the processes other than the focus, open when it
+/// has a finding.
+fn processes(o: &mut String, m: &Model) {
+    if m.processes.len() < 2 {
+        return;
+    }
+    let focus = m.focus_process();
+    let _ = write!(
+        o,
+        "<section id=\"processes\"><h2>Processes</h2><p class=\"muted\">{} processes were recorded. \
+         The verdict, timeline and suspects above are about {}.</p>\
+         <table class=\"procs\"><thead><tr><th>pid</th><th>parent</th><th>command</th><th>lifetime</th>\
+         <th>verdict</th><th>growth</th></tr></thead><tbody>",
+        m.processes.len(),
+        esc(&focus.map(|p| p.label()).unwrap_or_default()),
+    );
+    let mut sections = 0;
+    for p in &m.processes {
+        let is_focus = p.pid == m.focus;
+        let linked = !is_focus && sections < HTML_PROCESS_SECTIONS;
+        if linked {
+            sections += 1;
+        }
+        let pid = if linked {
+            format!("<a href=\"#process-{0}\">{0}</a>", p.pid)
+        } else {
+            p.pid.to_string()
+        };
+        let mut life = format!("{:.1}–{:.1} s", p.start, p.end);
+        if p.exited_early {
+            life.push_str(" (exited early)");
+        }
+        let _ = write!(
+            o,
+            "<tr{}><td class=\"num\">{pid}{}</td><td class=\"num\">{}</td><td><code>{}</code></td><td>{}</td>\
+             <td><span class=\"badge small {}\">{}</span></td><td class=\"num\">{}</td></tr>",
+            if is_focus {
+                format!(" id=\"process-{}\" class=\"focus\"", p.pid)
+            } else {
+                String::new()
+            },
+            if p.root { " (target)" } else { "" },
+            p.ppid.map(|v| v.to_string()).unwrap_or_else(|| "–".into()),
+            esc(&p.command),
+            esc(&life),
+            kind_class(p.verdict.primary),
+            esc(p.verdict.primary.as_str()),
+            esc(&if p.verdict.primary == Kind::None {
+                "–".to_string()
+            } else {
+                format::rate(p.leak_rate())
+            }),
+        );
+    }
+    o.push_str("</tbody></table>");
+    for p in m
+        .processes
+        .iter()
+        .filter(|p| p.pid != m.focus)
+        .take(HTML_PROCESS_SECTIONS)
+    {
+        let view = m.process_view(p);
+        let _ = write!(
+            o,
+            "<details class=\"process\" id=\"process-{}\"{}><summary><b>{}</b> · <span class=\"badge small {}\">{}</span></summary>",
+            p.pid,
+            if p.notable() { " open" } else { "" },
+            esc(&p.label()),
+            kind_class(p.verdict.primary),
+            esc(p.verdict.primary.as_str()),
+        );
+        verdict_body(o, &view);
+        o.push_str("<h3>Timeline</h3>");
+        timeline_body(o, &view);
+        o.push_str("<h3>Suspects</h3>");
+        suspects_body(o, &view);
+        if !p.notes.is_empty() {
+            o.push_str("<h3>Notes</h3><ul>");
+            for n in &p.notes {
+                let _ = write!(o, "<li>{}</li>", rich(n));
+            }
+            o.push_str("</ul>");
+        }
+        o.push_str("</details>");
+    }
+    if m.processes.len() > HTML_PROCESS_SECTIONS + 1 {
+        let _ = write!(
+            o,
+            "<p class=\"muted\">{} more processes are listed above without a section.</p>",
+            m.processes.len() - HTML_PROCESS_SECTIONS - 1
+        );
+    }
+    o.push_str("</section>\n");
 }
 
 /// The JS that holds native memory, each finding linked from the suspects it explains.

@@ -7,7 +7,7 @@
 
 use crate::Weight;
 use crate::format::{self, basename, file_line, frame_label, kind_str};
-use offheap_analysis::{Kind, Model, Suspect, SuspectKind};
+use offheap_analysis::{Kind, Model, ProcessModel, Suspect, SuspectKind};
 use offheap_symbols::FrameKind;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -55,7 +55,7 @@ pub fn render_text(model: &Model) -> String {
     if model.meta.pid != 0 {
         facts.push(format!("pid {}", model.meta.pid));
     }
-    facts.push(format::seconds(model.timeline.duration));
+    facts.push(format::seconds(model.recording_duration()));
     if let Some(end) = &model.end {
         facts.push(match (end.exit_code, end.signal) {
             (_, Some(sig)) => format!("killed by signal {sig}"),
@@ -65,7 +65,138 @@ pub fn render_text(model: &Model) -> String {
     }
     let _ = writeln!(o, "  ({})", facts.join(", "));
     o.push('\n');
+    let multi = model.processes.len() > 1;
+    if multi {
+        let _ = writeln!(o, "{}\n", t(&model.headline));
+    }
+    verdict_text(&mut o, model);
+    owners_text(&mut o, model);
+    if multi {
+        processes_text(&mut o, model);
+    }
 
+    if !model.notes.is_empty() {
+        o.push_str("\nNotes:\n");
+        for n in &model.notes {
+            let _ = writeln!(o, "  - {}", t(n.trim_end()));
+        }
+    }
+    o
+}
+
+/// The JS owners of native memory (issue 12.3), when snapshots were taken.
+fn owners_text(o: &mut String, model: &Model) {
+    if !model.owners.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nJS owners of native memory (heap snapshot joined with the native stacks by mechanism):"
+        );
+        for f in &model.owners {
+            let ranks: Vec<String> = f.suspects.iter().map(|r| format!("#{r}")).collect();
+            let _ = writeln!(o, "  {}", t(&f.text));
+            let _ = writeln!(
+                o,
+                "    {} {} in the snapshot{}; native bytes of suspect{} {}",
+                t(&f.class),
+                t(&f.native),
+                if f.reported_bytes > 0 {
+                    format!(", {} reported by Node", format::bytes(f.reported_bytes))
+                } else {
+                    String::new()
+                },
+                if ranks.len() == 1 { "" } else { "s" },
+                ranks.join(", ")
+            );
+            if let Some(js) = &f.js {
+                let _ = writeln!(o, "    your code: {}", t(&js_owner_text(js)));
+            }
+            if let Some(a) = &f.allocated_by {
+                let _ = writeln!(o, "    allocated in {}", t(a));
+            }
+            if !f.path_text.is_empty() {
+                let _ = writeln!(o, "    path: {}", t(&f.path_text));
+            }
+        }
+    }
+}
+
+/// How many other processes get a section of their own in the terminal.
+pub const TEXT_PROCESS_SECTIONS: usize = 8;
+/// How many processes with no finding the terminal lists.
+pub const TEXT_QUIET_PROCESSES: usize = 10;
+
+/// One line per process; then a section for each other notable one.
+fn processes_text(o: &mut String, model: &Model) {
+    let _ = writeln!(o, "\nProcesses ({} recorded):", model.processes.len());
+    // Every process with a finding, and the first quiet ones.
+    let mut quiet = 0;
+    for p in &model.processes {
+        let focus = p.pid == model.focus;
+        if !(focus || p.root || p.notable()) {
+            quiet += 1;
+            if quiet > TEXT_QUIET_PROCESSES {
+                continue;
+            }
+        }
+        let _ = writeln!(o, "  {}", t(&process_line(p, focus)));
+    }
+    if quiet > TEXT_QUIET_PROCESSES {
+        let _ = writeln!(
+            o,
+            "  ... and {} more processes with no finding (summary.json and report.html list them all)",
+            quiet - TEXT_QUIET_PROCESSES
+        );
+    }
+    let others: Vec<&ProcessModel> = model
+        .processes
+        .iter()
+        .filter(|p| p.pid != model.focus && p.notable())
+        .collect();
+    for p in others.iter().take(TEXT_PROCESS_SECTIONS) {
+        let _ = writeln!(o, "\n== {} ==", t(&p.label()));
+        let view = model.process_view(p);
+        verdict_text(o, &view);
+    }
+    if others.len() > TEXT_PROCESS_SECTIONS {
+        let _ = writeln!(
+            o,
+            "\n... and {} more processes with a finding in report.html",
+            others.len() - TEXT_PROCESS_SECTIONS
+        );
+    }
+}
+
+/// `child 124 (./worker), parent 123: native +1.00 MiB/s, 0.2-6.1 s (exited early)`.
+pub fn process_line(p: &ProcessModel, focus: bool) -> String {
+    let mut l = p.label();
+    if !p.root
+        && let Some(pp) = p.ppid
+    {
+        let _ = write!(l, ", parent {pp}");
+    }
+    let _ = write!(l, ": {}", p.verdict.primary.as_str());
+    if p.verdict.primary != Kind::None {
+        let _ = write!(l, " {}", format::rate(p.leak_rate()));
+    }
+    let _ = write!(l, ", {:.1}-{:.1} s", p.start, p.end);
+    if p.exited_early {
+        let life = p.end - p.start;
+        let life = if life < 1.0 {
+            format!("{:.0} ms", life.max(0.0) * 1000.0)
+        } else {
+            format::seconds(life)
+        };
+        let _ = write!(l, " (exited early, lived {life})");
+    }
+    if focus {
+        l.push_str("  <- the figures above");
+    }
+    l
+}
+
+/// The verdict, growth rates and top suspects of a Model (the focus, or a
+/// process view).
+fn verdict_text(o: &mut String, model: &Model) {
     match &model.verdict {
         Some(v) => {
             let _ = writeln!(
@@ -134,7 +265,7 @@ pub fn render_text(model: &Model) -> String {
             "\nTop suspects (ranked by sustained growth of live bytes):"
         );
         for s in model.suspects.iter().take(TEXT_SUSPECTS) {
-            suspect_text(&mut o, s);
+            suspect_text(o, s);
             for f in model.owners.iter().filter(|f| f.suspects.contains(&s.rank)) {
                 let _ = writeln!(o, "     held in JS: {}", t(&f.text));
             }
@@ -147,47 +278,6 @@ pub fn render_text(model: &Model) -> String {
             );
         }
     }
-
-    if !model.owners.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nJS owners of native memory (heap snapshot joined with the native stacks by mechanism):"
-        );
-        for f in &model.owners {
-            let ranks: Vec<String> = f.suspects.iter().map(|r| format!("#{r}")).collect();
-            let _ = writeln!(o, "  {}", t(&f.text));
-            let _ = writeln!(
-                o,
-                "    {} {} in the snapshot{}; native bytes of suspect{} {}",
-                t(&f.class),
-                t(&f.native),
-                if f.reported_bytes > 0 {
-                    format!(", {} reported by Node", format::bytes(f.reported_bytes))
-                } else {
-                    String::new()
-                },
-                if ranks.len() == 1 { "" } else { "s" },
-                ranks.join(", ")
-            );
-            if let Some(js) = &f.js {
-                let _ = writeln!(o, "    your code: {}", t(&js_owner_text(js)));
-            }
-            if let Some(a) = &f.allocated_by {
-                let _ = writeln!(o, "    allocated in {}", t(a));
-            }
-            if !f.path_text.is_empty() {
-                let _ = writeln!(o, "    path: {}", t(&f.path_text));
-            }
-        }
-    }
-
-    if !model.notes.is_empty() {
-        o.push_str("\nNotes:\n");
-        for n in &model.notes {
-            let _ = writeln!(o, "  - {}", t(n.trim_end()));
-        }
-    }
-    o
 }
 
 /// `handle (server.js:28)`.

@@ -798,3 +798,80 @@ fn owner_findings_are_shown_linked_and_escaped() {
     let plain = render_text(&common::model()).lines().count();
     assert_eq!(text.lines().count(), plain + 1 + 2 + 4, "{text}");
 }
+
+/// A recording of three processes: the target idle, a child that leaks (the
+/// focus), and a short-lived child with a hostile command line. The text
+/// names the leaking child first and lists every process; the HTML has a
+/// section per process, with the command escaped.
+fn three_processes() -> offheap_analysis::Model {
+    use offheap_analysis::{Kind, ProcessModel};
+    let mut m = common::model();
+    m.meta.command = vec!["./server".into()];
+    let leaking = ProcessModel {
+        pid: 41_218,
+        ppid: Some(41_217),
+        command: "./server --worker".into(),
+        root: false,
+        native: true,
+        start: 0.4,
+        end: 60.0,
+        timeline: m.timeline.clone(),
+        verdict: m.verdict.clone().unwrap(),
+        growth: m.growth.clone(),
+        peak: m.peak.clone(),
+        suspects: m.suspects.clone(),
+        ..Default::default()
+    };
+    let mut idle_verdict = m.verdict.clone().unwrap();
+    idle_verdict.kinds = vec![Kind::None];
+    idle_verdict.primary = Kind::None;
+    idle_verdict.explanation = "No leak: memory plateaus after warm-up.".into();
+    idle_verdict.next_steps.clear();
+    let root = ProcessModel {
+        pid: 41_217,
+        ppid: Some(100),
+        command: "./server".into(),
+        root: true,
+        native: true,
+        start: 0.0,
+        end: 60.0,
+        timeline: m.timeline.clone(),
+        verdict: idle_verdict.clone(),
+        ..Default::default()
+    };
+    let hostile = ProcessModel {
+        pid: 41_300,
+        ppid: Some(41_217),
+        command: "sh -c \u{1b}]0;TITLE\u{7}<script>alert(1)</script>".into(),
+        start: 2.0,
+        end: 3.5,
+        exited_early: true,
+        verdict: idle_verdict,
+        ..Default::default()
+    };
+    m.headline = format!("native leak in {}: +3.00 MiB/s", leaking.label());
+    m.focus = leaking.pid;
+    m.processes = vec![root, leaking, hostile];
+    m
+}
+
+#[test]
+fn snapshot_text_processes() {
+    let m = three_processes();
+    let text = render_text(&m);
+    assert!(!text.contains('\u{1b}'), "raw escape in the text: {text}");
+    check_snapshot("text-processes.txt", &text);
+}
+
+#[test]
+fn every_process_has_an_html_section() {
+    let m = three_processes();
+    let html = render_html(&m);
+    assert!(html.contains("id=\"process-41217\""), "target section");
+    assert!(html.contains("id=\"process-41218\""), "focus row");
+    assert!(html.contains("id=\"process-41300\""), "short child section");
+    assert!(html.contains("exited early"));
+    assert!(!html.contains("<script>alert(1)"), "raw hostile markup");
+    assert!(html.contains("&lt;script&gt;alert(1)"));
+    assert_eq!(html.matches("<details class=\"process\"").count(), 2);
+}

@@ -52,13 +52,14 @@ pub fn sample_proc(pid: u32) -> Option<ProcSample> {
                 | "VmHWM"
                 | "VmSize"
                 | "Threads"
-        ) && let Some(n) = parse_kb(v, k == "Threads")
+                | "PPid"
+        ) && let Some(n) = parse_kb(v, matches!(k, "Threads" | "PPid"))
         {
             s.status.insert(k.to_string(), n);
         }
     }
-    if s.status.is_empty() {
-        return None; // zombie: no memory left to describe
+    if !s.status.contains_key("VmRSS") {
+        return None; // zombie (or kernel thread): no memory left to describe
     }
     if let Ok(rollup) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
         for line in rollup.lines().skip(1) {
@@ -70,6 +71,55 @@ pub fn sample_proc(pid: u32) -> Option<ProcSample> {
         }
     }
     Some(s)
+}
+
+/// `/proc/PID/cmdline` as arguments (empty for a kernel thread, a zombie or
+/// a process gone), at most 64 arguments of 4 KiB together.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    let Ok(f) = File::open(format!("/proc/{pid}/cmdline")) else {
+        return Vec::new();
+    };
+    let mut buf = Vec::new();
+    if f.take(4096).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    buf.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .take(64)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The children of `pid`: `/proc/PID/task/TID/children` of each of its threads.
+fn children(pid: u32, out: &mut Vec<u32>) {
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if let Ok(text) = fs::read_to_string(e.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+}
+
+/// Every live descendant of `root` (not `root` itself), at most `limit`.
+pub fn descendants(root: u32, limit: usize) -> BTreeSet<u32> {
+    let mut found = BTreeSet::new();
+    let mut queue = vec![root];
+    let mut kids = Vec::new();
+    while let Some(p) = queue.pop() {
+        kids.clear();
+        children(p, &mut kids);
+        for &k in &kids {
+            if k != root && found.len() < limit && found.insert(k) {
+                queue.push(k);
+            }
+        }
+    }
+    found
 }
 
 fn parse_kb(v: &str, plain: bool) -> Option<u64> {
@@ -173,7 +223,12 @@ pub struct Collector {
     /// The target's main-thread JS agent said goodbye (stopped, or exiting).
     pub agent_gone: bool,
     gone: BTreeSet<u32>,
+    /// The last command line written for each process.
+    cmdlines: BTreeMap<u32, Vec<String>>,
 }
+
+/// At most this many descendants of the target are sampled each interval.
+const MAX_DESCENDANTS: usize = 1024;
 
 impl Collector {
     pub fn new(dir: &Path, target: u32) -> std::io::Result<Collector> {
@@ -188,12 +243,13 @@ impl Collector {
             acks: BTreeSet::new(),
             agent_gone: false,
             gone: BTreeSet::new(),
+            cmdlines: BTreeMap::new(),
         })
     }
 
-    /// The processes to watch: the target, plus every process that wrote a
-    /// stream into the recording (forked or exec'd children that offheap follows).
-    fn pids(&self) -> BTreeSet<u32> {
+    /// The target, and every process that wrote a stream into the recording
+    /// (forked or exec'd children that offheap follows, perhaps reparented).
+    fn stream_pids(&self) -> BTreeSet<u32> {
         let mut pids = BTreeSet::from([self.target]);
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for e in rd.flatten() {
@@ -228,12 +284,24 @@ impl Collector {
     /// One interval: sample /proc, copy perf maps, read the latest JS figures.
     pub fn tick(&mut self) {
         let mut lines = String::new();
-        for pid in self.pids() {
+        // /proc is sampled for the target's live descendants too, whether
+        // offheap's agents follow them or not (their RSS alone can show a
+        // leak); perf maps are copied only for the processes with a stream.
+        let streamed = self.stream_pids();
+        let mut pids = streamed.clone();
+        pids.extend(descendants(self.target, MAX_DESCENDANTS));
+        for pid in pids {
             if self.gone.contains(&pid) {
                 continue;
             }
             match sample_proc(pid) {
-                Some(s) => {
+                Some(mut s) => {
+                    // The command line when it is new or changed (an exec).
+                    let cmd = cmdline(pid);
+                    if !cmd.is_empty() && self.cmdlines.get(&pid) != Some(&cmd) {
+                        self.cmdlines.insert(pid, cmd.clone());
+                        s.cmdline = cmd;
+                    }
                     if let Ok(l) = serde_json::to_string(&s) {
                         lines.push_str(&l);
                         lines.push('\n');
@@ -246,6 +314,9 @@ impl Collector {
                     self.gone.insert(pid);
                 }
                 None => {}
+            }
+            if !streamed.contains(&pid) {
+                continue;
             }
             let dir = &self.dir;
             let copy = self.perf_maps.entry(pid).or_insert_with(|| PerfMapCopy {
@@ -367,5 +438,32 @@ mod tests {
         assert!(s.rss().unwrap() > 0);
         assert!(s.status.contains_key("RssAnon"));
         assert!(sample_proc(u32::MAX - 1).is_none());
+        assert_eq!(
+            s.status.get("PPid"),
+            Some(&std::os::unix::process::parent_id().into())
+        );
+        assert!(!cmdline(std::process::id()).is_empty());
+    }
+
+    #[test]
+    fn finds_descendants() {
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "sleep 1 & sleep 1 & wait"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut found = BTreeSet::new();
+        while std::time::Instant::now() < deadline {
+            found = descendants(me, 100);
+            if found.len() >= 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = c.wait();
+        assert!(found.contains(&c.id()), "{found:?}");
+        assert!(found.len() >= 3, "sh and its two sleeps: {found:?}");
+        assert!(descendants(me, 1).len() <= 1);
     }
 }

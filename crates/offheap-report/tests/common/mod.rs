@@ -554,5 +554,6 @@ pub fn model() -> Model {
             "Skipped 1 truncated record at the end of native-41217.bin (the target was killed).".into(),
             "JS frames resolved from /tmp/perf-41217.map copied at 59.5 s.".into(),
         ],
+         ..Default::default()
     }
 }
