@@ -1036,7 +1036,10 @@ mod tests {
     }
 
     /// A recording of `/proc` samples only: pid -> (first s, last s, RSS at s).
-    fn proc_only(mode: &str, procs: &[(u32, f64, f64, &dyn Fn(f64) -> f64)]) -> Recording {
+    /// pid, first s, last s, RSS at s.
+    type ProcSpec<'a> = (u32, f64, f64, &'a dyn Fn(f64) -> f64);
+
+    fn proc_only(mode: &str, procs: &[ProcSpec]) -> Recording {
         let start = 1.0e12;
         let mut proc = Vec::new();
         for &(pid, from, to, rss) in procs {

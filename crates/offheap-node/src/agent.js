@@ -291,14 +291,25 @@
       };
       try {
         sfd = openSync(partial, C.O_WRONLY | C.O_CREAT | C.O_EXCL | (C.O_NOFOLLOW || 0), 0o600);
-        session.on('HeapProfiler.addHeapSnapshotChunk', onChunk);
-        try {
-          post('HeapProfiler.enable');
-          post('HeapProfiler.takeHeapSnapshot', { reportProgress: false });
-        } finally {
-          session.removeListener('HeapProfiler.addHeapSnapshotChunk', onChunk);
+        try { post('HeapProfiler.enable'); } catch (_) { /* ids still come from the isolate's profiler */ }
+        if (typeof v8.writeHeapSnapshot === 'function') {
+          // Synchronous on every Node version (the inspector's
+          // takeHeapSnapshot answers asynchronously from Node 22 on). It
+          // writes over the file just created O_EXCL|O_NOFOLLOW in the
+          // private recording directory.
           closeSync(sfd);
+          sfd = -1;
+          v8.writeHeapSnapshot(partial);
+          bytes = fs.statSync(partial).size;
+        } else {
+          session.on('HeapProfiler.addHeapSnapshotChunk', onChunk);
+          try {
+            post('HeapProfiler.takeHeapSnapshot', { reportProgress: false });
+          } finally {
+            session.removeListener('HeapProfiler.addHeapSnapshotChunk', onChunk);
+          }
         }
+        if (sfd >= 0) { closeSync(sfd); sfd = -1; }
         if (werr) throw werr;
         const geo = viewGeometry();
         const viewsFile = final + '.views.json';
@@ -314,6 +325,7 @@
         });
         return true;
       } catch (e) {
+        try { if (sfd >= 0) closeSync(sfd); } catch (_) { /* ignore */ }
         try { fs.unlinkSync(partial); } catch (_) { /* ignore */ }
         record({ type: 'snapshot', t: t0, name, request, error: String(e && e.message) });
         return false;

@@ -557,25 +557,25 @@ mod tests {
             (3, "internal", "table", 4),
         ];
         let idx = ["0", "1", "2"];
-        for k in 0..3 {
+        for k in idx {
             let base = nodes.len();
             nodes.push(("object", "DeflateRaw", 200)); // base
             nodes.push(("object", "Zlib", 56)); // base+1
             nodes.push(("native", "Node / ZlibStream", 464)); // base+2
             nodes.push(("native", "Node / zlib_memory", 284_672)); // base+3
-            edges.push((4, "internal", idx[k], base));
+            edges.push((4, "internal", k, base));
             edges.push((base, "property", "_handle", base + 1));
             edges.push((base + 1, "property", "<symbol owner_symbol>", base));
             edges.push((base + 1, "internal", "javascript_to_native", base + 2));
             edges.push((base + 2, "internal", "native_to_javascript", base + 1));
             edges.push((base + 2, "internal", "zlib_memory", base + 3));
-            edges.push((5, "element", idx[k], base + 2));
+            edges.push((5, "element", k, base + 2));
         }
-        for k in 0..2 {
+        for k in &idx[..2] {
             let base = nodes.len();
             nodes.push(("object", "Block", 24));
             nodes.push(("object", "Object", 32)); // the External
-            edges.push((6, "element", idx[k], base));
+            edges.push((6, "element", k, base));
             edges.push((base, "property", "<symbol node:napi:wrapper>", base + 1));
         }
         // The registry of private symbols names the key: not a wrapper.
