@@ -221,8 +221,8 @@ function openClientStream() {
 }
 let n = 0;
 const t = setInterval(() => {
-  for (let i = 0; i < 3; i++) openClientStream();
-  if (++n >= 260) clearInterval(t);
+  for (let i = 0; i < 2; i++) openClientStream();
+  if (++n >= 360) clearInterval(t);
 }, 25);
 "#,
     );
