@@ -310,7 +310,14 @@ const t = setInterval(() => {
     let out = sb.run("rec", &[], &["node", "files.js"]);
     assert!(out.status.success(), "{out:?}");
     let s = summary(&sb.path("rec"));
-    assert_eq!(s["verdict"]["primary"], "none", "{}", describe(&out, &s));
+    // No leak of any kind; glibc arenas of the threadpool threads may read
+    // as fragmentation, which the verdict itself calls "not a leak".
+    let k = kinds(&s);
+    assert!(
+        k.iter().all(|k| k == "none" || k == "fragmentation"),
+        "{}",
+        describe(&out, &s)
+    );
 }
 
 #[test]
