@@ -33,6 +33,7 @@
 #   CALLGRIND=1 bench/default_mode.sh        # also instruction counts of the origin hooks (+2 min)
 #   CALLGRIND=1 CALLGRIND_MIX="all pbkdf2 deflate readFile randomBytes" ROUNDS=0 bench/default_mode.sh
 #                                            # the same for each kind of work alone (+8 min)
+#   CALLGRIND_HEAP=1 ROUNDS=0 bench/default_mode.sh # instruction counts of the heap profiler (+4 min)
 #   OFFHEAP=path/to/offheap bench/default_mode.sh   # skip the cargo build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -239,4 +240,37 @@ if [[ $CALLGRIND == 1 ]] && command -v valgrind >/dev/null; then
       "$mix" "${I[plain]}" "${I[no-origins]}" "${I[default]}" "$(echo "${I[default]} - ${I[no-origins]}" | bc -l)" \
       "$(echo "100 * (${I[default]} - ${I[no-origins]}) / ${I[no-origins]}" | bc -l)"
   done
+fi
+
+if [[ ${CALLGRIND_HEAP:-0} == 1 ]] && command -v valgrind >/dev/null; then
+  # The sampling heap profiler's instructions per churn iteration (N=90000
+  # minus N=30000), node alone (all its threads; offheap's CLI excluded):
+  # `offheap run` with and without it. The JS agent's work is driven by
+  # time, which runs about 50 times slower under valgrind, so its interval
+  # is stretched 50 times too (--interval 25s: a tick, and with it a
+  # `getSamplingProfile` read, about every 0.5 s of native run time; natively
+  # the profile is read every 2 s, so this overstates that part).
+  # --follow-exec keeps the native agent across valgrind's launcher script
+  # (see OFFHEAP_FOLLOW_EXEC above).
+  hir() { # MODE N -> instructions of node
+    local -a extra=()
+    [[ $1 == no-heap ]] && extra=(--heap-sample-interval 0)
+    local out pid
+    rm -rf "$REC"
+    out=$(valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=/dev/null \
+      "$OFFHEAP" run "${extra[@]}" --follow-exec --interval 25s --quiet --out "$REC" -- node bench/dm_churn.js "$2" 2>&1)
+    pid=$(field "$(grep ops_per_s <<< "$out")" pid)
+    rm -rf "$REC"
+    grep "^==$pid== Collected" <<< "$out" | awk '{print $4}' | tr -d ,
+  }
+  echo
+  echo "[callgrind] node bench/dm_churn.js under offheap run --interval 25s, instructions per iteration (N=90000 minus N=30000):"
+  declare -A H=()
+  for m in no-heap default; do
+    a=$(hir "$m" 30000); b=$(hir "$m" 90000)
+    H[$m]=$(echo "($b - $a) / 60000" | bc -l)
+  done
+  printf "  without the heap profiler %7.0f, with it %7.0f: it adds %5.0f per iteration (%.2f%%)\n" \
+    "${H[no-heap]}" "${H[default]}" "$(echo "${H[default]} - ${H[no-heap]}" | bc -l)" \
+    "$(echo "100 * (${H[default]} - ${H[no-heap]}) / ${H[no-heap]}" | bc -l)"
 fi
