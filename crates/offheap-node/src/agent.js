@@ -99,9 +99,11 @@
 
     function memRecord() {
       const m = memoryUsage();
-      const heap = getHeapStatistics();
+      const stats = getHeapStatistics();
       const spaces = {};
+      let oldGen = 0;
       for (const s of getHeapSpaceStatistics()) {
+        if (s.space_name !== 'new_space' && s.space_name !== 'new_large_object_space') oldGen += s.space_used_size;
         spaces[s.space_name] = {
           space_size: s.space_size,
           space_used_size: s.space_used_size,
@@ -109,9 +111,10 @@
           physical_space_size: s.physical_space_size,
         };
       }
+      heap.oldGen = oldGen;
       return stringify({
         type: 'mem', t: nowMs(), rss: m.rss, heap_total: m.heapTotal, heap_used: m.heapUsed,
-        external: m.external, array_buffers: m.arrayBuffers, heap, spaces,
+        external: m.external, array_buffers: m.arrayBuffers, heap: stats, spaces,
       }) + '\n';
     }
 
@@ -144,9 +147,17 @@
     }
 
     // ---- V8's sampling heap profiler: JS culprits of a growing heap ----
+    // A read of the profile is costly: V8 runs a full, atomic GC in every
+    // one (the inspector always starts sampling with kSamplingForceGC), and
+    // on a busy server each forced GC costs far more than its pause (about
+    // 100 ms of throughput on bench/http_server.js: optimised code thrown
+    // away and rebuilt). So reads are made when they can tell something
+    // new (see heapDue), and otherwise only log-spaced in time.
     const heap = {
       on: false, frames: new Map(), stacks: new Map(), nextFrame: 0, nextStack: 0,
-      last: 0, periodMs: Math.max(500, cfg.heapProfileMs | 0 || 2000),
+      last: 0, maxGapMs: Math.max(2000, cfg.heapProfileMs | 0 || 30000),
+      // Right after the last read (a full GC): retained heap and old generation.
+      baseUsed: 0, baseOld: 0, oldGen: 0, grewAtMajor: false, reading: [0, 0],
     };
     function startHeapSampling() {
       if (heap.on || !(cfg.heapSampleBytes > 0) || !connect()) return;
@@ -156,6 +167,8 @@
         });
         heap.on = true;
         heap.last = heap.started = nowMs();
+        heap.baseUsed = memoryUsage().heapUsed;
+        heap.baseOld = heap.oldGen;
       } catch (e) {
         record({ type: 'note', t: nowMs(), text: 'heap sampling unavailable: ' + String(e && e.message) });
         heap.on = false;
@@ -180,11 +193,20 @@
       if (!heap.on || !session) return;
       let profile;
       const t0 = nowMs();
+      heap.reading[0] = perfHooks.performance.now();
       try {
         profile = post('HeapProfiler.getSamplingProfile').profile;
       } catch (_) {
         return;
+      } finally {
+        heap.reading[1] = perfHooks.performance.now();
       }
+      heap.grewAtMajor = false;
+      try {
+        heap.baseUsed = memoryUsage().heapUsed;
+        memRecord(); // refreshes heap.oldGen, right after the read's full GC
+        heap.baseOld = heap.oldGen;
+      } catch (_) { /* keep the old baselines */ }
       // A read walks the heap (about 0.3 ms per MB on Node 20; V8 12+, in
       // Node 22 and 24, also runs a full GC in it), and a deep profile tree
       // costs its walk below: reads are spaced so that, all told, they take
@@ -215,6 +237,25 @@
       const rec = { type: 'heap_profile', t: nowMs(), interval: cfg.heapSampleBytes, sites };
       if (atExit) rec.exit = true;
       record(rec);
+    }
+
+    // Is a read of the heap profile due? Never sooner than minGap after the
+    // last one (1 s at first, up to 10 s, and 50 times the last read's own
+    // time); then when the heap may have grown since the last read (a
+    // natural mark-compact left more retained than the last read did, or
+    // the old generation grew by half since it) — a leak gets profiles as
+    // fast as it grows — and otherwise every third of the run's age (at 2,
+    // 4, 6, 9, 13.5, 20 s ...) up to every maxGapMs (30 s): a flat service
+    // pays for about nine reads in its first minute, then two a minute.
+    function heapDue(now) {
+      if (!heap.on || heap.exited) return false;
+      const age = now - heap.started;
+      const since = now - heap.last;
+      const minGap = Math.max(1000, Math.min(age / 4, 10000), 50 * (heap.cost || 0));
+      if (since < minGap) return false;
+      if (heap.grewAtMajor) return true;
+      if (heap.oldGen > heap.baseOld + Math.max(1 << 20, heap.baseOld / 2)) return true;
+      return since >= Math.max(2000, Math.min(age / 3, heap.maxGapMs));
     }
 
     // ---- heap snapshots, taken here on request -------------------------
@@ -431,17 +472,12 @@
           state.stop();
           return;
         }
+        state.pending.push(memRecord());
         startHeapSampling();
-        // Every 500 ms at first, slowing to every periodMs: a short run
-        // still gets enough profiles for a trend, a long one stays cheap.
-        const period = Math.max(
-          Math.min(heap.periodMs, Math.max(500, (nowMs() - heap.started) / 8)),
-          50 * (heap.cost || 0));
-        if (heap.on && !heap.exited && nowMs() - heap.last >= period) {
+        if (heapDue(nowMs())) {
           heap.last = nowMs();
           heapProfile();
         }
-        state.pending.push(memRecord());
         flush();
         control();
       } catch (e) {
@@ -477,6 +513,9 @@
             if (kind === 4 /* NODE_PERFORMANCE_GC_MAJOR: mark-sweep-compact */) {
               if (after === undefined) after = memoryUsage().heapUsed;
               rec.heap_used_after = after;
+              // A natural one (not the read's own) that retained more than the last read.
+              const ours = e.startTime >= heap.reading[0] - 1 && e.startTime <= heap.reading[1] + 1;
+              if (!ours && after > heap.baseUsed * 1.05 + (256 << 10)) heap.grewAtMajor = true;
             }
             state.pending.push(stringify(rec) + '\n');
           }

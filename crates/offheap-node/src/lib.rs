@@ -35,7 +35,8 @@ pub struct AgentConfig {
     pub node_options: Option<String>,
     /// Mean sampling interval of V8's sampling heap profiler (0: off).
     pub heap_sample_bytes: u64,
-    /// How often the heap profile is written.
+    /// The longest gap between two reads of the heap profile when nothing
+    /// suggests the heap grew (agent.js `heapDue`).
     pub heap_profile_ms: u64,
     /// `--snapshots`: the agent takes the end snapshot at exit when the heap grew.
     pub snapshots: bool,

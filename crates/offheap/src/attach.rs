@@ -83,7 +83,7 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
         follow_exec: true,
         node_options: None,
         heap_sample_bytes: rec.heap_sample_interval,
-        heap_profile_ms: 2000,
+        heap_profile_ms: 30_000,
         snapshots: false,
         track_allocations: rec.track_allocations,
         exit_snapshot_max_heap: 0,

@@ -236,7 +236,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             follow_exec: args.follow_exec,
             node_options: user_node_options.clone(),
             heap_sample_bytes: args.record.heap_sample_interval,
-            heap_profile_ms: 2000,
+            heap_profile_ms: 30_000,
             snapshots: args.record.snapshots,
             track_allocations: args.record.track_allocations,
             exit_snapshot_max_heap: 256 << 20,
