@@ -75,24 +75,32 @@ pub fn suspects(
         (0.7, 1024.0 * 1024.0)
     };
     for &ns in isolates {
-        let end = stop_ms.unwrap_or(f64::MAX).min(start + to * 1000.0);
-        let mut profiles: Vec<_> = ns
+        let stop = stop_ms.unwrap_or(f64::MAX);
+        let end = stop.min(start + to * 1000.0);
+        // The at-exit profile describes teardown (a script whose timers
+        // ended lets its caches go before exit): like the native at-exit
+        // snapshot, it is used only when there are too few others.
+        let live: Vec<_> = ns
             .heap_profiles
             .iter()
+            .filter(|p| !p.exit && p.t <= stop)
+            .collect();
+        let mut profiles: Vec<_> = live
+            .iter()
+            .copied()
             .filter(|p| p.t >= start + from * 1000.0 && p.t <= end)
             .collect();
         if profiles.len() < MIN_PROFILES {
-            // Short run: all but nothing.
-            profiles = ns.heap_profiles.iter().filter(|p| p.t <= end).collect();
+            // Short run: every profile taken before the target was asked to
+            // stop (reads are sparse, and the last may fall just after the
+            // window's last sample).
+            profiles = live;
+        }
+        if profiles.len() < MIN_PROFILES {
+            profiles = ns.heap_profiles.iter().filter(|p| p.t <= stop).collect();
         }
         if profiles.len() < MIN_PROFILES {
             continue;
-        }
-        // The at-exit profile describes teardown (a script whose timers
-        // ended lets its caches go before exit): like the native at-exit
-        // snapshot, it is left out when enough others remain.
-        if profiles.iter().filter(|p| !p.exit).count() >= MIN_PROFILES {
-            profiles.retain(|p| !p.exit);
         }
         // stack -> (t, bytes, samples) at each profile, 0 when absent.
         let n = profiles.len();
@@ -149,4 +157,78 @@ pub fn suspects(
         }
     }
     (out, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use offheap_format::{HeapFrame, HeapProfile, HeapStack, NodeHello};
+
+    fn stream(profiles: &[(f64, u64, bool)]) -> NodeStream {
+        NodeStream {
+            hello: Some(NodeHello {
+                is_main_thread: true,
+                ..Default::default()
+            }),
+            heap_frames: vec![HeapFrame {
+                id: 0,
+                function: "remember".into(),
+                url: "/app/cache.js".into(),
+                line: 3,
+                column: 1,
+            }],
+            heap_stacks: vec![HeapStack {
+                id: 0,
+                frames: vec![0],
+            }],
+            heap_profiles: profiles
+                .iter()
+                .map(|&(t, mib, exit)| HeapProfile {
+                    t: t * 1000.0,
+                    interval: 512 << 10,
+                    sites: if mib > 0 {
+                        vec![(0, mib << 20, mib * 2)]
+                    } else {
+                        vec![]
+                    },
+                    exit,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn found(profiles: &[(f64, u64, bool)], window: (f64, f64)) -> usize {
+        let rec = Recording::default();
+        let ns = stream(profiles);
+        suspects(&rec, &[&ns], window, None, true, 5).0.len()
+    }
+
+    #[test]
+    fn the_teardown_profile_never_ends_a_growing_trend() {
+        // Two reads in the window, one before it, and the exit's empty one
+        // (the leak let go at teardown): the trend is read from the three
+        // live ones, not from two and the empty exit profile.
+        let p = [
+            (1.0, 2, false),
+            (3.0, 7, false),
+            (6.0, 15, false),
+            (6.2, 0, true),
+        ];
+        assert_eq!(found(&p, (1.25, 6.3)), 1);
+        // The last live read just after the window's end counts too.
+        assert_eq!(found(&p, (0.0, 5.9)), 1);
+        // Enough reads in the window: the one before it is left out, and a
+        // flat site is no suspect.
+        let flat = [
+            (1.0, 2, false),
+            (3.0, 2, false),
+            (5.0, 2, false),
+            (7.0, 2, false),
+            (7.2, 0, true),
+        ];
+        assert_eq!(found(&flat, (0.0, 7.1)), 0);
+        // Only the exit profile beside two others: too few to judge.
+        assert_eq!(found(&[(1.0, 2, false), (3.0, 7, false)], (0.0, 4.0)), 0);
+    }
 }

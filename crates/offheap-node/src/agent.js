@@ -157,7 +157,8 @@
       on: false, frames: new Map(), stacks: new Map(), nextFrame: 0, nextStack: 0,
       last: 0, maxGapMs: Math.max(2000, cfg.heapProfileMs | 0 || 30000),
       // Right after the last read (a full GC): retained heap and old generation.
-      baseUsed: 0, baseOld: 0, oldGen: 0, grewAtMajor: false, reading: [0, 0],
+      baseUsed: 0, baseOld: 0, oldGen: 0, grewAtMajor: false, majorsSince: 0, reading: [0, 0],
+      beat: 3000, // the age of the next read when nothing else asks for one
     };
     function startHeapSampling() {
       if (heap.on || !(cfg.heapSampleBytes > 0) || !connect()) return;
@@ -202,6 +203,7 @@
         heap.reading[1] = perfHooks.performance.now();
       }
       heap.grewAtMajor = false;
+      heap.majorsSince = 0;
       try {
         heap.baseUsed = memoryUsage().heapUsed;
         memRecord(); // refreshes heap.oldGen, right after the read's full GC
@@ -241,12 +243,14 @@
 
     // Is a read of the heap profile due? Never sooner than minGap after the
     // last one (1 s at first, up to 10 s, and 50 times the last read's own
-    // time); then when the heap may have grown since the last read (a
+    // time). Then when the heap may have grown since the last read: a
     // natural mark-compact left more retained than the last read did, or
-    // the old generation grew by half since it) — a leak gets profiles as
-    // fast as it grows — and otherwise every third of the run's age (at 2,
-    // 4, 6, 9, 13.5, 20 s ...) up to every maxGapMs (30 s): a flat service
-    // pays for about nine reads in its first minute, then two a minute.
+    // the old generation grew by half (it also holds promoted garbage,
+    // which the next mark-compact frees) — a leak gets profiles as fast as
+    // it grows. Otherwise at fixed ages of the run (3, 6, 9, 13.5, 20 s ...,
+    // then every maxGapMs), skipped when natural mark-compacts since the
+    // last read showed that the heap did not grow: a flat service that
+    // collects by itself pays for the first reads only.
     function heapDue(now) {
       if (!heap.on || heap.exited) return false;
       const age = now - heap.started;
@@ -255,7 +259,9 @@
       if (since < minGap) return false;
       if (heap.grewAtMajor) return true;
       if (heap.oldGen > heap.baseOld + Math.max(1 << 20, heap.baseOld / 2)) return true;
-      return since >= Math.max(2000, Math.min(age / 3, heap.maxGapMs));
+      if (age < heap.beat) return false;
+      while (heap.beat <= age) heap.beat += Math.max(3000, Math.min(heap.beat / 2, heap.maxGapMs));
+      return heap.majorsSince === 0;
     }
 
     // ---- heap snapshots, taken here on request -------------------------
@@ -515,7 +521,10 @@
               rec.heap_used_after = after;
               // A natural one (not the read's own) that retained more than the last read.
               const ours = e.startTime >= heap.reading[0] - 1 && e.startTime <= heap.reading[1] + 1;
-              if (!ours && after > heap.baseUsed * 1.05 + (256 << 10)) heap.grewAtMajor = true;
+              if (!ours) {
+                heap.majorsSince++;
+                if (after > heap.baseUsed * 1.05 + (256 << 10)) heap.grewAtMajor = true;
+              }
             }
             state.pending.push(stringify(rec) + '\n');
           }

@@ -638,7 +638,7 @@ setTimeout(() => clearInterval(t), 10000);
     assert!(out.status.success(), "{out:?}");
     let reads = heap_profiles(&sb.path("rec"));
     let live: Vec<_> = reads.iter().filter(|r| !r.1).collect();
-    // 2, 4, 6 and 9 s by the schedule; a natural mark-compact that
+    // 3, 6 and 9 s by the schedule; a natural mark-compact that
     // retained more than the last read may add one or two.
     assert!(
         (2..=7).contains(&live.len()),
