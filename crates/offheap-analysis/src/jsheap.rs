@@ -137,9 +137,9 @@ pub fn suspects(
         if !found.is_empty() && thread != 0 {
             let total: f64 = found.iter().map(|f| f.0).sum();
             notes.push(format!(
-                "worker thread {thread}: its V8 heap has {} growing allocation site(s), {:.1} kB/s together",
+                "worker thread {thread}: its V8 heap has {} growing allocation site(s), {}/s together",
                 found.len(),
-                total / 1e3
+                offheap_format::units::bytes_f(total)
             ));
         }
         for (slope, peak, stack) in found.into_iter().take(top) {

@@ -12,6 +12,7 @@
 //! in neither recording: the join is by mechanism, and says so.
 
 use crate::model::{JsOwner, Suspect, SuspectKind};
+use offheap_format::units::bytes as human;
 use offheap_symbols::{Frame, FrameKind};
 use serde::{Deserialize, Serialize};
 
@@ -115,21 +116,6 @@ pub fn mechanism(frames: &[Frame]) -> Option<String> {
             return None;
         };
     Some(class.to_string())
-}
-
-fn human(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = b as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u < U.len() - 1 {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{x:.1} {}", U[u])
-    }
 }
 
 fn basename(p: &str) -> &str {

@@ -146,15 +146,11 @@ fn sustained(t: &Option<Trend>, abs_min: f64, rel_min: f64, tau_min: f64) -> f64
 }
 
 fn mb(b: f64) -> String {
-    format!("{:.1} MB", b / 1e6)
+    offheap_format::units::bytes_f(b)
 }
 
 fn rate(b: f64) -> String {
-    if b.abs() >= 1e6 {
-        format!("{:.2} MB/s", b / 1e6)
-    } else {
-        format!("{:.1} kB/s", b / 1e3)
-    }
+    format!("{}/s", offheap_format::units::bytes_f(b))
 }
 
 /// Decides the verdict from the evidence.

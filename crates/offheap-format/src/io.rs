@@ -112,20 +112,9 @@ pub fn read_recording_file(path: &Path, max: u64) -> io::Result<(Vec<u8>, Option
     Ok((bytes, (size > max).then_some(size)))
 }
 
-/// `4 GiB`, `64 MiB`: a bound for messages.
+/// `4 GiB`, `64 MiB`: a bound for messages (see [`crate::units::bound`]).
 pub fn human_size(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = b as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u < U.len() - 1 {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 || x.fract() == 0.0 {
-        format!("{x:.0} {}", U[u])
-    } else {
-        format!("{x:.1} {}", U[u])
-    }
+    crate::units::bound(b)
 }
 
 /// Replaces `path` with `bytes`, whole: a unique new file (`O_EXCL`, random

@@ -34,6 +34,8 @@ mod telemetry;
 #[cfg(feature = "read")]
 pub mod text;
 #[cfg(feature = "read")]
+pub mod units;
+#[cfg(feature = "read")]
 pub use telemetry::*;
 #[cfg(feature = "read")]
 pub use text::escape_terminal;

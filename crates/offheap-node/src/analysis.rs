@@ -1,6 +1,7 @@
 //! Findings from one heap snapshot (top retainers, external memory, hostage
 //! buffers, global handles) and the comparison of two snapshots.
 
+use offheap_format::units::bytes as human;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -888,21 +889,6 @@ fn hostages(
     });
     v.truncate(opts.top);
     v
-}
-
-fn human(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = b as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u < 4 {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{x:.1} {}", U[u])
-    }
 }
 
 impl SnapshotReport {

@@ -3,45 +3,7 @@
 
 use offheap_symbols::{Frame, FrameKind};
 
-/// `1536` -> `"1.5 KiB"`; exact below 1 KiB.
-pub fn bytes(v: u64) -> String {
-    bytes_f(v as f64)
-}
-
-/// Like [`bytes`] for a float that may be negative.
-pub fn bytes_f(v: f64) -> String {
-    if !v.is_finite() {
-        return "?".into();
-    }
-    let sign = if v < 0.0 { "-" } else { "" };
-    let a = v.abs();
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if a < 1024.0 {
-        return format!("{sign}{} B", a.round() as u64);
-    }
-    let mut x = a;
-    let mut i = 0;
-    while x >= 1024.0 && i < UNITS.len() - 1 {
-        x /= 1024.0;
-        i += 1;
-    }
-    if x >= 100.0 {
-        format!("{sign}{x:.0} {}", UNITS[i])
-    } else if x >= 10.0 {
-        format!("{sign}{x:.1} {}", UNITS[i])
-    } else {
-        format!("{sign}{x:.2} {}", UNITS[i])
-    }
-}
-
-/// A rate in bytes per second, signed: `"+1.2 MiB/s"`, `"0 B/s"`.
-pub fn rate(v: f64) -> String {
-    if v.is_finite() && v > 0.0 {
-        format!("+{}/s", bytes_f(v))
-    } else {
-        format!("{}/s", bytes_f(v))
-    }
-}
+pub use offheap_format::units::{bytes, bytes_f, rate};
 
 /// `1234567` -> `"1,234,567"`.
 pub fn count(v: u64) -> String {

@@ -169,9 +169,9 @@ pub fn report(args: ReportArgs) -> Result<u8> {
             let pts: Vec<String> = series
                 .points
                 .iter()
-                .map(|(t, v)| format!("{t:.1}:{:.1}", v / 1e6))
+                .map(|(t, v)| format!("{t:.1}:{:.1}", v / 1048576.0))
                 .collect();
-            println!("{} (MB) {}", series.name, pts.join(" "));
+            println!("{} (MiB) {}", series.name, pts.join(" "));
         }
         println!(
             "warmup_end {:.1} duration {:.1}",

@@ -6,23 +6,9 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-/// Formats a byte count for people: `512 B`, `12.3 MB`, `1.20 GB`.
+/// Formats a byte count for people: `512 B`, `11.8 MiB`, `1.12 GiB`.
 pub fn human_bytes(b: f64) -> String {
-    let a = b.abs();
-    let (v, u) = if a >= 1e9 {
-        (b / 1e9, "GB")
-    } else if a >= 1e6 {
-        (b / 1e6, "MB")
-    } else if a >= 1e3 {
-        (b / 1e3, "kB")
-    } else {
-        return format!("{b:.0} B");
-    };
-    if v.abs() >= 100.0 {
-        format!("{v:.0} {u}")
-    } else {
-        format!("{v:.1} {u}")
-    }
+    offheap_format::units::bytes_f(b)
 }
 
 pub fn human_duration(d: Duration) -> String {
@@ -189,7 +175,7 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(human_bytes(512.0), "512 B");
-        assert_eq!(human_bytes(12_345_678.0), "12.3 MB");
+        assert_eq!(human_bytes(12_345_678.0), "11.8 MiB");
         assert_eq!(human_bytes(1.5e9), "1.5 GB");
         assert_eq!(human_duration(Duration::from_secs(75)), "1m15s");
     }
