@@ -176,7 +176,7 @@ mod tests {
     fn formats() {
         assert_eq!(human_bytes(512.0), "512 B");
         assert_eq!(human_bytes(12_345_678.0), "11.8 MiB");
-        assert_eq!(human_bytes(1.5e9), "1.5 GB");
+        assert_eq!(human_bytes(1.5e9), "1.40 GiB");
         assert_eq!(human_duration(Duration::from_secs(75)), "1m15s");
     }
 
