@@ -33,6 +33,9 @@ pub struct Evidence {
     /// near the noise floor spread over every stack is warm-up (JIT
     /// metadata, caches filling), not a leak: a leak has a site.
     pub native_concentrated: bool,
+    /// RSS over the second half of the window alone: a young process's
+    /// RSS that rises fast and then levels off is warm-up, not growth.
+    pub rss_late: Option<Trend>,
 }
 
 fn after(points: &[(f64, f64)], t0: f64) -> Vec<(f64, f64)> {
@@ -102,6 +105,10 @@ impl Evidence {
         Evidence {
             span,
             rss: raw("rss").map(|p| trend(&p)),
+            rss_late: raw("rss")
+                .map(|p| after(&p, w + span / 2.0))
+                .filter(|p| p.len() >= 3)
+                .map(|p| trend(&p)),
             heap_after_gc,
             heap_confirmed,
             heap_total: floor("heap_total").map(|p| trend(&p)),
@@ -283,7 +290,14 @@ pub fn decide(ev: &Evidence) -> Verdict {
     // arenas expand for a few seconds before the first full GC), or rising
     // over a long window.
     let rss_level = ev.rss.map(|t| t.level).unwrap_or(0.0);
-    let steady = g_rss >= (16.0 * MIB).max(0.25 * rss_level) || ev.span >= 20.0;
+    // Levelling off: the second half rose at under a third of the whole
+    // window's rate (warm-up: arenas, the V8 heap and code pages touched
+    // for the first time), when nothing else was seen growing.
+    let levelling = match (ev.rss, ev.rss_late) {
+        (Some(all), Some(late)) => all.slope > 0.0 && late.slope < all.slope / 3.0,
+        _ => false,
+    };
+    let steady = (g_rss >= (16.0 * MIB).max(0.25 * rss_level) || ev.span >= 20.0) && !levelling;
     if kinds.is_empty() && g_rss > 0.0 && steady {
         return unconfirmed(ev, g_rss, g_total, ext_any);
     }
@@ -537,6 +551,23 @@ mod tests {
         assert_ne!(v.primary, Kind::None, "{v:?}");
         assert!(v.explanation.contains("not confirmed"), "{v:?}");
         assert!(v.explanation.contains("RSS grew"), "{v:?}");
+    }
+
+    /// Regression (js_owner fs loop, CI under load): a young process's RSS
+    /// rose 23 MiB in 5 s and levelled off, native live bytes flat,
+    /// nothing else growing: warm-up, not "memory grows, not confirmed".
+    #[test]
+    fn rss_that_levels_off_is_warm_up() {
+        let tl = timeline(vec![
+            // +24 MB over 4-12 s, then flat (a plateau after warm-up).
+            series("rss", |t| 60e6 + 3e6 * (t.min(12.0) - 4.0).max(0.0)),
+            series("heap_used", |t| 10e6 + (t * 13.0 % 10.0) * 1e6),
+            series("heap_total", |_| 30e6),
+            series("external", |_| 1e6),
+            series("native_live", |_| 5e6),
+        ]);
+        let v = decide(&Evidence::from_timeline(&tl, &[], None, true));
+        assert_eq!(v.kinds, vec![Kind::None], "{v:?}");
     }
 
     /// Regression (fs loop flagged native 1 run in 4): a short window of
