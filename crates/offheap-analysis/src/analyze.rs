@@ -946,9 +946,13 @@ fn headline(procs: &[&ProcessModel], focus: usize) -> String {
         Kind::None => return "no leak found".into(),
     };
     let mut h = if multi {
-        format!("{what} in {}: {}", f.label(), rate_text(f.leak_rate()))
+        format!(
+            "{what} in {}: {}",
+            f.label(),
+            offheap_format::units::rate(f.leak_rate())
+        )
     } else {
-        format!("{what}: {}", rate_text(f.leak_rate()))
+        format!("{what}: {}", offheap_format::units::rate(f.leak_rate()))
     };
     let others = procs
         .iter()
@@ -964,37 +968,6 @@ fn headline(procs: &[&ProcessModel], focus: usize) -> String {
         );
     }
     h
-}
-
-/// `+1.50 MiB/s`, as the reports write rates.
-fn rate_text(v: f64) -> String {
-    if !v.is_finite() {
-        return "?/s".into();
-    }
-    let sign = if v > 0.0 {
-        "+"
-    } else if v < 0.0 {
-        "-"
-    } else {
-        ""
-    };
-    let mut x = v.abs();
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    if x < 1024.0 {
-        return format!("{sign}{} B/s", x.round() as u64);
-    }
-    let mut i = 0;
-    while x >= 1024.0 && i < UNITS.len() - 1 {
-        x /= 1024.0;
-        i += 1;
-    }
-    if x >= 100.0 {
-        format!("{sign}{x:.0} {}/s", UNITS[i])
-    } else if x >= 10.0 {
-        format!("{sign}{x:.1} {}/s", UNITS[i])
-    } else {
-        format!("{sign}{x:.2} {}/s", UNITS[i])
-    }
 }
 
 #[cfg(test)]

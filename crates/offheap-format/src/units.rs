@@ -42,9 +42,11 @@ pub fn bytes_f(v: f64) -> String {
 
 /// A signed rate in bytes per second: `"+1.20 MiB/s"`, `"-512 B/s"`, `"0 B/s"`.
 pub fn rate(v: f64) -> String {
-    if v.is_finite() && v > 0.0 {
+    if !v.is_finite() {
+        "?/s".into()
+    } else if v > 0.0 {
         format!("+{}/s", bytes_f(v))
-    } else if v.is_finite() && v < 0.0 {
+    } else if v < 0.0 {
         format!("{}/s", bytes_f(v))
     } else {
         "0 B/s".into()
@@ -84,6 +86,7 @@ mod tests {
         assert_eq!(rate(1.2 * 1048576.0), "+1.20 MiB/s");
         assert_eq!(rate(-512.0), "-512 B/s");
         assert_eq!(rate(0.0), "0 B/s");
+        assert_eq!(rate(f64::NAN), "?/s");
         assert_eq!(bound(4 << 30), "4 GiB");
         assert_eq!(bound(1536), "1.5 KiB");
         assert_eq!(bound(100), "100 B");

@@ -266,7 +266,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     if target.node {
         // The JS agent's configuration is in its file; it restores the
         // user's NODE_OPTIONS for children.
-        let mut opts = user_node_options.unwrap_or_default();
+        let mut opts = user_node_options.clone().unwrap_or_default();
         let require = format!(
             "--require {}",
             quote_node_option(&js_agent.to_string_lossy())
@@ -382,6 +382,17 @@ pub fn run(args: RunArgs) -> Result<u8> {
             let _ = fs::remove_file(map);
         }
     }
+    if target.node {
+        let asked: Vec<&str> = args
+            .command
+            .iter()
+            .map(String::as_str)
+            .chain(user_node_options.iter().flat_map(|o| o.split_whitespace()))
+            .collect();
+        if let Ok(cwd) = std::env::current_dir() {
+            collect_v8_logs(&dir, &cwd, start_ms, &asked, &mut notes);
+        }
+    }
     heap::write_findings(&dir, &mut notes);
     write_json(&dir.join(layout::END), &outcome)?;
     let opts = reporting::AnalyzeOpts {
@@ -466,5 +477,77 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_node_option("/a/b.js"), "/a/b.js");
         assert_eq!(quote_node_option("/a b/c.js"), "\"/a b/c.js\"");
+    }
+}
+
+/// Node 24's V8 answers offheap's `--perf-basic-prof-only-functions` with an
+/// `isolate-0x…-PID-v8.log` in the target's working directory too (Node 20
+/// and 22 do not, and `--logfile` is not allowed in NODE_OPTIONS). Those
+/// files are offheap's doing: they are moved into the recording, unless the
+/// user asked V8 for a log (`--prof`, `--log*`). Only regular files named
+/// after a recorded node process and written since the start are touched.
+fn collect_v8_logs(dir: &Path, cwd: &Path, start_ms: f64, asked: &[&str], notes: &mut Vec<String>) {
+    if asked
+        .iter()
+        .any(|a| a.starts_with("--prof") || a.starts_with("--log"))
+    {
+        return;
+    }
+    // The node processes recorded: node-PID-THREAD.jsonl.
+    let pids: std::collections::HashSet<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let rest = name.strip_prefix("node-")?.strip_suffix(".jsonl")?;
+            Some(rest.split_once('-')?.0.to_string())
+        })
+        .collect();
+    let (mut moved, mut left) = (0, 0);
+    for e in fs::read_dir(cwd).into_iter().flatten().flatten() {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("isolate-0x")
+            .and_then(|r| r.strip_suffix("-v8.log"))
+            .and_then(|r| r.rsplit_once('-'))
+            .map(|(_, pid)| pid)
+        else {
+            continue;
+        };
+        let Ok(meta) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let recent = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|m| m.as_secs_f64() * 1000.0 >= start_ms - 1000.0);
+        if !pids.contains(pid) || !meta.file_type().is_file() || !recent {
+            continue;
+        }
+        let to = dir.join(&name);
+        let ok = fs::rename(e.path(), &to).is_ok()
+            || (fs::copy(e.path(), &to).is_ok() && fs::remove_file(e.path()).is_ok());
+        if ok {
+            moved += 1;
+        } else {
+            left += 1;
+        }
+    }
+    if moved > 0 {
+        notes.push(format!(
+            "node wrote {moved} V8 log file(s) (isolate-…-v8.log) into its working directory because of \
+             offheap's perf-map flag (Node 24): moved into the recording"
+        ));
+    }
+    if left > 0 {
+        notes.push(format!(
+            "node wrote {left} V8 log file(s) (isolate-…-v8.log) into {} because of offheap's perf-map \
+             flag (Node 24), which could not be moved",
+            cwd.display()
+        ));
     }
 }

@@ -673,3 +673,46 @@ setTimeout(() => clearInterval(t), 12000);
     assert_eq!(sus["kind"], "js-heap", "{}", describe(&out, &s));
     assert_user_js(sus, "slow.js", &["remember", "(anonymous)"], &s["suspects"]);
 }
+
+/// Files named isolate-*-v8.log in `dir`.
+fn v8_logs(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("isolate-") && n.ends_with("-v8.log"))
+        .collect()
+}
+
+/// Regression (CI's Node 24 leg): V8 13 answers offheap's
+/// `--perf-basic-prof-only-functions` with an isolate-*-v8.log in the
+/// target's working directory. offheap leaves nothing there; a log the
+/// user asked for (`--prof`) stays where node wrote it.
+#[test]
+fn the_working_directory_gets_no_file_from_offheap() {
+    let sb = Sandbox::new();
+    sb.write("idle.js", "setTimeout(() => {}, 300);\n");
+    let out = sb.run("rec", &[], &["node", "idle.js"]);
+    assert!(out.status.success(), "{out:?}");
+    let dir = sb.path("rec");
+    let cwd = dir.parent().unwrap();
+    assert_eq!(
+        v8_logs(cwd),
+        Vec::<String>::new(),
+        "left in the target's cwd"
+    );
+    let moved = v8_logs(&dir);
+    let s = summary(&dir);
+    if !moved.is_empty() {
+        assert!(
+            s["notes"].to_string().contains("moved into the recording"),
+            "{}",
+            describe(&out, &s)
+        );
+    }
+    // The user's own V8 log is theirs.
+    let out = sb.run("rec2", &[], &["node", "--prof", "idle.js"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(v8_logs(cwd).len(), 1, "--prof's log must stay in the cwd");
+    assert!(v8_logs(&sb.path("rec2")).is_empty());
+}
