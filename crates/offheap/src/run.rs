@@ -461,25 +461,6 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     offheap_format::write_atomic(path, bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_names() {
-        assert!(is_node_executable(Path::new("/usr/bin/node")));
-        assert!(is_node_executable(Path::new("/opt/node20")));
-        assert!(!is_node_executable(Path::new("/usr/bin/nodemon")));
-        assert!(!is_node_executable(Path::new("/bin/sh")));
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_node_option("/a/b.js"), "/a/b.js");
-        assert_eq!(quote_node_option("/a b/c.js"), "\"/a b/c.js\"");
-    }
-}
-
 /// Node 24's V8 answers offheap's `--perf-basic-prof-only-functions` with an
 /// `isolate-0x…-PID-v8.log` in the target's working directory too (Node 20
 /// and 22 do not, and `--logfile` is not allowed in NODE_OPTIONS). Those
@@ -549,5 +530,24 @@ fn collect_v8_logs(dir: &Path, cwd: &Path, start_ms: f64, asked: &[&str], notes:
              flag (Node 24), which could not be moved",
             cwd.display()
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        assert!(is_node_executable(Path::new("/usr/bin/node")));
+        assert!(is_node_executable(Path::new("/opt/node20")));
+        assert!(!is_node_executable(Path::new("/usr/bin/nodemon")));
+        assert!(!is_node_executable(Path::new("/bin/sh")));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_node_option("/a/b.js"), "/a/b.js");
+        assert_eq!(quote_node_option("/a b/c.js"), "\"/a b/c.js\"");
     }
 }
