@@ -533,7 +533,18 @@ impl<'a> Cursor<'a> {
     fn done(&self) -> bool {
         self.pos == self.b.len()
     }
+    fn remaining(&self) -> usize {
+        self.b.len().saturating_sub(self.pos)
+    }
 }
+
+/// Fewest bytes a STACK record takes in the file (framing, no frames).
+#[cfg(feature = "read")]
+const MIN_STACK_RECORD: usize = 9 + 8;
+/// Fewest bytes a MODULE record takes in the file (framing, empty strings,
+/// no ranges).
+#[cfg(feature = "read")]
+const MIN_MODULE_RECORD: usize = 9 + 29;
 
 /// Decodes a `native-PID.bin` file. Truncated or corrupt tails are skipped
 /// and described in [`NativeStream::notes`]; an error only when the file is
@@ -565,7 +576,15 @@ pub fn decode(bytes: &[u8]) -> std::io::Result<NativeStream> {
             "not an offheap native stream (bad magic)",
         ));
     }
-    let mut d = Decoder::default();
+    let mut d = Decoder {
+        // Ids are dense from 0 and every id has its own record: a file of
+        // N bytes cannot name more stacks or modules than that many records
+        // fit in N bytes. A larger id is corruption, not a reason to grow a
+        // table far past the size of the input.
+        max_stacks: bytes.len() / MIN_STACK_RECORD,
+        max_modules: bytes.len() / MIN_MODULE_RECORD,
+        ..Decoder::default()
+    };
     let mut pos = MAGIC.len();
     while pos < bytes.len() {
         let rest = &bytes[pos..];
@@ -644,6 +663,9 @@ struct Decoder {
     /// stack id -> index into out.series
     series_of: std::collections::HashMap<u32, usize>,
     gaps: usize,
+    /// Largest stack and module table the input can fill (see [`decode`]).
+    max_stacks: usize,
+    max_modules: usize,
 }
 
 #[cfg(feature = "read")]
@@ -677,7 +699,7 @@ impl Decoder {
                 let n = c.u8().ok_or(bad)? as usize;
                 let bid = c.take(n).ok_or(bad)?.to_vec();
                 let nr = c.u16().ok_or(bad)? as usize;
-                let mut ranges = Vec::with_capacity(nr);
+                let mut ranges = Vec::with_capacity(nr.min(c.remaining() / 24));
                 for _ in 0..nr {
                     ranges.push((
                         c.u64().ok_or(bad)?,
@@ -685,7 +707,7 @@ impl Decoder {
                         c.u64().ok_or(bad)?,
                     ));
                 }
-                if id > 1 << 24 {
+                if id > 1 << 24 || id >= self.max_modules {
                     return Err("module id out of range");
                 }
                 if id >= self.out.modules.len() {
@@ -718,11 +740,11 @@ impl Decoder {
                     AllocKind::from_u8(c.u8().ok_or(bad)?).ok_or("unknown allocation kind")?;
                 let truncated = c.u8().ok_or(bad)? != 0;
                 let n = c.u16().ok_or(bad)? as usize;
-                let mut frames = Vec::with_capacity(n);
+                let mut frames = Vec::with_capacity(n.min(c.remaining() / 8));
                 for _ in 0..n {
                     frames.push(c.u64().ok_or(bad)?);
                 }
-                if id > 1 << 26 {
+                if id > 1 << 26 || id >= self.max_stacks {
                     return Err("stack id out of range");
                 }
                 if id >= self.out.stacks.len() {

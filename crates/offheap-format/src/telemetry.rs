@@ -420,8 +420,43 @@ fn read_jsonl_bounded<T: serde::de::DeserializeOwned>(
             return Vec::new();
         }
     };
+    let (out, total) = read_lines(&name, &file, notes, max_line, max_total);
+    if total >= max_total
+        && let Ok(md) = file.metadata()
+        && md.len() > max_total
+    {
+        notes.push(format!(
+            "{name}: only the first {} of {} read; the rest skipped",
+            io::human_size(max_total),
+            io::human_size(md.len())
+        ));
+    }
+    out
+}
+
+/// [`read_jsonl`] over any reader (`name` is the stream's name in notes):
+/// a line longer than `max_line` is skipped, reading stops after
+/// `max_total` bytes. What [`read_jsonl`] does once the file is open.
+pub fn read_jsonl_from<T: serde::de::DeserializeOwned, R: Read>(
+    name: &str,
+    reader: R,
+    notes: &mut Vec<String>,
+    max_line: usize,
+    max_total: u64,
+) -> Vec<T> {
+    read_lines(name, reader, notes, max_line, max_total).0
+}
+
+/// The records of a JSON-lines stream, and the bytes read.
+fn read_lines<T: serde::de::DeserializeOwned, R: Read>(
+    name: &str,
+    reader: R,
+    notes: &mut Vec<String>,
+    max_line: usize,
+    max_total: u64,
+) -> (Vec<T>, u64) {
     let mut out = Vec::new();
-    let mut reader = BufReader::new(file.take(max_total));
+    let mut reader = BufReader::new(reader.take(max_total));
     let mut line = Vec::new();
     let mut lineno = 0usize;
     let mut corrupt = 0usize;
@@ -478,17 +513,7 @@ fn read_jsonl_bounded<T: serde::de::DeserializeOwned>(
     if corrupt > 0 {
         notes.push(format!("{name}: {corrupt} corrupt line(s) skipped"));
     }
-    if total >= max_total
-        && let Ok(md) = reader.get_ref().get_ref().metadata()
-        && md.len() > max_total
-    {
-        notes.push(format!(
-            "{name}: only the first {} of {} read; the rest skipped",
-            io::human_size(max_total),
-            io::human_size(md.len())
-        ));
-    }
-    out
+    (out, total)
 }
 
 /// Consumes up to and including the next newline; returns the bytes skipped.

@@ -205,7 +205,12 @@ pub(crate) fn node_label(s: &HeapSnapshot, i: NodeIx) -> String {
     if ty == t.closure {
         let n = if name.is_empty() { "(anonymous)" } else { name };
         return match s.location(i) {
-            Some((sid, line, col)) => format!("{n}() [script {sid}:{}:{}]", line + 1, col + 1),
+            // 0-based in the snapshot; any u32 (a corrupt one too) shows.
+            Some((sid, line, col)) => format!(
+                "{n}() [script {sid}:{}:{}]",
+                u64::from(line) + 1,
+                u64::from(col) + 1
+            ),
             None => format!("{n}()"),
         };
     }

@@ -22,6 +22,14 @@ use serde_json::Value;
 /// Sentinel for "no such type in this snapshot's meta".
 const NONE: u32 = u32::MAX;
 
+/// Most array values reserved up front from the header's declared counts
+/// (16 MiB of `u32`s per array).
+const MAX_RESERVE: usize = 1 << 22;
+
+/// Largest sum of all self sizes accepted (8 PiB): no heap is that big, and
+/// below it no sum (or double) of sizes the analysis makes can overflow.
+pub const MAX_TOTAL_SIZE: u64 = 1 << 53;
+
 /// Why a snapshot could not be read.
 #[derive(Debug)]
 pub enum SnapshotError {
@@ -760,9 +768,11 @@ impl<R: BufRead> Scanner<R> {
                     if let Ok(m) = Meta::from_header(&v) {
                         let n = (m.declared_node_count as usize).saturating_mul(m.nf);
                         let e = (m.declared_edge_count as usize).saturating_mul(m.ef);
-                        // Cap the reservation so a lying header cannot exhaust memory.
-                        st.nodes.reserve(n.min(1 << 30));
-                        st.edges.reserve(e.min(1 << 30));
+                        // Cap the reservation so a lying header cannot
+                        // claim memory the file does not fill: past it the
+                        // arrays grow as they are read.
+                        st.nodes.reserve(n.min(MAX_RESERVE));
+                        st.edges.reserve(e.min(MAX_RESERVE));
                     }
                     st.header = Some(v);
                 }
@@ -1081,6 +1091,16 @@ impl HeapSnapshot {
                 ));
             }
             rec[e_to] = to / nf32;
+        }
+        let mut total: u64 = 0;
+        for i in 0..n as u32 {
+            total = total.saturating_add(self.self_size(i));
+        }
+        if total > MAX_TOTAL_SIZE {
+            return Err(corrupt(
+                "nodes",
+                format!("node self sizes add up to {total} bytes, more than any heap holds"),
+            ));
         }
         self.first_edge = first_edge;
         // locations: [object_index, script_id, line, column]

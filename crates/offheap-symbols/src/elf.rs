@@ -42,7 +42,8 @@ fn open_module(path: &Path) -> Option<File> {
 }
 
 fn read_at(f: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
-    if len > (1 << 30) {
+    // Sizes come from the file: check them against it before allocating.
+    if len > (1 << 30) || offset.checked_add(len)? > f.metadata().ok()?.len() {
         return None;
     }
     let mut buf = vec![0u8; len as usize];
@@ -129,7 +130,8 @@ pub(crate) fn find_embedded_blob(path: &Path) -> Option<EmbeddedBlob> {
     let code = read_at(&f, file_offset(vaddr)?, size)?;
     let mut starts: Vec<u64> = builtins
         .into_iter()
-        .filter(|&a| a >= vaddr && a < vaddr + size)
+        // (`vaddr + size` may be past u64::MAX in a crafted file.)
+        .filter(|&a| a >= vaddr && a - vaddr < size)
         .map(|a| a - vaddr)
         .collect();
     starts.sort_unstable();

@@ -85,6 +85,61 @@
 mod elf;
 mod perf_map;
 
+/// Entry points for the fuzz targets (`crates/offheap-fuzz`) into the
+/// parsers of files a recording names, which are private otherwise. Not an
+/// API: nothing else calls them.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// Parses a perf map (`text`) with its `.times` companion (`times`),
+    /// then looks up the addresses around every entry's bounds and `addrs`
+    /// at a few times, and splits the names found. The number of hits.
+    pub fn perf_map(text: &[u8], times: &[u8], addrs: &[u64]) -> usize {
+        let times = crate::perf_map::parse_times(&String::from_utf8_lossy(times));
+        let m = crate::perf_map::PerfMap::parse(text.to_vec(), Some(&times));
+        let _ = (m.bad_lines, m.truncated_tail, m.len());
+        let bounds = m.bounds();
+        let mut hits = 0;
+        for a in addrs.iter().copied().chain(bounds) {
+            for t in [f64::NEG_INFINITY, 0.0, 1.7e12, f64::INFINITY, f64::NAN] {
+                if let Some(e) = m.lookup(a, t) {
+                    assert!(e.start <= a && a < e.end, "{a:#x} outside its entry");
+                    let name = m.name(e.seq);
+                    let _ = crate::perf_map::parse_name(&name);
+                    hits += 1;
+                }
+            }
+        }
+        // Without a .times file.
+        let m = crate::perf_map::PerfMap::parse(text.to_vec(), None);
+        hits + addrs
+            .iter()
+            .filter(|&&a| m.lookup(a, 0.0).is_some())
+            .count()
+    }
+
+    /// Reads `path` as a module file the way symbolization does: V8's
+    /// embedded blob (and the return-address check at `offsets` inside
+    /// it), and the PT_LOAD segments. The number of things found.
+    pub fn module_file(path: &Path, offsets: &[u64]) -> usize {
+        let mut found = 0;
+        if let Some(b) = crate::elf::find_embedded_blob(path) {
+            assert_eq!(b.code.len() as u64, b.size);
+            found += 1 + b.starts.len();
+            for &o in offsets.iter().chain(&b.starts) {
+                for o in [o, o.wrapping_add(5), b.size, b.size.wrapping_sub(1)] {
+                    found += b.call_precedes(o) as usize;
+                }
+            }
+        }
+        if let Some(segs) = crate::elf::load_segments(path) {
+            found += segs.len();
+        }
+        found
+    }
+}
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 

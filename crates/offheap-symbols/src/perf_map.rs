@@ -155,6 +155,21 @@ impl PerfMap {
         self.entries.len()
     }
 
+    /// Addresses at and around every entry's bounds (for the fuzz target).
+    pub fn bounds(&self) -> Vec<u64> {
+        self.entries
+            .iter()
+            .flat_map(|e| {
+                [
+                    e.start,
+                    e.start.wrapping_sub(1),
+                    e.end,
+                    e.end.wrapping_sub(1),
+                ]
+            })
+            .collect()
+    }
+
     /// The entry covering `addr` that was live at `t_ms`: the latest line
     /// whose live-from time is ≤ `t_ms`. If none was live yet (the copier
     /// saw the line only after the sample, as happens for code written just
