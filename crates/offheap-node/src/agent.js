@@ -152,7 +152,7 @@
     // on a busy server each forced GC costs far more than its pause (about
     // 100 ms of throughput on bench/http_server.js: optimised code thrown
     // away and rebuilt). So reads are made when they can tell something
-    // new (see heapDue), and otherwise only log-spaced in time.
+    // new, and otherwise at a few fixed ages of the run (see heapDue).
     const heap = {
       on: false, frames: new Map(), stacks: new Map(), nextFrame: 0, nextStack: 0,
       last: 0, maxGapMs: Math.max(2000, cfg.heapProfileMs | 0 || 30000),
@@ -209,11 +209,8 @@
         memRecord(); // refreshes heap.oldGen, right after the read's full GC
         heap.baseOld = heap.oldGen;
       } catch (_) { /* keep the old baselines */ }
-      // A read walks the heap (about 0.3 ms per MB on Node 20; V8 12+, in
-      // Node 22 and 24, also runs a full GC in it), and a deep profile tree
-      // costs its walk below: reads are spaced so that, all told, they take
-      // at most 2% of the main thread's time (heap.cost, set at the end).
-
+      // The read's own time (its full GC, and the walk of the tree below)
+      // spaces reads to at least 50 times it (heap.cost, set at the end).
       const counts = new Map();
       for (const s of profile.samples || []) counts.set(s.nodeId, (counts.get(s.nodeId) || 0) + 1);
       const sites = [];
