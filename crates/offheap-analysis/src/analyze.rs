@@ -221,6 +221,9 @@ fn process_timeline(
         };
         push("heap_used", summed(&|x| x.heap_used));
         push("heap_total", summed(&|x| x.heap_total));
+        if node.mem.iter().any(|m| !m.spaces.is_empty()) {
+            push("heap_young", summed(&|x| x.young_committed()));
+        }
         push("external", summed(&|x| x.external));
         push("array_buffers", summed(&|x| x.array_buffers));
         tl.gc = node
@@ -232,14 +235,27 @@ fn process_timeline(
                 duration_ms: g.duration_ms,
             })
             .collect();
-        // heapUsed after natural major GCs, summed over the isolates that
-        // had one (each isolate's last value carried forward).
+        // What major GCs retained (natural ones and those of profile reads;
+        // not the forced ones), summed over the isolates that had one (each
+        // isolate's last value carried forward). The old generation where
+        // every point has it, else heapUsed: one measure per isolate.
         let per: Vec<Points> = isolates
             .iter()
             .map(|s| {
-                s.gc.iter()
-                    .filter(|g| !g.forced())
-                    .filter_map(|g| Some((g.t, g.heap_used_after? as f64)))
+                let majors = || {
+                    s.gc.iter()
+                        .filter(|g| !g.forced() && g.heap_used_after.is_some())
+                };
+                let old = majors().all(|g| g.old_used_after.is_some());
+                majors()
+                    .filter_map(|g| {
+                        let v = if old {
+                            g.old_used_after
+                        } else {
+                            g.heap_used_after
+                        };
+                        Some((g.t, v? as f64))
+                    })
                     .collect::<Points>()
             })
             .filter(|p| !p.is_empty())

@@ -11,13 +11,17 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub struct Evidence {
     pub span: f64,
     pub rss: Option<Trend>,
-    /// heapUsed after GC (post-mark-compact values, or the floor of the sawtooth).
+    /// The JS heap after GC: what major GCs retained (old generation), a lower
+    /// bound from the exit GC, or the floor of heapUsed's sawtooth.
     pub heap_after_gc: Option<Trend>,
     /// False when heap growth rests only on the sawtooth's floor (no full GC
     /// seen): garbage promoted to old space looks like growth until a
     /// mark-compact, so stricter thresholds apply.
     pub heap_confirmed: bool,
     pub heap_total: Option<Trend>,
+    /// The young generation's committed size: bounded, so its growth
+    /// (semi-spaces widening under a high allocation rate) is warm-up.
+    pub heap_young: Option<Trend>,
     pub external: Option<Trend>,
     pub array_buffers: Option<Trend>,
     /// Aged live malloc bytes from the native agent.
@@ -112,6 +116,7 @@ impl Evidence {
             heap_after_gc,
             heap_confirmed,
             heap_total: floor("heap_total").map(|p| trend(&p)),
+            heap_young: raw("heap_young").map(|p| trend(&p)),
             external: floor("external").map(|p| trend(&p)),
             array_buffers: floor("array_buffers").map(|p| trend(&p)),
             native_live: floor("native_live").map(|p| trend(&p)),
@@ -182,6 +187,9 @@ pub fn decide(ev: &Evidence) -> Verdict {
             next_steps: vec!["offheap run --duration 60s -- <your command>".into()],
         };
     }
+    // What the young generation's widening explains of RSS and of
+    // heapTotal is bounded warm-up, not growth.
+    let g_young = ev.heap_young.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
     let g_rss = sustained(&ev.rss, 4.0 * MIB, 0.05, 0.5);
     let g_heap = if ev.heap_confirmed {
         sustained(&ev.heap_after_gc, 1.0 * MIB, 0.10, 0.5)
@@ -194,7 +202,10 @@ pub fn decide(ev: &Evidence) -> Verdict {
         0.10,
         0.5,
     ));
-    let g_total = ev.heap_total.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
+    let g_total = ev
+        .heap_total
+        .map(|t| (t.growth() - g_young).max(0.0))
+        .unwrap_or(0.0);
     let ext_any = ev.external.map(|t| t.growth().max(0.0)).unwrap_or(0.0);
     // Three standard deviations of the sampling noise of the live level:
     // churn of a few big buffers in flight moves a sampled total by whole
@@ -232,7 +243,7 @@ pub fn decide(ev: &Evidence) -> Verdict {
         kinds.push(Kind::JsHeap);
         rates.push((Kind::JsHeap, g_heap / span));
         notes.push(format!(
-            "heapUsed after GC grew {} in {:.0} s ({}, rising in {:.0}% of comparisons)",
+            "the JS heap after GC grew {} in {:.0} s ({}, rising in {:.0}% of comparisons)",
             mb(g_heap),
             ev.span,
             rate(g_heap / span),
@@ -272,7 +283,7 @@ pub fn decide(ev: &Evidence) -> Verdict {
         }
     } else if g_rss > 0.0 {
         // No native agent: native is what the V8 heap and external do not explain.
-        let unexplained = g_rss - g_total - ext_any;
+        let unexplained = g_rss - g_young - g_total - ext_any;
         if unexplained >= (4.0 * MIB).max(0.5 * g_rss) {
             kinds.push(Kind::Native);
             rates.push((Kind::Native, unexplained / span));
@@ -297,7 +308,10 @@ pub fn decide(ev: &Evidence) -> Verdict {
         (Some(all), Some(late)) => all.slope > 0.0 && late.slope < all.slope / 3.0,
         _ => false,
     };
-    let steady = (g_rss >= (16.0 * MIB).max(0.25 * rss_level) || ev.span >= 20.0) && !levelling;
+    let g_rss_unbounded = g_rss - g_young;
+    let steady = (g_rss_unbounded >= (16.0 * MIB).max(0.25 * rss_level) || ev.span >= 20.0)
+        && g_rss_unbounded >= 0.5 * g_rss
+        && !levelling;
     if kinds.is_empty() && g_rss > 0.0 && steady {
         return unconfirmed(ev, g_rss, g_total, ext_any);
     }
@@ -309,7 +323,7 @@ pub fn decide(ev: &Evidence) -> Verdict {
             flat(&ev.rss),
             if ev.node {
                 format!(
-                    ", heapUsed after GC {}, external {}",
+                    ", JS heap after GC {}, external {}",
                     flat(&ev.heap_after_gc),
                     flat(&ev.external)
                 )
@@ -551,6 +565,38 @@ mod tests {
         assert_ne!(v.primary, Kind::None, "{v:?}");
         assert!(v.explanation.contains("not confirmed"), "{v:?}");
         assert!(v.explanation.contains("RSS grew"), "{v:?}");
+    }
+
+    /// Regression (a steady promise-churn program under load): RSS rose
+    /// 18 MiB in 8 s because V8 widened the young generation by 15 MiB
+    /// (heapTotal with it), while what full GCs retained stayed flat. The
+    /// young generation is bounded: warm-up, not growth.
+    #[test]
+    fn a_widening_young_generation_is_warm_up() {
+        let young = |t: f64| 1e6 + 1.9e6 * (t - 2.0).max(0.0);
+        let tl = timeline(vec![
+            series("rss", |t| 60e6 + young(t) * 1.15),
+            series("heap_used", |t| 8e6 + (t * 13.0 % 10.0) * 1e6),
+            series("heap_total", |t| 12e6 + young(t)),
+            series("heap_young", young),
+            series("external", |_| 1e6),
+        ]);
+        let post_gc: Vec<(f64, f64)> = (0..8)
+            .map(|i| (2.5 + i as f64, 6e6 + (i % 3) as f64 * 1e5))
+            .collect();
+        let v = decide(&Evidence::from_timeline(&tl, &post_gc, None, true));
+        assert_eq!(v.kinds, vec![Kind::None], "{v:?}");
+        // The same RSS growth without the young generation to explain it
+        // is still "memory grows".
+        let tl = timeline(vec![
+            series("rss", |t| 60e6 + young(t) * 1.15),
+            series("heap_used", |t| 8e6 + (t * 13.0 % 10.0) * 1e6),
+            series("heap_total", |_| 12e6),
+            series("heap_young", |_| 1e6),
+            series("external", |_| 1e6),
+        ]);
+        let v = decide(&Evidence::from_timeline(&tl, &post_gc, None, true));
+        assert_ne!(v.kinds, vec![Kind::None], "{v:?}");
     }
 
     /// Regression (js_owner fs loop, CI under load): a young process's RSS

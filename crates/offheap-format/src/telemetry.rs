@@ -241,6 +241,19 @@ pub struct NodeMem {
     pub spaces: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
+impl NodeMem {
+    /// Bytes V8 committed to the young generation (`new_space` and
+    /// `new_large_object_space`): bounded by V8's semi-space limit, it grows
+    /// while a busy program warms up and is no leak.
+    pub fn young_committed(&self) -> u64 {
+        ["new_space", "new_large_object_space"]
+            .iter()
+            .filter_map(|n| self.spaces.get(*n)?.get("space_size"))
+            .map(|v| v.max(0.0) as u64)
+            .sum()
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeGc {
     /// Unix time in ms when the GC started.
@@ -253,6 +266,14 @@ pub struct NodeGc {
     /// heapUsed measured right after a major GC (kind 4), if recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heap_used_after: Option<u64>,
+    /// Bytes used in every space but the young generation, measured with
+    /// `heap_used_after` (agents before 2026-12 did not record it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_used_after: Option<u64>,
+    /// The full GC of a heap-profile read: its figures were measured right
+    /// after the read, so they are the retained heap exactly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read: bool,
 }
 
 impl NodeGc {

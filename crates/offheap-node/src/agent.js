@@ -97,6 +97,16 @@
       state.pending.push(stringify(obj) + '\n');
     }
 
+    // Bytes used in the old generation: every space but the young one, whose
+    // occupancy only says how long ago the last scavenge was. What a program
+    // keeps is promoted here by its second scavenge.
+    function oldGeneration() {
+      let old = 0;
+      for (const s of getHeapSpaceStatistics()) {
+        if (s.space_name !== 'new_space' && s.space_name !== 'new_large_object_space') old += s.space_used_size;
+      }
+      return old;
+    }
     function memRecord() {
       const m = memoryUsage();
       const stats = getHeapStatistics();
@@ -157,7 +167,10 @@
       on: false, frames: new Map(), stacks: new Map(), nextFrame: 0, nextStack: 0,
       last: 0, maxGapMs: Math.max(2000, cfg.heapProfileMs | 0 || 30000),
       // Right after the last read (a full GC): retained heap and old generation.
-      baseUsed: 0, baseOld: 0, oldGen: 0, grewAtMajor: false, majorsSince: 0, reading: [0, 0],
+      baseUsed: 0, baseOld: 0, oldGen: 0, grewAtMajor: false, majorsSince: 0,
+      // The window (performance.now()) of the last full GC offheap itself
+      // ran: a profile read's, or fullGc's (which records its own).
+      reading: [0, 0], readIsGc: false, readMarked: -1,
       beat: 3000, // the age of the next read when nothing else asks for one
     };
     function startHeapSampling() {
@@ -195,6 +208,7 @@
       let profile;
       const t0 = nowMs();
       heap.reading[0] = perfHooks.performance.now();
+      heap.readIsGc = false;
       try {
         profile = post('HeapProfiler.getSamplingProfile').profile;
       } catch (_) {
@@ -205,9 +219,10 @@
       heap.grewAtMajor = false;
       heap.majorsSince = 0;
       try {
+        // Measured here, right after the read's full GC: the retained heap
+        // exactly (the GC observer runs later, once new objects exist).
         heap.baseUsed = memoryUsage().heapUsed;
-        memRecord(); // refreshes heap.oldGen, right after the read's full GC
-        heap.baseOld = heap.oldGen;
+        heap.baseOld = heap.oldGen = oldGeneration();
       } catch (_) { /* keep the old baselines */ }
       // The read's own time (its full GC, and the walk of the tree below)
       // spaces reads to at least 50 times it (heap.cost, set at the end).
@@ -415,6 +430,8 @@
     function fullGc() {
       const t0 = perfHooks.performance.now();
       const at = nowMs();
+      heap.reading[0] = t0;
+      heap.readIsGc = true;
       let ok = false;
       try {
         if (connect()) { post('HeapProfiler.collectGarbage'); ok = true; }
@@ -426,10 +443,12 @@
           ok = true;
         } catch (_) { /* ignore */ }
       }
+      heap.reading[1] = perfHooks.performance.now();
       if (ok) {
+        const used = memoryUsage().heapUsed;
         record({
           type: 'gc', t: at, kind: 4, flags: 4 /* forced */,
-          duration_ms: perfHooks.performance.now() - t0, heap_used_after: memoryUsage().heapUsed,
+          duration_ms: heap.reading[1] - t0, heap_used_after: used, old_used_after: oldGeneration(),
         });
       }
       return ok;
@@ -514,13 +533,26 @@
               duration_ms: e.duration,
             };
             if (kind === 4 /* NODE_PERFORMANCE_GC_MAJOR: mark-sweep-compact */) {
-              if (after === undefined) after = memoryUsage().heapUsed;
-              rec.heap_used_after = after;
-              // A natural one (not the read's own) that retained more than the last read.
               const ours = e.startTime >= heap.reading[0] - 1 && e.startTime <= heap.reading[1] + 1;
-              if (!ours) {
+              if (ours && heap.readIsGc) continue; // fullGc recorded it, measured at once
+              if (ours) {
+                // A profile read's full GC (V8 may run several): the first
+                // one carries the figures measured right after the read.
+                if (heap.readMarked !== heap.reading[0]) {
+                  heap.readMarked = heap.reading[0];
+                  rec.heap_used_after = heap.baseUsed;
+                  rec.old_used_after = heap.baseOld;
+                  rec.read = true;
+                }
+              } else {
+                // Measured now, a little after the GC: heapUsed also holds
+                // what was allocated since; the old generation hardly moves.
+                if (after === undefined) after = [memoryUsage().heapUsed, oldGeneration()];
+                rec.heap_used_after = after[0];
+                rec.old_used_after = after[1];
+                // A natural one that retained more than the last read.
                 heap.majorsSince++;
-                if (after > heap.baseUsed * 1.05 + (256 << 10)) heap.grewAtMajor = true;
+                if (after[1] > heap.baseOld * 1.05 + (256 << 10)) heap.grewAtMajor = true;
               }
             }
             state.pending.push(stringify(rec) + '\n');

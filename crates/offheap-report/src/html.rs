@@ -19,10 +19,11 @@ use serde_json::{Value, json};
 use std::fmt::Write;
 
 /// Series in display order, with a title and colour.
-const SERIES: [(&str, &str, &str); 7] = [
+const SERIES: [(&str, &str, &str); 8] = [
     ("rss", "RSS (resident set size)", "#d9480f"),
     ("heap_used", "V8 heap used", "#1971c2"),
     ("heap_total", "V8 heap total", "#4dabf7"),
+    ("heap_young", "V8 young generation (committed)", "#a5d8ff"),
     ("external", "external", "#9c36b5"),
     ("array_buffers", "arrayBuffers", "#e64980"),
     ("native_live", "native live bytes (malloc/mmap)", "#2b8a3e"),

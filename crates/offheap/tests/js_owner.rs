@@ -645,8 +645,48 @@ setTimeout(() => clearInterval(t), 10000);
         "reads of the heap profile in a flat 10 s run: {reads:?}"
     );
     assert_eq!(reads.iter().filter(|r| r.1).count(), 1, "{reads:?}");
+    // Regression (a fresh-clone CI run judged this program js-heap): the
+    // reads' own full GCs were the only major GCs, and their heapUsed was
+    // measured when the GC observer ran, young objects included, so three
+    // points wandered by a MiB. Each read's GC now carries the figures
+    // measured right after it, and the old generation beside heapUsed.
+    let gcs = read_gcs(&sb.path("rec"));
+    assert_eq!(
+        gcs.len(),
+        live.len(),
+        "one marked GC per read: {gcs:?} {reads:?}"
+    );
+    let olds: Vec<f64> = gcs.iter().map(|g| g.1).collect();
+    let spread = olds.iter().cloned().fold(f64::MIN, f64::max)
+        - olds.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        spread < 512.0 * 1024.0,
+        "retained old generation at the reads: {gcs:?}"
+    );
     let s = summary(&sb.path("rec"));
     assert_ne!(s["verdict"]["primary"], "js-heap", "{}", describe(&out, &s));
+}
+
+/// The main thread's major GCs marked as a profile read's: (heapUsed, old
+/// generation) right after it.
+fn read_gcs(dir: &std::path::Path) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !(name.starts_with("node-") && name.ends_with("-0.jsonl")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+            let Ok(r) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if r["type"] == "gc" && r["read"] == true {
+                let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+                out.push((f("heap_used_after"), f("old_used_after")));
+            }
+        }
+    }
+    out
 }
 
 /// A slow heap leak (about 0.5 MB/s) over a short run whose timers end
