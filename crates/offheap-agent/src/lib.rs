@@ -205,6 +205,36 @@ fn slow_alloc(t: &Tls, p: usize, size: usize, kind: AllocKind) {
     t.busy.set(false);
 }
 
+/// Sampling mode records every anonymous mmap at its own size (weight 1):
+/// a program maps rarely, each map is a system call already, and the RSS
+/// ledger's `anon_mmap` part is then exact rather than an estimate. The
+/// malloc family's countdown is left alone.
+#[cold]
+#[inline(never)]
+fn every_mmap(p: usize, size: usize) {
+    let t = tls::current();
+    if t.busy.get() || size == 0 || STATE.load(Ordering::Acquire) != ENABLED {
+        return;
+    }
+    let cfg = CONFIG.get();
+    t.busy.set(true);
+    let saved = sys::errno();
+    writer::maybe_spawn();
+    let start = unwind::regs();
+    record(
+        t,
+        start,
+        p,
+        size,
+        AllocKind::Mmap,
+        size as u64,
+        1,
+        cfg.max_depth,
+    );
+    sys::set_errno(saved);
+    t.busy.set(false);
+}
+
 /// The countdown that sends the next allocation of this thread to the slow
 /// path: -1 (so `malloc(0)` goes there too), or header mode's.
 fn exact_countdown() -> i64 {
@@ -762,7 +792,11 @@ pub unsafe extern "C" fn mmap(
             forget_range(p as usize, len);
         }
         if flags & libc::MAP_ANONYMOUS != 0 && prot != libc::PROT_NONE {
-            on_alloc(p, page_round(len), AllocKind::Mmap);
+            if CONFIG.get().exact {
+                on_alloc(p, page_round(len), AllocKind::Mmap);
+            } else {
+                every_mmap(p as usize, page_round(len));
+            }
         }
     }
     p
@@ -830,8 +864,10 @@ pub unsafe extern "C" fn mremap(
             }
             None => {
                 forget_range(old as usize, old_size);
-                if ns > os {
+                if ns > os && CONFIG.get().exact {
                     on_alloc((q as usize + os) as *mut c_void, ns - os, AllocKind::Mmap);
+                } else if ns > os {
+                    every_mmap(q as usize + os, ns - os);
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! Modules present when the agent starts are pinned (RTLD_NODELETE) and
 //! referenced in place.
 
-use crate::sys::{self, SpinLock, map_anon, unmap};
+use crate::sys::{self, SpinLock, map_anon, unmap_anon};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use framehop::{
     ExplicitModuleSectionInfo, MayAllocateDuringUnwind, Module, Unwinder, UnwinderNative,
@@ -46,7 +46,7 @@ impl core::ops::Deref for Bytes {
 impl Drop for Bytes {
     fn drop(&mut self) {
         if let Bytes::Owned(p, n) = *self {
-            unmap(p, n);
+            unmap_anon(p, n);
         }
     }
 }

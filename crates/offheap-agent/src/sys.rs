@@ -2,7 +2,7 @@
 //! syscalls, environment parsing.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use libc::{c_char, c_int, c_void};
 
 unsafe extern "C" {
@@ -244,6 +244,14 @@ pub fn write_all(fd: c_int, mut buf: &[u8]) -> bool {
     true
 }
 
+/// Bytes mapped by [`map_anon`] and not unmapped: the agent's own memory
+/// (the RSS ledger's `offheap_agent` part).
+static MAPPED: AtomicU64 = AtomicU64::new(0);
+
+pub fn mapped_bytes() -> u64 {
+    MAPPED.load(Ordering::Relaxed)
+}
+
 /// Anonymous memory straight from the kernel (not through the hooks).
 pub fn map_anon(len: usize) -> *mut u8 {
     // SAFETY: a fresh private anonymous mapping has no preconditions.
@@ -261,13 +269,24 @@ pub fn map_anon(len: usize) -> *mut u8 {
     if p < 0 {
         core::ptr::null_mut()
     } else {
+        MAPPED.fetch_add(len as u64, Ordering::Relaxed);
         p as *mut u8
     }
 }
 
+/// Unmaps a mapping the agent made itself (not through [`map_anon`]).
 pub fn unmap(p: *mut u8, len: usize) {
     // SAFETY: the caller passes a mapping it owns.
     unsafe { libc::syscall(libc::SYS_munmap, p, len) };
+}
+
+/// Unmaps memory that [`map_anon`] returned.
+pub fn unmap_anon(p: *mut u8, len: usize) {
+    unmap(p, len);
+    MAPPED.fetch_sub(
+        (len as u64).min(MAPPED.load(Ordering::Relaxed)),
+        Ordering::Relaxed,
+    );
 }
 
 /// A tiny fixed-capacity string builder for notes (no allocation).

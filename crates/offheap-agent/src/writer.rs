@@ -166,6 +166,7 @@ fn allocator_stats(final_: bool) -> Option<AllocatorStats> {
         free_chunks: m.ordblks as u64,
         releasable_bytes: m.keepcost as u64,
         arenas,
+        agent_mapped_bytes: crate::sys::mapped_bytes(),
     })
 }
 

@@ -3,7 +3,7 @@
 use crate::model::*;
 use crate::stats::trend;
 use crate::verdict::{Evidence, decide};
-use offheap_format::native::{AllocKind, NativeStream, StackCounters, StackSeries};
+use offheap_format::native::{AllocKind, AllocatorStats, NativeStream, StackCounters, StackSeries};
 use offheap_format::{NodeStream, ProcSample, Recording};
 use offheap_symbols::Frame;
 use std::collections::HashMap;
@@ -687,7 +687,14 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
         .and_then(|e| e.stop_ms)
         .map(|t| rel(t, rec.meta.start_ms))
         .filter(|&s| s > tl.warmup_end && s < tl.duration);
-    let judged = stop.map(|s| until(&tl, s));
+    // Nor does teardown count: after the JS agent's exit GC, what the
+    // program dropped on the way out (its timers cleared, its caches
+    // unreachable) is gone from the V8 heap and external memory, and a
+    // leak would end in a drop.
+    let teardown = exit_gc
+        .map(|(t, _)| t)
+        .filter(|&t| t > tl.warmup_end && t < tl.duration && stop.is_none_or(|s| t < s));
+    let judged = teardown.or(stop).map(|s| until(&tl, s));
     let judged_tl = judged.as_ref().unwrap_or(&tl);
     let post_gc: Points = post_gc
         .into_iter()
@@ -864,6 +871,23 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
             .or_else(|| p.native.map(|n| n.exe.clone()).filter(|e| !e.is_empty()))
             .unwrap_or_default()
     };
+    // Nothing after the judged end is mixed into a moment before it.
+    let cut_ms = judged.as_ref().map(|j| start + j.duration * 1000.0);
+    let ledger = ledgers(p, start, cut_ms);
+    // The end of the window, and before the native agent's final snapshot
+    // (which describes teardown: an interpreter that frees everything on
+    // its way out).
+    let native_final = native
+        .filter(|n| n.snapshot_times_ms.len() > 3)
+        .and_then(|n| n.snapshot_times_ms.iter().rev().nth(1))
+        .map(|&t| rel(t, start));
+    let judged_end = native_final.map_or(judged_tl.duration, |t| t.min(judged_tl.duration));
+    let rss_ledger = ledger
+        .iter()
+        .rev()
+        .find(|l| l.at_s <= judged_end + 1e-6)
+        .or(ledger.first())
+        .cloned();
     let ppid = p.native.map(|n| n.ppid).filter(|&pp| pp != 0).or_else(|| {
         p.proc
             .iter()
@@ -887,9 +911,157 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
             peak,
             suspects,
             notes,
+            ledger,
+            rss_ledger,
         },
         profile,
     }
+}
+
+/// The memory figures the ledger reads at `t`, between two records:
+/// arrayBuffers interpolated; each V8 space the larger of the two (what V8
+/// committed at `t` lies between them, and it moves in steps of whole
+/// semi-spaces; the ledger caps it by what the mappings hold).
+fn interpolate(
+    a: &offheap_format::NodeMem,
+    b: &offheap_format::NodeMem,
+    t: f64,
+) -> offheap_format::NodeMem {
+    let f = ((t - a.t) / (b.t - a.t).max(1e-9)).clamp(0.0, 1.0);
+    let mix = |x: f64, y: f64| x + (y - x) * f;
+    let mut m = a.clone();
+    m.t = t;
+    m.array_buffers = mix(a.array_buffers as f64, b.array_buffers as f64) as u64;
+    for (name, sp) in m.spaces.iter_mut() {
+        if let (Some(x), Some(y)) = (
+            sp.get("physical_space_size").copied(),
+            b.spaces
+                .get(name)
+                .and_then(|o| o.get("physical_space_size"))
+                .copied(),
+        ) {
+            sp.insert("physical_space_size".into(), x.max(y));
+        }
+    }
+    m
+}
+
+/// The RSS ledger at every `/proc` sample that read the mappings, each
+/// beside the latest figures of every isolate and the allocator's state of
+/// the nearest native snapshot.
+fn ledgers(p: &ProcStreams, start: f64, cut_ms: Option<f64>) -> Vec<crate::ledger::Ledger> {
+    let mut out = Vec::new();
+    // Live sampled bytes of anonymous mmaps at each native snapshot.
+    let mmap_live: Vec<u64> = p.native.map_or_else(Vec::new, |n| {
+        let mut live = vec![0u64; n.snapshot_times_ms.len()];
+        for s in &n.series {
+            if n.stacks
+                .get(s.stack as usize)
+                .is_none_or(|st| st.kind != AllocKind::Mmap)
+            {
+                continue;
+            }
+            for (k, &(idx, c)) in s.points.iter().enumerate() {
+                let next = s.points.get(k + 1).map_or(live.len(), |p| p.0 as usize);
+                for v in live.iter_mut().take(next).skip(idx as usize) {
+                    *v += c.live_bytes;
+                }
+            }
+        }
+        live
+    });
+    for s in &p.proc {
+        let (Some(maps), Some(rss)) = (s.maps.as_ref(), s.rss()) else {
+            continue;
+        };
+        // Records after this moment that may be used to interpolate.
+        let horizon = cut_ms.filter(|&c| s.t <= c).unwrap_or(f64::INFINITY);
+        // Once a source has written its last record (the process is
+        // exiting, its heap and arenas going), nothing explains the
+        // mappings any more: no ledger.
+        let js_over = p
+            .main_node
+            .and_then(|n| n.mem.last())
+            .is_some_and(|m| s.t > m.t + 20.0);
+        let native_over = p
+            .native
+            .and_then(|n| n.snapshot_times_ms.last())
+            .is_some_and(|&t| s.t > t + 20.0);
+        if js_over || native_over {
+            continue;
+        }
+        // Each isolate's figures at the moment of the read: between the
+        // records before and after it, interpolated (a heap that grows fast
+        // moves by a MiB in an interval). Not towards the stream's last
+        // record, which follows the exit's GC that the mappings did not see.
+        let latest: Vec<offheap_format::NodeMem> = p
+            .isolates
+            .iter()
+            .filter_map(|iso| {
+                let k = iso.mem.partition_point(|m| m.t <= s.t);
+                let a = iso.mem.get(k.checked_sub(1)?)?;
+                match iso.mem.get(k) {
+                    Some(b) if k + 1 < iso.mem.len() && b.t - a.t <= 2000.0 && b.t <= horizon => {
+                        Some(interpolate(a, b, s.t))
+                    }
+                    _ => Some(a.clone()),
+                }
+            })
+            .collect();
+        let latest: Vec<&offheap_format::NodeMem> = latest.iter().collect();
+        // The native agent's figures at the moment of the read, between
+        // the snapshots around it (within 2 s) that have them: the
+        // allocator's state is read by periodic snapshots only. Never
+        // towards the final snapshot, which follows teardown.
+        let (allocator, mmap_live) = p.native.map_or((None, None), |n| {
+            let times = &n.snapshot_times_ms;
+            let last = times.len().saturating_sub(1);
+            let around = |ok: &dyn Fn(usize) -> bool| {
+                let k = times.partition_point(|&t| t <= s.t);
+                let before = (0..k)
+                    .rev()
+                    .find(|&i| ok(i))
+                    .filter(|&i| s.t - times[i] <= 2000.0);
+                let after = (k..last)
+                    .find(|&i| ok(i))
+                    .filter(|&i| times[i] - s.t <= 2000.0 && times[i] <= horizon);
+                match (before, after) {
+                    (Some(a), Some(b)) => {
+                        Some((a, b, (s.t - times[a]) / (times[b] - times[a]).max(1e-9)))
+                    }
+                    (Some(a), None) => Some((a, a, 0.0)),
+                    (None, Some(b)) => Some((b, b, 0.0)),
+                    (None, None) => None,
+                }
+            };
+            let mix =
+                |x: u64, y: u64, f: f64| (x as f64 + (y as f64 - x as f64) * f).max(0.0) as u64;
+            let a = around(&|i| n.allocator.get(i).is_some_and(|a| a.is_some())).and_then(
+                |(i, j, f)| {
+                    let (x, y) = (n.allocator[i]?, n.allocator[j]?);
+                    Some(AllocatorStats {
+                        in_use_bytes: mix(x.in_use_bytes, y.in_use_bytes, f),
+                        mmapped_bytes: mix(x.mmapped_bytes, y.mmapped_bytes, f),
+                        agent_mapped_bytes: mix(x.agent_mapped_bytes, y.agent_mapped_bytes, f),
+                        free_bytes: mix(x.free_bytes, y.free_bytes, f),
+                        ..x
+                    })
+                },
+            );
+            let m = around(&|i| i < mmap_live.len())
+                .map(|(i, j, f)| mix(mmap_live[i], mmap_live[j], f));
+            (a, m)
+        });
+        out.push(crate::ledger::build(&crate::ledger::Inputs {
+            at_s: rel(s.t, start),
+            rss,
+            maps,
+            isolates: &latest,
+            allocator,
+            mmap_live,
+        }));
+    }
+    out
 }
 
 /// The whole analysis: every recorded process in turn, and the focus (the
@@ -942,6 +1114,8 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         notes,
         focus: f.pid,
         headline,
+        ledger: f.ledger.clone(),
+        rss_ledger: f.rss_ledger.clone(),
         processes,
     }
 }

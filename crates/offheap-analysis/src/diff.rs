@@ -110,6 +110,9 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
             a.focus, b.focus
         ));
     }
+    if let (Some(la), Some(lb)) = (&a.rss_ledger, &b.rss_ledger) {
+        notes.push(crate::ledger::compare_text(la, lb));
+    }
     notes.extend(a.notes.iter().map(|n| format!("A: {n}")));
     notes.extend(b.notes.iter().map(|n| format!("B: {n}")));
     Model {
@@ -132,6 +135,8 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
         processes: Vec::new(),
         focus: b.focus,
         headline: String::new(),
+        ledger: b.ledger.clone(),
+        rss_ledger: b.rss_ledger.clone(),
     }
 }
 

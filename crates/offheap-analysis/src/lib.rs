@@ -5,6 +5,7 @@
 mod analyze;
 pub mod diff;
 mod jsheap;
+pub mod ledger;
 pub mod model;
 pub mod owners;
 pub mod stats;

@@ -224,6 +224,13 @@ pub struct ProcessModel {
     pub suspects: Vec<Suspect>,
     /// What was skipped or looks odd in this process's streams.
     pub notes: Vec<String>,
+    /// The RSS ledger at every interval that read the mappings.
+    #[serde(default)]
+    pub ledger: Vec<crate::ledger::Ledger>,
+    /// The ledger at the end of the analysis window (before the shutdown
+    /// that a stop asked for).
+    #[serde(default)]
+    pub rss_ledger: Option<crate::ledger::Ledger>,
 }
 
 impl ProcessModel {
@@ -309,6 +316,12 @@ pub struct Model {
     /// 124 (./worker): +10.0 MiB/s"), or that none does.
     #[serde(default)]
     pub headline: String,
+    /// The focus process's RSS ledger over the run, and at the end of the
+    /// analysis window.
+    #[serde(default)]
+    pub ledger: Vec<crate::ledger::Ledger>,
+    #[serde(default)]
+    pub rss_ledger: Option<crate::ledger::Ledger>,
 }
 
 impl Model {
@@ -351,6 +364,8 @@ impl Model {
             processes: Vec::new(),
             focus: p.pid,
             headline: String::new(),
+            ledger: p.ledger.clone(),
+            rss_ledger: p.rss_ledger.clone(),
         }
     }
 }

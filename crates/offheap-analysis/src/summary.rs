@@ -28,6 +28,13 @@ pub struct Summary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owners: Option<&'a [crate::owners::OwnerFinding]>,
     pub notes: &'a [String],
+    /// Every resident byte of the focus process by part, at the end of the
+    /// analysis window (docs/FORMAT.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_ledger: Option<crate::ledger::Ledger>,
+    /// The same over the run, at most 200 moments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rss_ledger_timeline: Vec<crate::ledger::Ledger>,
     /// Every recorded process, the target first.
     pub processes: Vec<SummaryProcess<'a>>,
 }
@@ -57,6 +64,8 @@ pub struct SummaryProcess<'a> {
     /// Where its timeline is drawn.
     pub timeline: String,
     pub notes: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_ledger: Option<crate::ledger::Ledger>,
 }
 
 /// How many suspects each entry of `processes` lists.
@@ -179,6 +188,14 @@ fn process_of(p: &ProcessModel, focus: bool) -> SummaryProcess<'_> {
             .collect(),
         timeline: format!("report.html#process-{}", p.pid),
         notes: &p.notes,
+        rss_ledger: p.rss_ledger.as_ref().map(rounded),
+    }
+}
+
+fn rounded(l: &crate::ledger::Ledger) -> crate::ledger::Ledger {
+    crate::ledger::Ledger {
+        at_s: round3(l.at_s),
+        ..l.clone()
     }
 }
 
@@ -222,6 +239,11 @@ impl Model {
             heap: self.heap.as_ref(),
             owners: self.heap.as_ref().map(|_| self.owners.as_slice()),
             notes: &self.notes,
+            rss_ledger: self.rss_ledger.as_ref().map(rounded),
+            rss_ledger_timeline: crate::ledger::thin(&self.ledger, 200)
+                .iter()
+                .map(rounded)
+                .collect(),
             processes: self
                 .processes
                 .iter()

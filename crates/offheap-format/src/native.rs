@@ -112,6 +112,10 @@ pub struct AllocatorStats {
     pub releasable_bytes: u64,
     /// Number of arenas (main + thread arenas), from `malloc_info`.
     pub arenas: u32,
+    /// Bytes offheap's agent mapped for itself (its tables, copies of
+    /// unwind sections): an upper bound of what it keeps resident. 0 from
+    /// agents before 2026-12 (the field was appended to the record).
+    pub agent_mapped_bytes: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -356,7 +360,7 @@ pub fn write_counters<S: Sink>(s: &mut S, entries: &[(u32, StackCounters)]) {
 
 /// Writes allocator statistics of the current snapshot.
 pub fn write_allocator<S: Sink>(s: &mut S, a: &AllocatorStats) {
-    let mut r = Rec::begin(s, tag::ALLOCATOR, 6 * 8 + 4);
+    let mut r = Rec::begin(s, tag::ALLOCATOR, 7 * 8 + 4);
     r.u64(a.arena_bytes);
     r.u64(a.in_use_bytes);
     r.u64(a.free_bytes);
@@ -364,6 +368,7 @@ pub fn write_allocator<S: Sink>(s: &mut S, a: &AllocatorStats) {
     r.u64(a.free_chunks);
     r.u64(a.releasable_bytes);
     r.u32(a.arenas);
+    r.u64(a.agent_mapped_bytes);
     r.end();
 }
 
@@ -819,6 +824,8 @@ impl Decoder {
                     free_chunks: c.u64().ok_or(bad)?,
                     releasable_bytes: c.u64().ok_or(bad)?,
                     arenas: c.u32().ok_or(bad)?,
+                    // Appended later: absent in older recordings.
+                    agent_mapped_bytes: c.u64().unwrap_or(0),
                 };
                 match self.pending.as_mut() {
                     Some(p) => p.allocator = Some(a),
@@ -934,6 +941,7 @@ mod tests {
             &mut s,
             &AllocatorStats {
                 arenas: 1,
+                agent_mapped_bytes: 4096,
                 ..Default::default()
             },
         );

@@ -76,6 +76,44 @@ pub struct ProcSample {
     /// changed (an exec); absent otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmdline: Vec<String>,
+    /// `/proc/PID/smaps` sorted into classes, for the RSS ledger; absent in
+    /// samples between two reads (spaced to cost under 1% of a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps: Option<MapClasses>,
+}
+
+/// Resident bytes of one process's mappings by class, from
+/// `/proc/PID/smaps` (the CLI's reading; see docs/FORMAT.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MapClasses {
+    /// Sum of every mapping's Rss.
+    pub rss: u64,
+    /// Mappings of files (the program, its libraries, mapped data) and of
+    /// the kernel (vdso).
+    pub file: u64,
+    /// The main thread's `[stack]` and pthread stacks (a read-write mapping
+    /// right above its guard).
+    pub stacks: u64,
+    pub stack_count: u64,
+    /// glibc's brk heap (`[heap]`: the main arena).
+    pub brk_heap: u64,
+    /// glibc's thread arenas (64 MiB-aligned heaps with a `heap_info`).
+    pub arenas: u64,
+    /// Bytes mapped (not only resident) of the brk heap and the arenas.
+    pub arena_size: u64,
+    /// glibc's mmapped chunks (blocks above the mmap threshold), resident
+    /// and mapped.
+    pub malloc_mmap: u64,
+    pub malloc_mmap_size: u64,
+    /// The zero-filled data (.bss) of offheap's own agent library.
+    pub agent: u64,
+    /// Every other anonymous mapping (the V8 heap, JIT code, mmaps of
+    /// libraries and addons, offheap's agent's own mappings).
+    pub anon: u64,
+    /// Number of mappings, and what reading and sorting them cost.
+    pub vmas: u64,
+    pub cost_us: u64,
 }
 
 impl ProcSample {

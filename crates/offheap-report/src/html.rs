@@ -62,6 +62,7 @@ pub fn render_html_with(model: &Model, interned: &flame::Interned) -> String {
     o.push_str("<main>\n");
     verdict(&mut o, model);
     timeline(&mut o, model);
+    ledger(&mut o, model);
     suspects(&mut o, model);
     processes(&mut o, model);
     flames(&mut o, model);
@@ -254,6 +255,173 @@ fn verdict_body(o: &mut String, m: &Model) {
         "</div><p class=\"muted\">Growth rates are robust slopes after the warm-up (which ends at {}).</p>",
         esc(&format::seconds(m.timeline.warmup_end))
     );
+}
+
+// ---------------------------------------------------------------- ledger
+
+/// Colours of the ledger's parts, in `Part::ALL` order.
+const PART_COLOURS: [&str; 13] = [
+    "#1971c2", "#74c0fc", "#4263eb", "#f59f00", "#adb5bd", "#e64980", "#2b8a3e", "#868e96",
+    "#69db7c", "#ae3ec9", "#fab005", "#ced4da", "#495057",
+];
+
+/// The RSS ledger: a stacked area chart of the parts whose top edge is the
+/// RSS line, and the table of the parts at the end of the analysis window.
+fn ledger(o: &mut String, m: &Model) {
+    use offheap_analysis::ledger::{Part, thin};
+    let (Some(end), false) = (&m.rss_ledger, m.ledger.is_empty()) else {
+        return;
+    };
+    o.push_str("<section id=\"ledger\"><h2>Where the RSS is</h2>");
+    let pts = thin(&m.ledger, 300);
+    let t_end = pts
+        .last()
+        .map_or(1.0, |l| l.at_s)
+        .max(m.timeline.duration)
+        .max(1e-9);
+    let vmax = pts
+        .iter()
+        .map(|l| {
+            let sum: u64 = l.parts.values().sum();
+            (l.rss.max(sum)) as f64
+        })
+        .fold(0.0, f64::max);
+    let (ymax, step) = nice_bytes_axis(vmax);
+    let (cw, ch) = (CW * 2.0, CH * 1.4);
+    let (pw, ph) = (cw - ML - MR, ch - MT - MB);
+    let xs = |t: f64| ML + (t / t_end).clamp(0.0, 1.0) * pw;
+    let ys = |v: f64| MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
+    let used: Vec<(usize, Part)> = Part::ALL
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, p)| pts.iter().any(|l| l.part(*p) > 0))
+        .collect();
+    o.push_str("<figure class=\"chart overview ledger\"><figcaption>Resident bytes by part (stacked); the line is RSS<span class=\"keys\">");
+    for (i, p) in &used {
+        let _ = write!(
+            o,
+            "<em><i style=\"background:{}\"></i>{} {}</em>",
+            PART_COLOURS[*i],
+            esc(p.label()),
+            esc(&format::bytes(end.part(*p)))
+        );
+    }
+    let _ = write!(
+        o,
+        "</span></figcaption><svg viewBox=\"0 0 {cw} {ch:.0}\" role=\"img\" aria-label=\"RSS ledger\">"
+    );
+    let mut v = 0.0;
+    while v <= ymax * 1.0001 {
+        let y = ys(v);
+        let _ = write!(
+            o,
+            "<line class=\"grid\" x1=\"{ML}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text class=\"ax\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            ML + pw,
+            ML - 6.0,
+            y + 4.0,
+            esc(&format::bytes_f(v))
+        );
+        v += step;
+    }
+    let tstep = nice_step(t_end / 12.0);
+    let mut t = 0.0;
+    while t <= t_end * 1.0001 {
+        let x = xs(t);
+        let _ = write!(
+            o,
+            "<text class=\"ax\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            ch - 8.0,
+            esc(&fmt_t(t))
+        );
+        t += tstep;
+    }
+    // Bands from the bottom up: each part's polygon between the running
+    // sums before and after it.
+    let mut below = vec![0u64; pts.len()];
+    for (i, p) in &used {
+        let above: Vec<u64> = pts
+            .iter()
+            .zip(&below)
+            .map(|(l, b)| b + l.part(*p))
+            .collect();
+        let mut path = String::new();
+        for (k, l) in pts.iter().enumerate() {
+            let _ = write!(
+                path,
+                "{}{:.1},{:.1}",
+                if k == 0 { "M" } else { "L" },
+                xs(l.at_s),
+                ys(above[k] as f64)
+            );
+        }
+        for (k, l) in pts.iter().enumerate().rev() {
+            let _ = write!(path, "L{:.1},{:.1}", xs(l.at_s), ys(below[k] as f64));
+        }
+        let _ = write!(
+            o,
+            "<path d=\"{path}Z\" fill=\"{}\" fill-opacity=\"0.85\"><title>{}</title></path>",
+            PART_COLOURS[*i],
+            esc(p.label())
+        );
+        below = above;
+    }
+    let mut line = String::new();
+    for (k, l) in pts.iter().enumerate() {
+        let _ = write!(
+            line,
+            "{}{:.1},{:.1}",
+            if k == 0 { "M" } else { "L" },
+            xs(l.at_s),
+            ys(l.rss as f64)
+        );
+    }
+    let _ = write!(
+        o,
+        "<path d=\"{line}\" fill=\"none\" stroke=\"#d9480f\" stroke-width=\"2\"><title>RSS</title></path></svg></figure>"
+    );
+    // The table at the end of the window.
+    let _ = write!(
+        o,
+        "<table class=\"ledger\"><thead><tr><th>part</th><th>resident</th><th>of RSS</th><th>allocated</th></tr></thead><tbody>"
+    );
+    let pct = |v: f64| {
+        if end.rss == 0 {
+            0.0
+        } else {
+            100.0 * v / end.rss as f64
+        }
+    };
+    let mut rows: Vec<(Part, u64)> = end.parts.iter().map(|(p, v)| (*p, *v)).collect();
+    rows.sort_by_key(|(_, v)| std::cmp::Reverse(*v));
+    for (p, v) in rows {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td></tr>",
+            esc(p.label()),
+            esc(&format::bytes(v)),
+            pct(v as f64),
+            esc(&end
+                .allocated
+                .get(&p)
+                .map(|a| format::bytes(*a))
+                .unwrap_or_default())
+        );
+    }
+    let u = end.unexplained;
+    let _ = write!(
+        o,
+        "<tr><td>unexplained</td><td>{}{}</td><td>{:.1}%</td><td></td></tr></tbody></table>\
+         <p class=\"muted\">At {}: RSS {}. Residency comes from /proc/PID/smaps; the split inside the allocator's \
+         regions from mallinfo2 and inside the other anonymous mappings from V8's heap statistics and the mmaps \
+         offheap's agent saw. See docs/FORMAT.md.</p></section>",
+        if u < 0 { "-" } else { "" },
+        esc(&format::bytes(u.unsigned_abs())),
+        pct(u as f64),
+        esc(&format::seconds(end.at_s)),
+        esc(&format::bytes(end.rss)),
+    );
+    o.push('\n');
 }
 
 // ---------------------------------------------------------------- charts

@@ -258,6 +258,9 @@ fn verdict_text(o: &mut String, model: &Model) {
     }
     row("native_live", g.native_live, p.native_live);
     row("allocator_free", g.allocator_free, None);
+    if let Some(l) = &model.rss_ledger {
+        ledger_text(o, l);
+    }
 
     if !model.suspects.is_empty() {
         let _ = writeln!(
@@ -278,6 +281,68 @@ fn verdict_text(o: &mut String, model: &Model) {
             );
         }
     }
+}
+
+/// The RSS ledger at the end of the analysis window: the parts of at least
+/// 0.5% of RSS, largest first, then the rest together and `unexplained`.
+fn ledger_text(o: &mut String, l: &offheap_analysis::ledger::Ledger) {
+    let _ = writeln!(
+        o,
+        "\nWhere the RSS is (at {}, RSS {}):",
+        format::seconds(l.at_s),
+        format::bytes(l.rss)
+    );
+    let pct = |v: f64| {
+        if l.rss == 0 {
+            0.0
+        } else {
+            100.0 * v / l.rss as f64
+        }
+    };
+    let mut parts: Vec<(offheap_analysis::ledger::Part, u64)> =
+        l.parts.iter().map(|(p, v)| (*p, *v)).collect();
+    parts.sort_by_key(|(_, v)| std::cmp::Reverse(*v));
+    let (mut rest, mut n_rest) = (0u64, 0);
+    for (p, v) in parts {
+        if pct(v as f64) < 0.5 {
+            rest += v;
+            n_rest += 1;
+            continue;
+        }
+        let alloc = l
+            .allocated
+            .get(&p)
+            .map(|a| format!("  (allocated {})", format::bytes(*a)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {:<40}{:>11} {:>5.1}%{alloc}",
+            p.label(),
+            format::bytes(v),
+            pct(v as f64)
+        );
+    }
+    if n_rest > 0 {
+        let _ = writeln!(
+            o,
+            "  {:<40}{:>11} {:>5.1}%",
+            format!("{n_rest} smaller parts"),
+            format::bytes(rest),
+            pct(rest as f64)
+        );
+    }
+    let u = l.unexplained;
+    let _ = writeln!(
+        o,
+        "  {:<40}{:>11} {:>5.1}%",
+        "unexplained",
+        format!(
+            "{}{}",
+            if u < 0 { "-" } else { "" },
+            format::bytes(u.unsigned_abs())
+        ),
+        pct(u as f64)
+    );
 }
 
 /// `handle (server.js:28)`.

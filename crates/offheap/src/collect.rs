@@ -225,6 +225,11 @@ pub struct Collector {
     gone: BTreeSet<u32>,
     /// The last command line written for each process.
     cmdlines: BTreeMap<u32, Vec<String>>,
+    /// The recording interval, and when each process's smaps is next read.
+    pub interval: std::time::Duration,
+    maps_due: BTreeMap<u32, std::time::Instant>,
+    /// The target's latest classes of mappings, for the live ledger.
+    last_maps: Option<offheap_format::MapClasses>,
 }
 
 /// At most this many descendants of the target are sampled each interval.
@@ -244,6 +249,9 @@ impl Collector {
             agent_gone: false,
             gone: BTreeSet::new(),
             cmdlines: BTreeMap::new(),
+            interval: std::time::Duration::from_millis(500),
+            maps_due: BTreeMap::new(),
+            last_maps: None,
         })
     }
 
@@ -302,11 +310,24 @@ impl Collector {
                         self.cmdlines.insert(pid, cmd.clone());
                         s.cmdline = cmd;
                     }
+                    let now = std::time::Instant::now();
+                    if self.maps_due.get(&pid).is_none_or(|d| now >= *d) {
+                        s.maps = crate::smaps::sample(pid);
+                        let cost = s.maps.map_or(0, |m| m.cost_us);
+                        let gap = crate::smaps::next_gap_ms(cost, self.interval.as_millis() as u64);
+                        // A little early, so that a read costing under 1%
+                        // is made at every tick.
+                        let gap = std::time::Duration::from_millis(gap).mul_f64(0.8);
+                        self.maps_due.insert(pid, now + gap);
+                    }
                     if let Ok(l) = serde_json::to_string(&s) {
                         lines.push_str(&l);
                         lines.push('\n');
                     }
                     if pid == self.target {
+                        if s.maps.is_some() {
+                            self.last_maps = s.maps;
+                        }
                         self.last_proc = Some(s);
                     }
                 }
@@ -413,6 +434,19 @@ impl Collector {
             "process.memoryUsage().arrayBuffers.",
             n.map(|n| n.array_buffers),
         );
+        // The ledger as the CLI alone can draw it (no allocator split).
+        if let (Some(maps), Some(rss)) = (self.last_maps, st("VmRSS")) {
+            let isolates: Vec<&NodeMem> = n.into_iter().collect();
+            let l = offheap_analysis::ledger::build(&offheap_analysis::ledger::Inputs {
+                at_s: 0.0,
+                rss,
+                maps: &maps,
+                isolates: &isolates,
+                allocator: None,
+                mmap_live: None,
+            });
+            out.push_str(&offheap_analysis::ledger::prometheus(pid, &l));
+        }
         if out.is_empty() {
             return;
         }

@@ -15,6 +15,7 @@ mod reporting;
 mod run;
 mod session;
 mod signals;
+mod smaps;
 mod status;
 
 use clap::Parser;

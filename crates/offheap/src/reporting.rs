@@ -67,6 +67,19 @@ fn write_outputs(dir: &Path, model: &Model) -> Result<()> {
         .context("cannot write the summary")?;
     offheap_report::write_all(model, dir)
         .with_context(|| format!("cannot write the reports into {}", dir.display()))?;
+    // metrics.prom ends with the analysed ledger (the live one could not
+    // split malloc's regions).
+    if let Some(l) = &model.rss_ledger {
+        let path = dir.join(crate::collect::METRICS);
+        let old = offheap_format::io::read_recording_file(&path, 1 << 20)
+            .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let new = offheap_analysis::ledger::replace_prometheus(
+            &old,
+            &offheap_analysis::ledger::prometheus(model.focus, l),
+        );
+        offheap_format::write_atomic(&path, new.as_bytes()).context("cannot write metrics.prom")?;
+    }
     Ok(())
 }
 

@@ -95,6 +95,7 @@ pub fn record(
     let pid = target.pid();
     let start = Instant::now();
     let mut collector = Collector::new(dir, pid).context("cannot write the recording")?;
+    collector.interval = rec.interval;
     let mut status = StatusLine::new(rec.quiet);
     let mut next_tick = start;
     let mut next_poll = start;
