@@ -687,14 +687,7 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
         .and_then(|e| e.stop_ms)
         .map(|t| rel(t, rec.meta.start_ms))
         .filter(|&s| s > tl.warmup_end && s < tl.duration);
-    // Nor does teardown count: after the JS agent's exit GC, what the
-    // program dropped on the way out (its timers cleared, its caches
-    // unreachable) is gone from the V8 heap and external memory, and a
-    // leak would end in a drop.
-    let teardown = exit_gc
-        .map(|(t, _)| t)
-        .filter(|&t| t > tl.warmup_end && t < tl.duration && stop.is_none_or(|s| t < s));
-    let judged = teardown.or(stop).map(|s| until(&tl, s));
+    let judged = stop.map(|s| until(&tl, s));
     let judged_tl = judged.as_ref().unwrap_or(&tl);
     let post_gc: Points = post_gc
         .into_iter()

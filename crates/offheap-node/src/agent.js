@@ -170,7 +170,7 @@
       baseUsed: 0, baseOld: 0, oldGen: 0, grewAtMajor: false, majorsSince: 0,
       // The window (performance.now()) of the last full GC offheap itself
       // ran: a profile read's, or fullGc's (which records its own).
-      reading: [0, 0], readIsGc: false, readMarked: -1,
+      reading: [0, 0], readIsGc: false, readMarked: -1, lastMajorAt: 0,
       beat: 3000, // the age of the next read when nothing else asks for one
     };
     function startHeapSampling() {
@@ -259,7 +259,7 @@
     // natural mark-compact left more retained than the last read did, or
     // the old generation grew by half (it also holds promoted garbage,
     // which the next mark-compact frees) — a leak gets profiles as fast as
-    // it grows. Otherwise at fixed ages of the run (3, 6, 9, 13.5, 20 s ...,
+    // it grows. Otherwise at fixed ages of the run (3, 5, 7, 9, 11, 13, 19.5 s ...,
     // then every maxGapMs), skipped when natural mark-compacts since the
     // last read showed that the heap did not grow: a flat service that
     // collects by itself pays for the first reads only.
@@ -267,13 +267,18 @@
       if (!heap.on || heap.exited) return false;
       const age = now - heap.started;
       const since = now - heap.last;
-      const minGap = Math.max(1000, Math.min(age / 4, 10000), 50 * (heap.cost || 0));
+      const minGap = Math.max(1000, Math.min(age / 5, 10000), 50 * (heap.cost || 0));
       if (since < minGap) return false;
       if (heap.grewAtMajor) return true;
       if (heap.oldGen > heap.baseOld + Math.max(1 << 20, heap.baseOld / 2)) return true;
       if (age < heap.beat) return false;
-      while (heap.beat <= age) heap.beat += Math.max(3000, Math.min(heap.beat / 2, heap.maxGapMs));
-      return heap.majorsSince === 0;
+      // Every 2 s up to 13 s (a short run needs enough reads to show a slow
+      // leak's trend), then half again each time up to maxGapMs.
+      while (heap.beat <= age) heap.beat += heap.beat < 13000 ? 2000 : Math.max(3000, Math.min(heap.beat / 2, heap.maxGapMs));
+      // Skipped when a natural mark-compact in the second half of the gap
+      // showed no growth: one soon after the last read says little of a
+      // heap that grows slowly.
+      return !(heap.majorsSince > 0 && heap.lastMajorAt >= heap.last + since / 2);
     }
 
     // ---- heap snapshots, taken here on request -------------------------
@@ -552,6 +557,7 @@
                 rec.old_used_after = after[1];
                 // A natural one that retained more than the last read.
                 heap.majorsSince++;
+                heap.lastMajorAt = nowMs();
                 if (after[1] > heap.baseOld * 1.05 + (256 << 10)) heap.grewAtMajor = true;
               }
             }

@@ -10,13 +10,13 @@ use serde_json::Value;
 
 const MIB: f64 = 1048576.0;
 
-const JS_LEAK: &str = r#"const kept = []; let t = 0;
+const JS_LEAK: &str = r#"const kept = (globalThis.kept = []); let t = 0;
 const h = setInterval(() => { for (let k = 0; k < 1500; k++) kept.push({ k, s: 'leak-' + t + '-' + k }); if (++t >= 80) clearInterval(h); }, 100);"#;
 
-const BUFFER_LEAK: &str = r#"const kept = []; let t = 0;
+const BUFFER_LEAK: &str = r#"const kept = (globalThis.kept = []); let t = 0;
 const h = setInterval(() => { for (let k = 0; k < 5; k++) kept.push(Buffer.alloc(64 * 1024, t & 255)); if (++t >= 80) clearInterval(h); }, 100);"#;
 
-const ZLIB_LEAK: &str = r#"const zlib = require('zlib'); const keep = []; let i = 0;
+const ZLIB_LEAK: &str = r#"const zlib = require('zlib'); const keep = (globalThis.keep = []); let i = 0;
 const h = setInterval(() => { const z = zlib.createDeflate(); z.write('data ' + i); keep.push(z); if (++i >= 160) clearInterval(h); }, 50);"#;
 
 const STEADY_SERVER: &str = r#"const http = require('http');
