@@ -17,6 +17,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod header;
+mod leaks;
 mod live;
 mod modules;
 mod origin;
@@ -1017,6 +1018,7 @@ extern "C" fn init() {
     cfg.min_age_ms = sys::env_u64(c"OFFHEAP_MIN_AGE_MS", 5000);
     cfg.follow_fork = sys::env_bool(c"OFFHEAP_FOLLOW_FORK", true);
     cfg.follow_exec = sys::env_bool(c"OFFHEAP_FOLLOW_EXEC", false);
+    leaks::configure();
     unwind::DEBUG.store(
         sys::env_bool(c"OFFHEAP_DEBUG_UNWIND", false),
         Ordering::Relaxed,

@@ -509,6 +509,12 @@ pub fn maybe_spawn() {
 
 /// The last snapshot of the process (exit, `_exit`, atexit).
 pub fn final_snapshot() {
+    final_snapshot_at(None);
+}
+
+/// The last snapshot; from the exit handler (`sp`: its stack pointer),
+/// the leak check first when it is on.
+fn final_snapshot_at(sp: Option<u64>) {
     if STATE.load(Ordering::Acquire) != crate::ENABLED
         || sys::getpid() != PID.load(Ordering::Relaxed)
     {
@@ -527,14 +533,53 @@ pub fn final_snapshot() {
         let was = t.busy.replace(true);
         flush_pending(t);
         STOP.store(true, Ordering::Relaxed);
+        let leaks = sp
+            .filter(|_| crate::leaks::ON.load(Ordering::Relaxed))
+            .map(|sp| {
+                if !CONFIG.get().exact {
+                    crate::leaks::Outcome::failed(b"leak check: needs exact mode; no check")
+                } else if crate::header::is_on() {
+                    crate::leaks::Outcome::failed(
+                        b"leak check: needs the address table (OFFHEAP_HEADERS=0); no check",
+                    )
+                } else {
+                    crate::leaks::check(sp)
+                }
+            });
         snapshot(Trigger::Final);
+        if let Some(l) = leaks {
+            append_leaks(&l);
+        }
         STATE.store(crate::DISABLED, Ordering::Release);
         t.busy.set(was);
     });
 }
 
+/// Appends the leak check's records after the final snapshot.
+fn append_leaks(l: &crate::leaks::Outcome) {
+    let mut guard = W.lock();
+    let w = &mut *guard;
+    if w.write_failed || w.index == 0 || !w.stream.ensure() {
+        return;
+    }
+    w.buf.clear();
+    let mut s = VecSink(&mut w.buf);
+    if !l.why.is_empty() {
+        fmt::write_note(&mut s, l.why);
+    }
+    if l.entries.is_empty() {
+        fmt::write_leaks(&mut s, &l.head, &[]);
+    }
+    for chunk in l.entries.chunks(65536) {
+        fmt::write_leaks(&mut s, &l.head, chunk);
+    }
+    if !w.stream.append(&w.buf) {
+        w.write_failed = true;
+    }
+}
+
 pub extern "C" fn on_exit() {
-    final_snapshot();
+    final_snapshot_at(Some(unwind::regs().1));
 }
 
 // ---------------------------------------------------------------------------
