@@ -912,6 +912,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     let mut notes = rec.notes.clone();
     notes.extend(f.notes.iter().cloned());
     let owners = crate::owners::owners(&f.suspects, rec.heap.as_ref());
+    let check = crate::check::outcome(rec, &processes);
     Model {
         meta: rec.meta.clone(),
         end: rec.end.clone(),
@@ -927,6 +928,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         focus: f.pid,
         headline,
         processes,
+        check,
     }
 }
 

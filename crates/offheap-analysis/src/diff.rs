@@ -132,6 +132,7 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
         processes: Vec::new(),
         focus: b.focus,
         headline: String::new(),
+        check: None,
     }
 }
 

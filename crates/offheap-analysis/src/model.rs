@@ -309,6 +309,10 @@ pub struct Model {
     /// 124 (./worker): +10.0 MiB/s"), or that none does.
     #[serde(default)]
     pub headline: String,
+    /// `offheap check`'s gate: leaks at exit and growth limits, if this is
+    /// a recording of `check` or an agent ran a leak check.
+    #[serde(default)]
+    pub check: Option<crate::check::CheckOutcome>,
 }
 
 impl Model {
@@ -351,6 +355,7 @@ impl Model {
             processes: Vec::new(),
             focus: p.pid,
             headline: String::new(),
+            check: None,
         }
     }
 }

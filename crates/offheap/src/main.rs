@@ -5,6 +5,7 @@
 //! analysis to the reporters. It computes no verdict itself.
 
 mod attach;
+mod check;
 mod cli;
 mod collect;
 mod demo;

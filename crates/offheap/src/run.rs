@@ -196,6 +196,26 @@ fn quote_node_option(s: &str) -> String {
 }
 
 pub fn run(args: RunArgs) -> Result<u8> {
+    run_with(args, Extra::default()).map(|f| f.status)
+}
+
+/// What `check` adds to a run: environment for the agents, settings for
+/// `recording.json`, no verdict text at the end.
+#[derive(Default)]
+pub struct Extra {
+    pub env: Vec<(&'static str, String)>,
+    pub settings: Vec<(String, serde_json::Value)>,
+    pub no_report_text: bool,
+}
+
+/// A run that ended: its exit status, the recording and its Model.
+pub struct Finished {
+    pub status: u8,
+    pub dir: PathBuf,
+    pub model: offheap_analysis::Model,
+}
+
+pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
     if args.command.is_empty() {
         return Err(user_error(
             "no command given; usage: offheap run [OPTIONS] -- CMD [ARGS...]",
@@ -301,6 +321,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
         if args.exact {
             cmd.env("OFFHEAP_EXACT", "1");
         }
+        for (k, v) in &extra.env {
+            cmd.env(k, v);
+        }
     }
 
     supervised_by_us(&mut cmd);
@@ -332,6 +355,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         (args.record.min_age.as_millis() as u64).into(),
     );
     settings.insert("exact".into(), args.exact.into());
+    settings.extend(extra.settings);
     session::write_meta(
         &dir,
         session::MetaSpec {
@@ -400,8 +424,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
         top: 10,
         extra_notes: notes,
     };
-    reporting::finish(&dir, &opts, args.record.quiet)?;
-    Ok(outcome.exit_status.clamp(0, 255) as u8)
+    let model = reporting::finish(&dir, &opts, args.record.quiet || extra.no_report_text)?;
+    Ok(Finished {
+        status: outcome.exit_status.clamp(0, 255) as u8,
+        dir,
+        model,
+    })
 }
 
 /// If offheap dies, the target it launched is asked to stop as if offheap
