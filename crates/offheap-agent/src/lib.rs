@@ -930,6 +930,69 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
     unsafe { _exit(status) }
 }
 
+type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char) -> c_int;
+type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    c_int,
+    *mut *mut c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
+static REAL_MAIN: AtomicU64 = AtomicU64::new(0);
+
+/// `main`, run by glibc's `__libc_start_main` when the leak check is on:
+/// registers the exit handler that runs the check (see
+/// `writer::leak_check_at_exit`), then calls the program's `main`.
+unsafe extern "C" fn main_wrapper(
+    argc: c_int,
+    argv: *mut *mut c_char,
+    envp: *mut *mut c_char,
+) -> c_int {
+    // SAFETY: registering our own extern "C" handler with glibc.
+    unsafe { libc::atexit(writer::leak_check_at_exit) };
+    // SAFETY: the program's own main, stored by __libc_start_main below.
+    let real = unsafe {
+        core::mem::transmute::<usize, MainFn>(REAL_MAIN.load(Ordering::Relaxed) as usize)
+    };
+    // SAFETY: the arguments glibc passed us.
+    unsafe { real(argc, argv, envp) }
+}
+
+/// The program's start (called by `_start` through the PLT, after every
+/// constructor of the preloaded agent ran). With the leak check on, `main`
+/// is wrapped so the check's exit handler is registered before it runs;
+/// otherwise glibc's is called as it is.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_start_main(
+    main: MainFn,
+    argc: c_int,
+    argv: *mut *mut c_char,
+    init: *mut c_void,
+    fini: *mut c_void,
+    rtld_fini: *mut c_void,
+    stack_end: *mut c_void,
+) -> c_int {
+    static REAL: AtomicU64 = AtomicU64::new(0);
+    let p = next_symbol(&REAL, c"__libc_start_main");
+    if p == 0 {
+        // SAFETY: nothing to forward to; the process cannot start.
+        unsafe { libc::syscall(libc::SYS_exit_group, 127) };
+    }
+    // SAFETY: the value was produced by dlsym for "__libc_start_main".
+    let real = unsafe { core::mem::transmute::<usize, StartMainFn>(p as usize) };
+    let wrap = enabled() && leaks::ON.load(Ordering::Relaxed);
+    let main = if wrap {
+        REAL_MAIN.store(main as usize as u64, Ordering::Relaxed);
+        main_wrapper as MainFn
+    } else {
+        main
+    };
+    // SAFETY: forwarding glibc's own arguments.
+    unsafe { real(main, argc, argv, init, fini, rtld_fini, stack_end) }
+}
+
 /// Removes this agent from `LD_PRELOAD` in `environ` (other preloads stay),
 /// and every `OFFHEAP_*` variable.
 /// Runs in the constructor, before the program can read its environment.

@@ -533,24 +533,60 @@ fn final_snapshot_at(sp: Option<u64>) {
         let was = t.busy.replace(true);
         flush_pending(t);
         STOP.store(true, Ordering::Relaxed);
-        let leaks = sp
-            .filter(|_| crate::leaks::ON.load(Ordering::Relaxed))
-            .map(|sp| {
-                if !CONFIG.get().exact {
-                    crate::leaks::Outcome::failed(b"leak check: needs exact mode; no check")
-                } else if crate::header::is_on() {
-                    crate::leaks::Outcome::failed(
-                        b"leak check: needs the address table (OFFHEAP_HEADERS=0); no check",
-                    )
-                } else {
-                    crate::leaks::check(sp)
-                }
-            });
+        // The check the exit handler registered before `main` took, or,
+        // without one (`main` not reached through our `__libc_start_main`),
+        // one now.
+        let leaks = PENDING.lock().take().or_else(|| {
+            sp.filter(|_| {
+                crate::leaks::ON.load(Ordering::Relaxed) && !CHECKED.swap(true, Ordering::AcqRel)
+            })
+            .map(run_check)
+        });
         snapshot(Trigger::Final);
         if let Some(l) = leaks {
             append_leaks(&l);
         }
         STATE.store(crate::DISABLED, Ordering::Release);
+        t.busy.set(was);
+    });
+}
+
+/// The leak check's outcome, taken by [`leak_check_at_exit`], waiting for
+/// the final snapshot.
+static PENDING: SpinLock<Option<crate::leaks::Outcome>> = SpinLock::new(None);
+/// The leak check ran (or is running) in this process.
+static CHECKED: AtomicBool = AtomicBool::new(false);
+
+fn run_check(sp: u64) -> crate::leaks::Outcome {
+    if !CONFIG.get().exact {
+        crate::leaks::Outcome::failed(b"leak check: needs exact mode; no check")
+    } else if crate::header::is_on() {
+        crate::leaks::Outcome::failed(
+            b"leak check: needs the address table (OFFHEAP_HEADERS=0); no check",
+        )
+    } else {
+        crate::leaks::check(sp)
+    }
+}
+
+/// The exit handler the `main` wrapper registers (`OFFHEAP_LEAKS=1`): the
+/// leak check runs when `exit` starts its handlers, after those the
+/// program registered while `main` ran and before its static destructors
+/// and the loader's finalizers, as LeakSanitizer's does: the program's
+/// threads are still there (a libuv threadpool that a library destructor
+/// joins at exit would take its threads' TLS with it).
+pub extern "C" fn leak_check_at_exit() {
+    if STATE.load(Ordering::Acquire) != crate::ENABLED
+        || sys::getpid() != PID.load(Ordering::Relaxed)
+        || crate::tls::current().busy.get()
+        || CHECKED.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    crate::tls::TLS.with(|t| {
+        let was = t.busy.replace(true);
+        let outcome = run_check(unwind::regs().1);
+        *PENDING.lock() = Some(outcome);
         t.busy.set(was);
     });
 }
@@ -661,6 +697,7 @@ pub extern "C" fn fork_child() {
         WRITER_STARTED.store(false, Ordering::Relaxed);
         STOP.store(false, Ordering::Relaxed);
         FINAL_DONE.store(false, Ordering::Relaxed);
+        CHECKED.store(false, Ordering::Relaxed);
         START_MS_BITS.store(sys::now_ms().to_bits(), Ordering::Relaxed);
         LAST_SNAP_MONO.store(sys::mono_ms(), Ordering::Relaxed);
     } else {

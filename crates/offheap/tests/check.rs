@@ -521,3 +521,53 @@ fn node_test_of_a_pure_js_package_and_node_e_pass_with_no_suppressions() {
         std::fs::remove_dir_all(sb.path("e")).unwrap();
     }
 }
+
+/// What tests commonly touch: a worker thread, an HTTP server and client,
+/// crypto on the threadpool (OpenSSL's per-thread error state lives in the
+/// pool threads' TLS until libuv joins them in a destructor, after the
+/// check), zlib, fs, a child process, a TLS context. Nothing of it is lost.
+#[test]
+fn node_builtins_on_threads_and_the_threadpool_leave_nothing_lost() {
+    let sb = Sandbox::new();
+    sb.write(
+        "broad.js",
+        r#"
+const { Worker } = require('node:worker_threads');
+const http = require('node:http');
+const crypto = require('node:crypto');
+const fs = require('node:fs/promises');
+const zlib = require('node:zlib');
+const cp = require('node:child_process');
+async function main() {
+  await new Promise((res) => {
+    const w = new Worker('require("node:worker_threads").parentPort.postMessage(Buffer.alloc(1000).length)', { eval: true });
+    w.on('message', () => w.terminate().then(res));
+  });
+  const srv = http.createServer((q, r) => r.end('hi'));
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  const port = srv.address().port;
+  for (let i = 0; i < 20; i++) {
+    await new Promise((r) => http.get(`http://127.0.0.1:${port}/`, (res) => { res.resume(); res.on('end', r); }));
+  }
+  await new Promise((r) => srv.close(r));
+  crypto.createHash('sha256').update('x').digest('hex');
+  await new Promise((r) => crypto.pbkdf2('a', 'b', 1000, 32, 'sha256', r));
+  await fs.writeFile('scratch.txt', 'hello');
+  await fs.readFile('scratch.txt');
+  await new Promise((r) => zlib.gzip(Buffer.alloc(100000), r));
+  cp.execFileSync('/bin/true');
+  require('node:tls').createSecureContext();
+  console.log('done');
+}
+main();
+"#,
+    );
+    let out = check(&sb, "rec", &[], &["node", "broad.js"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = summary(&sb.path("rec"));
+    assert!(
+        lost(&s).is_empty(),
+        "{}",
+        serde_json::to_string_pretty(&s["check"]["leaks_at_exit"]).unwrap()
+    );
+}
