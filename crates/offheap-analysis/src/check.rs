@@ -573,7 +573,7 @@ fn leaks_at_exit(
             .copied()
             .filter(|e| e.1 != leak_class::REACHABLE)
             .collect();
-        lost_ids.sort_by(|a, b| b.3.cmp(&a.3));
+        lost_ids.sort_by_key(|e| std::cmp::Reverse(e.3));
         let mut reach_ids: Vec<(u32, u8, u64, u64)> = scan
             .entries
             .iter()
@@ -583,7 +583,7 @@ fn leaks_at_exit(
         for e in &reach_ids {
             pl.reachable.add(e.2, e.3);
         }
-        reach_ids.sort_by(|a, b| b.3.cmp(&a.3));
+        reach_ids.sort_by_key(|e| std::cmp::Reverse(e.3));
         reach_ids.truncate(REACHABLE_SHOWN);
         let ids: Vec<u32> = lost_ids
             .iter()
@@ -654,7 +654,7 @@ fn leaks_at_exit(
             .cmp(&b.suppressed_by.is_some())
             .then(b.bytes.cmp(&a.bytes))
     });
-    reach.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    reach.sort_by_key(|g| std::cmp::Reverse(g.bytes));
     reach.truncate(REACHABLE_SHOWN);
     out.lost = lost;
     out.reachable_top = reach;

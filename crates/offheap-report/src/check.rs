@@ -189,31 +189,39 @@ fn xml(s: &str) -> String {
     escape::html(s)
 }
 
+/// One JUnit test case: class, name, failure (message, body), skipped.
+struct Case {
+    class: String,
+    name: String,
+    failure: Option<(String, String)>,
+    skipped: bool,
+}
+
 /// JUnit XML: one test suite, a test case for the command, for each gate,
 /// and for each lost allocation stack (failures; suppressed ones skipped).
 pub fn junit(model: &Model) -> String {
-    let mut cases: Vec<(String, String, Option<(String, String)>, bool)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     if let Some(e) = &model.end {
         let failed = e.exit_status != 0;
-        cases.push((
-            "offheap.check".into(),
-            "command exits 0".into(),
-            failed.then(|| {
+        cases.push(Case {
+            class: "offheap.check".into(),
+            name: "command exits 0".into(),
+            failure: failed.then(|| {
                 let m = format!("the command exited with status {}", e.exit_status);
                 (m.clone(), m)
             }),
-            false,
-        ));
+            skipped: false,
+        });
     }
     let empty = CheckOutcome::default();
     let c = model.check.as_ref().unwrap_or(&empty);
     for g in &c.gates {
-        cases.push((
-            "offheap.check".into(),
-            g.name.clone(),
-            (!g.passed).then(|| (g.message.clone(), g.message.clone())),
-            false,
-        ));
+        cases.push(Case {
+            class: "offheap.check".into(),
+            name: g.name.clone(),
+            failure: (!g.passed).then(|| (g.message.clone(), g.message.clone())),
+            skipped: false,
+        });
     }
     for lg in &c.leaks.lost {
         let mut body = String::new();
@@ -228,10 +236,10 @@ pub fn junit(model: &Model) -> String {
         }
         let name = format!("{} from {}", lg.class, group_origin(lg));
         let skipped = lg.suppressed_by.is_some();
-        cases.push((
-            "offheap.check.leaks".into(),
+        cases.push(Case {
+            class: "offheap.check.leaks".into(),
             name,
-            Some((
+            failure: Some((
                 match &lg.suppressed_by {
                     Some(s) => format!("suppressed by {s}"),
                     None => group_figure(lg),
@@ -239,10 +247,13 @@ pub fn junit(model: &Model) -> String {
                 body,
             )),
             skipped,
-        ));
+        });
     }
-    let failures = cases.iter().filter(|c| c.2.is_some() && !c.3).count();
-    let skipped = cases.iter().filter(|c| c.3).count();
+    let failures = cases
+        .iter()
+        .filter(|c| c.failure.is_some() && !c.skipped)
+        .count();
+    let skipped = cases.iter().filter(|c| c.skipped).count();
     let time = model.recording_duration();
     let suite = format!("offheap check: {}", model.meta.command.join(" "));
     let mut o = String::new();
@@ -258,7 +269,13 @@ pub fn junit(model: &Model) -> String {
         xml(&suite),
         cases.len()
     );
-    for (class, name, failure, skip) in &cases {
+    for Case {
+        class,
+        name,
+        failure,
+        skipped: skip,
+    } in &cases
+    {
         let _ = write!(
             o,
             "    <testcase classname=\"{}\" name=\"{}\" time=\"0\"",
