@@ -6,6 +6,7 @@
 #   bench/check.sh                 # plain and check ROUNDS times, valgrind once
 #   ROUNDS=5 VG_ROUNDS=2 bench/check.sh
 #   VALGRIND=0 bench/check.sh      # skip valgrind
+#   SCALE=10 bench/check.sh        # ten times the work per test (the fixed costs weigh less)
 #
 # OFFHEAP=/path/to/offheap skips the cargo build (release).
 set -euo pipefail
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 VG_ROUNDS=${VG_ROUNDS:-1}
 VALGRIND=${VALGRIND:-1}
+SCALE=${SCALE:-1}
 if [ -z "${OFFHEAP:-}" ]; then
   cargo build --release --locked -q -p offheap
   OFFHEAP=$PWD/target/release/offheap
@@ -76,26 +78,26 @@ gcc -O2 -g -shared -fPIC -I/usr/include/node -DNODE_GYP_MODULE_NAME=addon \
   -o "$PKG/addon.node" "$PKG/addon.c"
 cat > "$PKG/test/checksum.test.js" <<'EOF'
 const test = require('node:test'); const assert = require('node:assert');
-const a = require('../addon.node');
+const a = require('../addon.node'); const SCALE = +process.env.SCALE || 1;
 test('checksum is stable', () => {
   const b = Buffer.alloc(65536, 7);
-  for (let i = 0; i < 2000; i++) assert.strictEqual(a.checksum(b), a.checksum(b));
+  for (let i = 0; i < 2000 * SCALE; i++) assert.strictEqual(a.checksum(b), a.checksum(b));
 });
 test('checksum of empty', () => assert.strictEqual(typeof a.checksum(Buffer.alloc(0)), 'number'));
 EOF
 cat > "$PKG/test/repeat.test.js" <<'EOF'
 const test = require('node:test'); const assert = require('node:assert');
-const a = require('../addon.node');
-test('repeat', () => { for (let i = 0; i < 20000; i++) assert.strictEqual(a.repeat('ab', 50).length, 100); });
+const a = require('../addon.node'); const SCALE = +process.env.SCALE || 1;
+test('repeat', () => { for (let i = 0; i < 20000 * SCALE; i++) assert.strictEqual(a.repeat('ab', 50).length, 100); });
 test('json round trip', () => {
-  for (let i = 0; i < 2000; i++) assert.deepStrictEqual(JSON.parse(JSON.stringify({ i, s: a.repeat('x', 10) })).i, i);
+  for (let i = 0; i < 2000 * SCALE; i++) assert.deepStrictEqual(JSON.parse(JSON.stringify({ i, s: a.repeat('x', 10) })).i, i);
 });
 EOF
 cat > "$PKG/test/cache.test.js" <<'EOF'
 const test = require('node:test'); const assert = require('node:assert');
-const a = require('../addon.node');
+const a = require('../addon.node'); const SCALE = +process.env.SCALE || 1;
 test('cache', async () => {
-  for (let i = 0; i < 20000; i++) a.remember(i);
+  for (let i = 0; i < 20000 * SCALE; i++) a.remember(i);
   await new Promise((r) => setTimeout(r, 20));
   a.forget();
   assert.ok(true);
@@ -112,7 +114,8 @@ t() { # command... -> prints wall seconds
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 cd "$PKG"
-echo "== offheap check vs valgrind on an addon's node --test suite ($(date -u +%FT%TZ), $(nproc) cores, node $(node -v))"
+export SCALE
+echo "== offheap check vs valgrind on an addon's node --test suite (SCALE=$SCALE) ($(date -u +%FT%TZ), $(nproc) cores, node $(node -v))"
 P=""; C=""
 for r in $(seq "$ROUNDS"); do
   P+="$(t node --test test/) "
@@ -125,6 +128,8 @@ jq -r '.check.leaks_at_exit.processes[] | "  checked pid \(.pid): \(.live.blocks
 pm=$(echo "$P" | median); cm=$(echo "$C" | median)
 echo "plain node --test:   median $pm s  (runs: $P)"
 echo "offheap check:       median $cm s  (runs: $C)  ratio $(echo "scale=2; $cm / $pm" | bc)"
+rm -rf "$WORK/rec"
+echo "  of which offheap's analysis and reports (offheap report): $(t "$OFFHEAP" check --quiet --out "$WORK/rec" -- node --test test/ > /dev/null; t "$OFFHEAP" report "$WORK/rec") s"
 if [ "$VALGRIND" = 1 ] && command -v valgrind > /dev/null; then
   V=""
   for r in $(seq "$VG_ROUNDS"); do

@@ -537,7 +537,8 @@ fn merge_by_frames(
     native: &NativeStream,
     frames_of: &HashMap<u32, Vec<Frame>>,
 ) -> Vec<StackSeries> {
-    let mut groups: HashMap<(AllocKind, Vec<FrameKey>), usize> = HashMap::new();
+    let mut groups: HashMap<(AllocKind, Vec<FrameKey>), usize> =
+        HashMap::with_capacity(native.series.len());
     let mut members: Vec<Vec<&StackSeries>> = Vec::new();
     for s in &native.series {
         let Some(st) = native.stacks.get(s.stack as usize) else {
