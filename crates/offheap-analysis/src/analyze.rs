@@ -1058,6 +1058,7 @@ mod tests {
             native: Vec::new(),
             perf_maps: Default::default(),
             heap: None,
+            load: None,
             notes: Vec::new(),
         }
     }

@@ -148,11 +148,47 @@ impl GrowthKind {
     }
 }
 
-/// `--max-growth KIND=SIZE`: the most KIND may grow over the analysis window.
+/// `--max-growth KIND=SIZE`: the most KIND may grow over the analysis
+/// window; `KIND=SIZE/request`: per request of `check --load`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrowthLimit {
     pub kind: GrowthKind,
     pub bytes: u64,
+    #[serde(default)]
+    pub per_request: bool,
+}
+
+/// What `check --load` sent (`load.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadStats {
+    pub url: String,
+    pub method: String,
+    pub concurrency: u32,
+    /// Requests answered with a 2xx or 3xx status.
+    pub requests: u64,
+    /// Requests that failed (connection errors, 4xx, 5xx).
+    pub errors: u64,
+    /// Unix ms when the load started and ended.
+    pub start_ms: f64,
+    pub end_ms: f64,
+    /// Why the load did not run, if it did not.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl LoadStats {
+    pub fn of(rec: &Recording) -> Option<LoadStats> {
+        serde_json::from_value(rec.load.clone()?).ok()
+    }
+    /// Requests per second while the load ran.
+    pub fn rate(&self) -> f64 {
+        let s = (self.end_ms - self.start_ms) / 1000.0;
+        if s > 0.0 {
+            self.requests as f64 / s
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Parses `native=1MiB` (units B, KiB, MiB, GiB; k/M/G and KB/MB/GB are
@@ -174,11 +210,16 @@ pub fn parse_growth_limit(s: &str) -> Result<GrowthLimit, String> {
             ));
         }
     };
-    let v = v.trim();
-    if v.contains('/') {
-        return Err(format!(
-            "{s:?}: growth per request needs --load, which this version does not have; give a size over the run"
-        ));
+    let mut v = v.trim();
+    let mut per_request = false;
+    if let Some((size, per)) = v.split_once('/') {
+        if !matches!(per.trim(), "request" | "req" | "requests") {
+            return Err(format!(
+                "{s:?}: growth is per run (native=1MiB) or per request (native=2KiB/request)"
+            ));
+        }
+        per_request = true;
+        v = size.trim();
     }
     let i = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
     let n: f64 = v[..i]
@@ -203,6 +244,7 @@ pub fn parse_growth_limit(s: &str) -> Result<GrowthLimit, String> {
     Ok(GrowthLimit {
         kind,
         bytes: bytes as u64,
+        per_request,
     })
 }
 
@@ -428,8 +470,22 @@ pub fn outcome(rec: &Recording, processes: &[ProcessModel]) -> Option<CheckOutco
         .as_ref()
         .and_then(|e| e.stop_ms)
         .map(|t| (t - rec.meta.start_ms) / 1000.0);
+    let load = LoadStats::of(rec);
+    if let Some(l) = &load {
+        // With --load, a server that offheap stopped by a signal cannot be
+        // checked at exit: the growth gates judge it.
+        if checked == 0 && rec.end.as_ref().is_some_and(|e| e.reason == "load") {
+            let g = &mut gates[0];
+            g.passed = true;
+            g.message = format!(
+                "not judged: no process ended through exit() after the load (stopped by a signal); {}",
+                "make the server exit on SIGINT to have it checked"
+            );
+        }
+        gates.push(load_gate(l));
+    }
     for lim in &config.max_growth {
-        gates.push(growth_gate(lim, processes, stop_s));
+        gates.push(growth_gate(lim, processes, stop_s, load.as_ref()));
     }
     Some(CheckOutcome {
         passed: gates.iter().all(|g| g.passed),
@@ -463,7 +519,51 @@ pub fn growth_over_window(p: &ProcessModel, kind: GrowthKind, stop_s: Option<f64
     Some(rate * (end - p.timeline.warmup_end).max(0.0))
 }
 
-fn growth_gate(lim: &GrowthLimit, processes: &[ProcessModel], stop_s: Option<f64>) -> Gate {
+/// The load itself: it must have run and been answered.
+fn load_gate(l: &LoadStats) -> Gate {
+    let (passed, message) = match &l.error {
+        Some(e) => (false, format!("the load did not run: {e}")),
+        None if l.requests == 0 => (
+            false,
+            format!("no request to {} succeeded ({} failed)", l.url, l.errors),
+        ),
+        None => (
+            l.errors == 0,
+            format!(
+                "{} {} requests to {} in {:.1} s ({:.0}/s, {} connections){}",
+                l.requests,
+                l.method,
+                l.url,
+                (l.end_ms - l.start_ms) / 1000.0,
+                l.rate(),
+                l.concurrency,
+                if l.errors > 0 {
+                    format!(", {} failed", l.errors)
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+    };
+    Gate {
+        name: "load".into(),
+        passed,
+        measured: l.requests as f64,
+        limit: 0.0,
+        pid: None,
+        message,
+    }
+}
+
+fn growth_gate(
+    lim: &GrowthLimit,
+    processes: &[ProcessModel],
+    stop_s: Option<f64>,
+    load: Option<&LoadStats>,
+) -> Gate {
+    if lim.per_request {
+        return per_request_gate(lim, processes, load);
+    }
     let name = format!("max-growth {}", lim.kind.as_str());
     let worst = processes
         .iter()
@@ -508,6 +608,65 @@ fn growth_gate(lim: &GrowthLimit, processes: &[ProcessModel], stop_s: Option<f64
                 ),
             }
         }
+    }
+}
+
+/// Growth of `kind` per request of the load: the verdict's growth rate
+/// over the request rate while the load ran.
+pub fn growth_per_request(p: &ProcessModel, kind: GrowthKind, load: &LoadStats) -> Option<f64> {
+    let rate = growth_over_window(p, kind, None)?
+        / (p.timeline.duration - p.timeline.warmup_end).max(1e-9);
+    let rps = load.rate();
+    (rps > 0.0).then(|| rate / rps)
+}
+
+fn per_request_gate(
+    lim: &GrowthLimit,
+    processes: &[ProcessModel],
+    load: Option<&LoadStats>,
+) -> Gate {
+    let name = format!("max-growth {}/request", lim.kind.as_str());
+    let limit = offheap_format::units::bytes(lim.bytes);
+    let fail = |message: String| Gate {
+        name: name.clone(),
+        passed: false,
+        measured: 0.0,
+        limit: lim.bytes as f64,
+        pid: None,
+        message,
+    };
+    let Some(load) = load.filter(|l| l.requests > 0) else {
+        return fail(format!(
+            "growth per request needs a load that was answered (--load URL); the limit of {limit}/request cannot be checked"
+        ));
+    };
+    let worst = processes
+        .iter()
+        .filter_map(|p| Some((p, growth_per_request(p, lim.kind, load)?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let Some((p, per)) = worst else {
+        return fail(format!(
+            "no {} figure was recorded, so the limit of {limit}/request cannot be checked",
+            lim.kind.as_str()
+        ));
+    };
+    let shown = if per < 0.0 {
+        format!("-{}", offheap_format::units::bytes((-per) as u64))
+    } else {
+        offheap_format::units::bytes(per as u64)
+    };
+    Gate {
+        name,
+        passed: per <= lim.bytes as f64,
+        measured: per,
+        limit: lim.bytes as f64,
+        pid: Some(p.pid),
+        message: format!(
+            "{} grew by {shown} per request in {} ({:.0} requests/s; limit {limit}/request)",
+            lim.kind.as_str(),
+            p.label(),
+            load.rate()
+        ),
     }
 }
 
@@ -765,6 +924,9 @@ mod tests {
         assert!(parse_growth_limit("native=1XB").is_err());
         assert!(parse_growth_limit("native=-1MiB").is_err());
         assert!(parse_growth_limit("native=inf").is_err());
-        assert!(parse_growth_limit("native=2KiB/request").is_err());
+        let g = parse_growth_limit("native=2KiB/request").unwrap();
+        assert_eq!((g.bytes, g.per_request), (2048, true));
+        assert!(!parse_growth_limit("native=2KiB").unwrap().per_request);
+        assert!(parse_growth_limit("native=2KiB/second").is_err());
     }
 }

@@ -11,6 +11,7 @@ mod collect;
 mod demo;
 mod elf;
 mod heap;
+mod load;
 mod outdir;
 mod reporting;
 mod run;

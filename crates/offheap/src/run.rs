@@ -199,6 +199,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
     run_with(args, Extra::default()).map(|f| f.status)
 }
 
+/// A hook `check` runs with the recording directory once the target runs.
+pub type OnStart = Box<dyn FnOnce(&Path)>;
+
 /// What `check` adds to a run: environment for the agents, settings for
 /// `recording.json`, no verdict text at the end.
 #[derive(Default)]
@@ -206,6 +209,10 @@ pub struct Extra {
     pub env: Vec<(&'static str, String)>,
     pub settings: Vec<(String, serde_json::Value)>,
     pub no_report_text: bool,
+    /// Called with the recording directory once the target runs.
+    pub on_start: Option<OnStart>,
+    /// Called when the target has ended, before the analysis.
+    pub on_end: Option<Box<dyn FnOnce()>>,
 }
 
 /// A run that ended: its exit status, the recording and its Model.
@@ -345,6 +352,9 @@ pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
     };
     drop(out);
     let pid = child.id();
+    if let Some(f) = extra.on_start {
+        f(&dir);
+    }
 
     let mut settings = BTreeMap::new();
     settings.insert("follow_fork".into(), args.follow_fork.into());
@@ -390,6 +400,9 @@ pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
         &mut snapshots,
         Duration::from_millis(1500),
     )?;
+    if let Some(f) = extra.on_end {
+        f();
+    }
     snapshots.finish(&dir);
     notes.append(&mut snapshots.notes);
     if target.node {

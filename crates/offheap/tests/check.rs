@@ -571,3 +571,92 @@ main();
         serde_json::to_string_pretty(&s["check"]["leaks_at_exit"]).unwrap()
     );
 }
+
+const SERVER: &str = r#"
+const http = require('node:http');
+const leak = process.argv[2] === 'leak';
+const kept = [];
+const srv = http.createServer((req, res) => {
+  if (leak) kept.push(Buffer.alloc(4096, 1));   // 4 KiB per request, kept for good
+  const scratch = Buffer.alloc(4096, 2);        // 4 KiB per request, garbage
+  res.end('ok ' + scratch.length);
+});
+// Starts listening only after a while: the load must wait for it.
+setTimeout(() => srv.listen(+process.argv[3], '127.0.0.1'), 300);
+process.on('SIGINT', () => srv.close(() => process.exit(0)));
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn load_a_server_that_leaks_per_request_fails_the_per_request_gate_and_a_steady_one_passes() {
+    let sb = Sandbox::new();
+    sb.write("server.js", SERVER);
+    for (mode, want) in [("leak", GATE_FAILED), ("steady", 0)] {
+        let port = free_port().to_string();
+        let url = format!("http://127.0.0.1:{port}/");
+        let out = check(
+            &sb,
+            mode,
+            &[
+                "--load",
+                &url,
+                "--load-requests",
+                "15000",
+                "--max-growth",
+                "native=2KiB/request",
+            ],
+            &["node", "server.js", mode, &port],
+        );
+        assert_eq!(out.status.code(), Some(want), "{mode}: {}", text(&out));
+        let s = summary(&sb.path(mode));
+        let load = gate(&s, "load");
+        assert_eq!(load["passed"], true, "{load}");
+        assert_eq!(load["measured"], 15000.0, "{load}");
+        let g = gate(&s, "max-growth native/request");
+        let per = g["measured"].as_f64().unwrap();
+        if mode == "leak" {
+            assert_eq!(g["passed"], false, "{g}");
+            // 4 KiB kept per request (and a little of node's own).
+            assert!(per > 3500.0 && per < 6000.0, "{g}");
+        } else {
+            assert_eq!(g["passed"], true, "{g}");
+            assert!(per < 1024.0, "{g}");
+        }
+        // The server exits on SIGINT: it was checked at exit too.
+        assert_eq!(gate(&s, "leaks-at-exit")["passed"], true, "{}", s["check"]);
+        assert_eq!(s["exit_status"], 0);
+        // The analysis ends where the load did.
+        let end: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sb.path(mode).join("end.json")).unwrap())
+                .unwrap();
+        assert_eq!(end["reason"], "load");
+        assert!(end["stop_ms"].is_number());
+    }
+}
+
+#[test]
+fn load_refuses_what_it_cannot_do_in_one_line() {
+    let sb = Sandbox::new();
+    for (opts, want) in [
+        (vec!["--load", "https://127.0.0.1:1/"], "only http://"),
+        (
+            vec!["--load", "http://192.0.2.1:80/"],
+            "not a loopback address",
+        ),
+        (vec!["--max-growth", "native=2KiB/request"], "needs --load"),
+        (vec!["--load-requests", "10"], "--load"),
+    ] {
+        let out = check(&sb, "bad", &opts, &["/bin/true"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{opts:?}: {err}");
+        assert!(err.contains(want), "{opts:?}: {err}");
+        assert!(!sb.path("bad").exists(), "{opts:?}");
+    }
+}
