@@ -26,7 +26,9 @@
 //!   address), the check's own buffers, `[vvar]`/`[vdso]`, device mappings.
 //! - *Pointers*: every 8-byte-aligned word; a word that points anywhere
 //!   inside a block (not one past its end) marks it, and marked blocks are
-//!   scanned in turn.
+//!   scanned in turn. The one address inside a block that does not count:
+//!   where glibc's next chunk starts, when the block's last bytes overlap
+//!   that chunk's `prev_size` field (glibc's bins and `top` point there).
 //! - *Classes*: a block no root reaches is lost: *indirectly* if another
 //!   lost block points to it, else *directly*. Results go out per stack
 //!   (`LEAKS` records, docs/FORMAT-native.md).
@@ -214,7 +216,16 @@ impl Marker<'_> {
             return None;
         }
         let i = self.blocks.partition_point(|b| b.start <= v);
-        (i > 0 && v < self.blocks[i - 1].end).then(|| i - 1)
+        if i == 0 || v >= self.blocks[i - 1].end {
+            return None;
+        }
+        let b = &self.blocks[i - 1];
+        // The last bytes of a block can be the next chunk's `prev_size`
+        // field (glibc lends it to the block in use): glibc's own bins and
+        // `top` point there, at the next chunk, not into this block.
+        let n = b.end - b.start;
+        let next_chunk = b.start - 16 + ((n + 8 + 15) & !15).max(32);
+        (v != next_chunk).then_some(i - 1)
     }
 
     /// A root or reached word: marks the block it points into and queues it.

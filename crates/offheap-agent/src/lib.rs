@@ -957,7 +957,13 @@ unsafe extern "C" fn main_wrapper(
         core::mem::transmute::<usize, MainFn>(REAL_MAIN.load(Ordering::Relaxed) as usize)
     };
     // SAFETY: the arguments glibc passed us.
-    unsafe { real(argc, argv, envp) }
+    let r = unsafe { real(argc, argv, envp) };
+    // `main` returned: every frame below this one is dead, and glibc calls
+    // `exit` from just above. The check scans this thread's stack from
+    // here, so that what `main`'s callees left in the dead frames below
+    // (that `exit`'s frames then occupy) is not taken for live pointers.
+    writer::MAIN_RETURNED_SP.store(unwind::regs().1, Ordering::Release);
+    r
 }
 
 /// The program's start (called by `_start` through the PLT, after every

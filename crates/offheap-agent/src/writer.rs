@@ -556,6 +556,9 @@ fn final_snapshot_at(sp: Option<u64>) {
 static PENDING: SpinLock<Option<crate::leaks::Outcome>> = SpinLock::new(None);
 /// The leak check ran (or is running) in this process.
 static CHECKED: AtomicBool = AtomicBool::new(false);
+/// The stack pointer in the `main` wrapper once `main` returned (0 while
+/// it runs; see `main_wrapper`).
+pub static MAIN_RETURNED_SP: AtomicU64 = AtomicU64::new(0);
 
 fn run_check(sp: u64) -> crate::leaks::Outcome {
     if !CONFIG.get().exact {
@@ -585,7 +588,17 @@ pub extern "C" fn leak_check_at_exit() {
     }
     crate::tls::TLS.with(|t| {
         let was = t.busy.replace(true);
-        let outcome = run_check(unwind::regs().1);
+        let here = unwind::regs().1;
+        let returned = MAIN_RETURNED_SP.load(Ordering::Acquire);
+        // On the thread whose `main` returned, the live frames start at
+        // the wrapper's (it is above this handler's: `exit` was called
+        // from below it).
+        let sp = if returned > here && sys::gettid() == sys::getpid() {
+            returned
+        } else {
+            here
+        };
+        let outcome = run_check(sp);
         *PENDING.lock() = Some(outcome);
         t.busy.set(was);
     });
