@@ -446,16 +446,27 @@ fn other_threads(me: u32, buf: &mut [u8], mut sp: impl FnMut(u64), mut reg: impl
             let Ok(p) = core::ffi::CStr::from_bytes_with_nul(path.bytes()) else {
                 continue;
             };
-            let got = read_file(p, buf);
+            // A thread that is running has no stack pointer to read: give
+            // it a few chances to block (most threads at exit wait).
+            let mut got = 0;
+            for _ in 0..8 {
+                got = read_file(p, buf);
+                if buf[..got]
+                    .first()
+                    .is_some_and(|c| c.is_ascii_digit() || *c == b'-')
+                {
+                    break;
+                }
+                got = 0;
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::syscall(libc::SYS_sched_yield) };
+            }
+            if got == 0 {
+                continue; // still running: its stack mapping is scanned whole
+            }
             let text = &buf[..got];
             let mut words = [0u64; 9];
             let mut k = 0;
-            let first_ok = text
-                .first()
-                .is_some_and(|c| c.is_ascii_digit() || *c == b'-');
-            if !first_ok {
-                continue; // "running": its stack mapping is scanned whole
-            }
             for w in text
                 .split(|&c| c == b' ' || c == b'\n')
                 .filter(|w| !w.is_empty())
