@@ -795,6 +795,7 @@ mod tests {
     fn reading_an_unmapped_page_returns_what_was_readable() {
         let p = sys::map_anon(8192);
         assert!(!p.is_null());
+        // SAFETY: p is an 8 KiB mapping of ours; p + 4096 is its second page.
         sys::unmap(unsafe { p.add(4096) }, 4096);
         let mut out = [0u8; 8192];
         assert_eq!(read(p as u64, &mut out), 4096);
