@@ -311,6 +311,17 @@ pub fn junit(model: &Model) -> String {
     o
 }
 
+/// JUnit XML for a check whose command could not run at all.
+pub fn junit_error(message: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"offheap check\" tests=\"1\" failures=\"0\" errors=\"1\">\n  \
+<testsuite name=\"offheap check\" tests=\"1\" failures=\"0\" errors=\"1\">\n    \
+<testcase classname=\"offheap.check\" name=\"command runs\" time=\"0\">\n      \
+<error message=\"{m}\" type=\"error\">{m}</error>\n    </testcase>\n  </testsuite>\n</testsuites>\n",
+        m = xml(message)
+    )
+}
+
 /// Escapes a GitHub workflow command's message.
 fn gh_data(s: &str) -> String {
     s.replace('%', "%25")

@@ -187,7 +187,16 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             }
         }));
     }
-    let finished = run::run_with(run_args, extra)?;
+    let finished = match run::run_with(run_args, extra) {
+        Ok(f) => f,
+        Err(e) => {
+            // The command could not run: the JUnit file says so too.
+            if let Some(j) = &args.junit {
+                let _ = std::fs::write(j, offheap_report::check::junit_error(&e.to_string()));
+            }
+            return Err(e);
+        }
+    };
     let model = &finished.model;
     if let Some(j) = &args.junit {
         std::fs::write(j, offheap_report::check::junit(model))

@@ -216,9 +216,25 @@ fn a_clean_program_passes_and_a_failing_command_keeps_its_status() {
     let s = summary(&sb.path("failing"));
     assert_eq!(s["exit_status"], 3);
     assert_eq!(s["check"]["passed"], false);
-    // A command that is not found: 127, as a shell says.
-    let out = check(&sb, "missing", &[], &["./no-such-program"]);
+    // A command that is not found: 127, as a shell says; the JUnit file
+    // says so too.
+    let junit = sb.path("missing.xml");
+    let out = check(
+        &sb,
+        "missing",
+        &["--junit", junit.to_str().unwrap()],
+        &["./no-such-program"],
+    );
     assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let err = doc.descendants().find(|n| n.has_tag_name("error")).unwrap();
+    assert!(
+        err.attribute("message")
+            .unwrap()
+            .contains("no such file or directory"),
+        "{xml}"
+    );
 }
 
 #[test]
