@@ -14,8 +14,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use offheap_analysis::check::{CheckConfig, GrowthLimit, parse_growth_limit, parse_suppressions};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Exit status of a failed gate when CMD itself succeeded (LeakSanitizer's
@@ -38,30 +36,8 @@ pub struct CheckArgs {
     /// Write a JUnit XML report to FILE (one test case per gate and per lost allocation stack).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Put the command, a server, under HTTP/1.1 keep-alive load once it listens on URL (loopback
-    /// only), then stop it (SIGINT, then SIGTERM, then SIGKILL) and judge the run up to the stop.
-    /// Enables per-request limits: --max-growth native=2KiB/request.
-    #[arg(long, value_name = "URL")]
-    pub load: Option<String>,
-    /// With --load: how many requests in all.
-    #[arg(long, default_value_t = 5000, value_name = "N", requires = "load")]
-    pub load_requests: u64,
-    /// With --load: connections sending requests at once.
-    #[arg(long, default_value_t = 4, value_name = "N", requires = "load",
-          value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub load_concurrency: u32,
-    /// With --load: stop the load after this long even if requests are left (e.g. 30s).
-    #[arg(long, value_name = "DURATION", requires = "load", value_parser = crate::cli::parse_stop_after)]
-    pub load_duration: Option<Duration>,
-    /// With --load: the request method.
-    #[arg(long, default_value = "GET", value_name = "METHOD", requires = "load")]
-    pub load_method: String,
-    /// With --load: the request body.
-    #[arg(long, value_name = "TEXT", requires = "load")]
-    pub load_body: Option<String>,
-    /// With --load: a request header, 'Name: value' (repeatable).
-    #[arg(long, value_name = "HEADER", requires = "load", value_parser = crate::load::parse_header)]
-    pub load_header: Vec<(String, String)>,
+    #[command(flatten)]
+    pub load: crate::load::LoadOpts,
     /// Do not check programs the command execs (by default every exec'd glibc program, such as the
     /// node processes of `node --test` or `npm test`, is tracked and checked too).
     #[arg(long)]
@@ -102,35 +78,13 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             .map_err(|e| user_error(format!("{}: {e}", path.display())))?;
         config.suppressions_file = Some(path.display().to_string());
     }
-    if config.max_growth.iter().any(|g| g.per_request) && args.load.is_none() {
+    if config.max_growth.iter().any(|g| g.per_request) && args.load.load.is_none() {
         return Err(user_error(
             "--max-growth KIND=SIZE/request needs --load URL (the requests to count)",
         ));
     }
-    let load = match &args.load {
-        Some(url) => {
-            let addr = crate::load::loopback_addr(url).map_err(|e| user_error(e.to_string()))?;
-            if ureq::http::Method::from_bytes(args.load_method.as_bytes()).is_err() {
-                return Err(user_error(format!(
-                    "--load-method {:?}: not an HTTP method",
-                    args.load_method
-                )));
-            }
-            Some((
-                crate::load::LoadSpec {
-                    url: url.clone(),
-                    requests: args.load_requests,
-                    concurrency: args.load_concurrency,
-                    duration: args.load_duration,
-                    method: args.load_method.to_ascii_uppercase(),
-                    body: args.load_body.clone(),
-                    headers: args.load_header.clone(),
-                },
-                addr,
-            ))
-        }
-        None => None,
-    };
+    // Bad load options fail before anything runs.
+    args.load.spec().map_err(|e| user_error(e.to_string()))?;
     // The JUnit file is created up front, so that a path that cannot be
     // written fails before the tests run.
     if let Some(j) = &args.junit {
@@ -154,6 +108,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
         follow_exec: !args.no_follow_exec,
         max_depth: args.max_depth,
         grace: args.grace,
+        load: args.load.clone(),
         command: args.command,
     };
     let extra = Extra {
@@ -164,29 +119,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
         ],
         settings: vec![("check".into(), serde_json::to_value(&config)?)],
         no_report_text: true,
-        on_start: None,
-        on_end: None,
     };
-    let mut extra = extra;
-    if let Some((spec, addr)) = load {
-        // The load runs from the target's start until it is done or the
-        // target ends; load.json is written before the analysis reads it.
-        let done = Arc::new(AtomicBool::new(false));
-        let handle = Arc::new(Mutex::new(None));
-        let (d, h) = (done.clone(), handle.clone());
-        extra.on_start = Some(Box::new(move |dir: &std::path::Path| {
-            let t = crate::load::start(spec, addr, dir.to_path_buf(), d);
-            if let Ok(mut slot) = h.lock() {
-                *slot = Some(t);
-            }
-        }));
-        extra.on_end = Some(Box::new(move || {
-            done.store(true, Ordering::Release);
-            if let Some(t) = handle.lock().ok().and_then(|mut s| s.take()) {
-                let _ = t.join();
-            }
-        }));
-    }
     let finished = match run::run_with(run_args, extra) {
         Ok(f) => f,
         Err(e) => {

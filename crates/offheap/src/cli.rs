@@ -119,6 +119,8 @@ pub struct RunArgs {
     /// Time between SIGINT, SIGTERM and SIGKILL when --duration ends the target.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub grace: Duration,
+    #[command(flatten)]
+    pub load: crate::load::LoadOpts,
     /// The program to run and its arguments (after `--`).
     #[arg(
         trailing_var_arg = true,

@@ -18,6 +18,105 @@ use std::time::{Duration, Instant};
 /// How long to wait for the server to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `--load` and its options (`run` and `check`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct LoadOpts {
+    /// Put the command, a server, under HTTP/1.1 keep-alive load once it listens on URL (loopback
+    /// only), then stop it (SIGINT, then SIGTERM, then SIGKILL) and judge the run up to the stop.
+    /// With check: per-request limits, --max-growth native=2KiB/request.
+    #[arg(long, value_name = "URL")]
+    pub load: Option<String>,
+    /// With --load: how many requests in all.
+    #[arg(long, default_value_t = 5000, value_name = "N", requires = "load")]
+    pub load_requests: u64,
+    /// With --load: connections sending requests at once.
+    #[arg(long, default_value_t = 4, value_name = "N", requires = "load",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub load_concurrency: u32,
+    /// With --load: stop the load after this long even if requests are left (e.g. 30s).
+    #[arg(long, value_name = "DURATION", requires = "load", value_parser = crate::cli::parse_stop_after)]
+    pub load_duration: Option<Duration>,
+    /// With --load: the request method.
+    #[arg(long, default_value = "GET", value_name = "METHOD", requires = "load")]
+    pub load_method: String,
+    /// With --load: the request body.
+    #[arg(long, value_name = "TEXT", requires = "load")]
+    pub load_body: Option<String>,
+    /// With --load: a request header, 'Name: value' (repeatable).
+    #[arg(long, value_name = "HEADER", requires = "load", value_parser = parse_header)]
+    pub load_header: Vec<(String, String)>,
+}
+
+impl LoadOpts {
+    /// The load to send and where, if `--load` was given; an error for a
+    /// URL that is not loopback http or a method that is not one.
+    pub fn spec(&self) -> Result<Option<(LoadSpec, SocketAddr)>> {
+        let Some(url) = &self.load else {
+            return Ok(None);
+        };
+        let addr = loopback_addr(url)?;
+        if ureq::http::Method::from_bytes(self.load_method.as_bytes()).is_err() {
+            bail!("--load-method {:?}: not an HTTP method", self.load_method);
+        }
+        Ok(Some((
+            LoadSpec {
+                url: url.clone(),
+                requests: self.load_requests,
+                concurrency: self.load_concurrency,
+                duration: self.load_duration,
+                method: self.load_method.to_ascii_uppercase(),
+                body: self.load_body.clone(),
+                headers: self.load_header.clone(),
+            },
+            addr,
+        )))
+    }
+}
+
+/// The hooks that run the load beside the target: started with it, joined
+/// when it ends (before the analysis, which reads `load.json`).
+pub fn hooks(spec: LoadSpec, addr: SocketAddr) -> (crate::run::OnStart, Box<dyn FnOnce()>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let handle = Arc::new(std::sync::Mutex::new(None));
+    let (d, h) = (done.clone(), handle.clone());
+    let on_start: crate::run::OnStart = Box::new(move |dir: &std::path::Path| {
+        let t = start(spec, addr, dir.to_path_buf(), d);
+        if let Ok(mut slot) = h.lock() {
+            *slot = Some(t);
+        }
+    });
+    let on_end = Box::new(move || {
+        done.store(true, Ordering::Release);
+        if let Some(t) = handle.lock().ok().and_then(|mut s| s.take()) {
+            let _ = t.join();
+        }
+    });
+    (on_start, on_end)
+}
+
+/// One line for `run`'s notes: what the load did.
+pub fn note(dir: &std::path::Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(offheap_format::layout::LOAD)).ok()?;
+    let l: LoadStats = serde_json::from_slice(&bytes).ok()?;
+    Some(match &l.error {
+        Some(e) => format!("--load {}: the load did not run: {e}", l.url),
+        None => format!(
+            "--load: {} {} requests to {} answered in {:.1} s ({:.0}/s over {} connections){}; the analysis ends where the load did",
+            l.requests,
+            l.method,
+            l.url,
+            (l.end_ms - l.start_ms) / 1000.0,
+            l.rate(),
+            l.concurrency,
+            if l.errors > 0 {
+                format!(", {} failed", l.errors)
+            } else {
+                String::new()
+            }
+        ),
+    })
+}
+
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
     pub url: String,

@@ -199,6 +199,15 @@ pub fn run(args: RunArgs) -> Result<u8> {
     run_with(args, Extra::default()).map(|f| f.status)
 }
 
+/// Without `check`, what the load did goes into the notes.
+fn load_note(dir: &Path, is_check: bool) -> Option<String> {
+    if is_check {
+        None
+    } else {
+        crate::load::note(dir)
+    }
+}
+
 /// A hook `check` runs with the recording directory once the target runs.
 pub type OnStart = Box<dyn FnOnce(&Path)>;
 
@@ -209,10 +218,6 @@ pub struct Extra {
     pub env: Vec<(&'static str, String)>,
     pub settings: Vec<(String, serde_json::Value)>,
     pub no_report_text: bool,
-    /// Called with the recording directory once the target runs.
-    pub on_start: Option<OnStart>,
-    /// Called when the target has ended, before the analysis.
-    pub on_end: Option<Box<dyn FnOnce()>>,
 }
 
 /// A run that ended: its exit status, the recording and its Model.
@@ -223,6 +228,18 @@ pub struct Finished {
 }
 
 pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
+    let load = args
+        .load
+        .spec()
+        .map_err(|e| crate::user_error(e.to_string()))?;
+    let (on_start, on_end) = match load {
+        Some((spec, addr)) => {
+            let (s, e) = crate::load::hooks(spec, addr);
+            (Some(s), Some(e))
+        }
+        None => (None, None),
+    };
+    let is_check = extra.settings.iter().any(|(k, _)| k == "check");
     if args.command.is_empty() {
         return Err(user_error(
             "no command given; usage: offheap run [OPTIONS] -- CMD [ARGS...]",
@@ -352,7 +369,7 @@ pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
     };
     drop(out);
     let pid = child.id();
-    if let Some(f) = extra.on_start {
+    if let Some(f) = on_start {
         f(&dir);
     }
 
@@ -400,9 +417,10 @@ pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
         &mut snapshots,
         Duration::from_millis(1500),
     )?;
-    if let Some(f) = extra.on_end {
+    if let Some(f) = on_end {
         f();
     }
+    notes.extend(load_note(&dir, is_check));
     snapshots.finish(&dir);
     notes.append(&mut snapshots.notes);
     if target.node {

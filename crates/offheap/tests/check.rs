@@ -681,3 +681,41 @@ fn load_refuses_what_it_cannot_do_in_one_line() {
         assert!(!sb.path("bad").exists(), "{opts:?}");
     }
 }
+
+#[test]
+fn run_load_drives_a_server_then_stops_it_and_notes_what_it_sent() {
+    let sb = Sandbox::new();
+    sb.write("server.js", SERVER);
+    let port = free_port().to_string();
+    let url = format!("http://127.0.0.1:{port}/");
+    let out = sb.run(
+        "rec",
+        &[
+            "--load",
+            &url,
+            "--load-requests",
+            "2000",
+            "--load-concurrency",
+            "2",
+        ],
+        &["node", "server.js", "steady", &port],
+    );
+    // The server exits with 0 on the SIGINT that ends the load.
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let load: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.path("rec").join("load.json")).unwrap()).unwrap();
+    assert_eq!(load["requests"], 2000, "{load}");
+    assert_eq!(load["errors"], 0, "{load}");
+    assert_eq!(load["concurrency"], 2);
+    let s = summary(&sb.path("rec"));
+    assert!(
+        s["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("--load: 2000 GET requests")),
+        "{}",
+        s["notes"]
+    );
+    assert!(s.get("check").is_none());
+}
