@@ -174,6 +174,7 @@ fn environment_asks_for_headers() -> bool {
     env.dir_ok == Some(true)
         && (env.exact == Some(true) || env.interval_one == Some(true))
         && env.headers != Some(false)
+        && env.leaks != Some(true)
 }
 
 #[derive(Default)]
@@ -182,6 +183,8 @@ struct EnvScan {
     exact: Option<bool>,
     interval_one: Option<bool>,
     headers: Option<bool>,
+    /// `OFFHEAP_LEAKS=1`: the leak check at exit needs the address table.
+    leaks: Option<bool>,
 }
 
 fn boolean(v: &[u8]) -> Option<bool> {
@@ -207,6 +210,8 @@ impl EnvScan {
             first(&mut self.exact, boolean(v));
         } else if let Some(v) = e.strip_prefix(b"OFFHEAP_SAMPLE_INTERVAL=") {
             first(&mut self.interval_one, parse_u64(v).map(|n| n <= 1));
+        } else if let Some(v) = e.strip_prefix(b"OFFHEAP_LEAKS=") {
+            first(&mut self.leaks, boolean(v));
         } else if let Some(v) = e.strip_prefix(b"OFFHEAP_HEADERS=") {
             // Anything but an explicit "no" keeps the default (on).
             if self.headers.is_none() {
@@ -285,6 +290,7 @@ mod tests {
         e.dir_ok == Some(true)
             && (e.exact == Some(true) || e.interval_one == Some(true))
             && e.headers != Some(false)
+            && e.leaks != Some(true)
     }
 
     #[test]
@@ -312,6 +318,12 @@ mod tests {
             "OFFHEAP_EXACT=0",
             "OFFHEAP_EXACT=1",
             "OFFHEAP_DIR=/tmp/x"
+        ]));
+        // The leak check needs the address table.
+        assert!(!scan(&[
+            "OFFHEAP_DIR=/tmp/x",
+            "OFFHEAP_EXACT=1",
+            "OFFHEAP_LEAKS=1"
         ]));
         let long = format!("OFFHEAP_DIR=/{}", "d".repeat(4000));
         assert!(!scan(&[&long, "OFFHEAP_EXACT=1"]));

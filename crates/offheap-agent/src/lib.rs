@@ -17,6 +17,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod header;
+mod leaks;
 mod live;
 mod modules;
 mod origin;
@@ -965,6 +966,75 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
     unsafe { _exit(status) }
 }
 
+type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char) -> c_int;
+type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    c_int,
+    *mut *mut c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
+static REAL_MAIN: AtomicU64 = AtomicU64::new(0);
+
+/// `main`, run by glibc's `__libc_start_main` when the leak check is on:
+/// registers the exit handler that runs the check (see
+/// `writer::leak_check_at_exit`), then calls the program's `main`.
+unsafe extern "C" fn main_wrapper(
+    argc: c_int,
+    argv: *mut *mut c_char,
+    envp: *mut *mut c_char,
+) -> c_int {
+    // SAFETY: registering our own extern "C" handler with glibc.
+    unsafe { libc::atexit(writer::leak_check_at_exit) };
+    // SAFETY: the program's own main, stored by __libc_start_main below.
+    let real = unsafe {
+        core::mem::transmute::<usize, MainFn>(REAL_MAIN.load(Ordering::Relaxed) as usize)
+    };
+    // SAFETY: the arguments glibc passed us.
+    let r = unsafe { real(argc, argv, envp) };
+    // `main` returned: every frame below this one is dead, and glibc calls
+    // `exit` from just above. The check scans this thread's stack from
+    // here, so that what `main`'s callees left in the dead frames below
+    // (that `exit`'s frames then occupy) is not taken for live pointers.
+    writer::MAIN_RETURNED_SP.store(unwind::regs().1, Ordering::Release);
+    r
+}
+
+/// The program's start (called by `_start` through the PLT, after every
+/// constructor of the preloaded agent ran). With the leak check on, `main`
+/// is wrapped so the check's exit handler is registered before it runs;
+/// otherwise glibc's is called as it is.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_start_main(
+    main: MainFn,
+    argc: c_int,
+    argv: *mut *mut c_char,
+    init: *mut c_void,
+    fini: *mut c_void,
+    rtld_fini: *mut c_void,
+    stack_end: *mut c_void,
+) -> c_int {
+    static REAL: AtomicU64 = AtomicU64::new(0);
+    let p = next_symbol(&REAL, c"__libc_start_main");
+    if p == 0 {
+        // SAFETY: nothing to forward to; the process cannot start.
+        unsafe { libc::syscall(libc::SYS_exit_group, 127) };
+    }
+    // SAFETY: the value was produced by dlsym for "__libc_start_main".
+    let real = unsafe { core::mem::transmute::<usize, StartMainFn>(p as usize) };
+    let wrap = enabled() && leaks::ON.load(Ordering::Relaxed);
+    let main = if wrap {
+        REAL_MAIN.store(main as usize as u64, Ordering::Relaxed);
+        main_wrapper as MainFn
+    } else {
+        main
+    };
+    // SAFETY: forwarding glibc's own arguments.
+    unsafe { real(main, argc, argv, init, fini, rtld_fini, stack_end) }
+}
+
 /// Removes this agent from `LD_PRELOAD` in `environ` (other preloads stay),
 /// and every `OFFHEAP_*` variable.
 /// Runs in the constructor, before the program can read its environment.
@@ -1053,6 +1123,7 @@ extern "C" fn init() {
     cfg.min_age_ms = sys::env_u64(c"OFFHEAP_MIN_AGE_MS", 5000);
     cfg.follow_fork = sys::env_bool(c"OFFHEAP_FOLLOW_FORK", true);
     cfg.follow_exec = sys::env_bool(c"OFFHEAP_FOLLOW_EXEC", false);
+    leaks::configure();
     unwind::DEBUG.store(
         sys::env_bool(c"OFFHEAP_DEBUG_UNWIND", false),
         Ordering::Relaxed,

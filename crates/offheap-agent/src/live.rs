@@ -345,6 +345,33 @@ pub fn for_each(mut f: impl FnMut(&Live)) {
     }
 }
 
+/// Calls `f(address, record)` for every live record of the malloc family
+/// (one shard locked at a time): the leak check's view of the heap.
+pub fn for_each_block(mut f: impl FnMut(usize, &Live)) {
+    for lock in SHARD_LOCKS.iter() {
+        let s = lock.0.lock();
+        for e in s.slots.iter() {
+            if e.key != EMPTY {
+                f(e.key, &e.val);
+            }
+        }
+    }
+}
+
+/// Calls `f(start, bytes)` for each shard's slot array: memory full of
+/// block addresses, which the leak check must not take for roots.
+pub fn table_ranges(mut f: impl FnMut(usize, usize)) {
+    for lock in SHARD_LOCKS.iter() {
+        let s = lock.0.lock();
+        if !s.slots.is_empty() {
+            f(
+                s.slots.as_ptr() as usize,
+                s.slots.len() * core::mem::size_of::<Slot>(),
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // mmap regions
 // ---------------------------------------------------------------------------

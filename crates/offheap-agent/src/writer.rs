@@ -510,6 +510,12 @@ pub fn maybe_spawn() {
 
 /// The last snapshot of the process (exit, `_exit`, atexit).
 pub fn final_snapshot() {
+    final_snapshot_at(None);
+}
+
+/// The last snapshot; from the exit handler (`sp`: its stack pointer),
+/// the leak check first when it is on.
+fn final_snapshot_at(sp: Option<u64>) {
     if STATE.load(Ordering::Acquire) != crate::ENABLED
         || sys::getpid() != PID.load(Ordering::Relaxed)
     {
@@ -528,14 +534,102 @@ pub fn final_snapshot() {
         let was = t.busy.replace(true);
         flush_pending(t);
         STOP.store(true, Ordering::Relaxed);
+        // The check the exit handler registered before `main` took, or,
+        // without one (`main` not reached through our `__libc_start_main`),
+        // one now.
+        let leaks = PENDING.lock().take().or_else(|| {
+            sp.filter(|_| {
+                crate::leaks::ON.load(Ordering::Relaxed) && !CHECKED.swap(true, Ordering::AcqRel)
+            })
+            .map(run_check)
+        });
         snapshot(Trigger::Final);
+        if let Some(l) = leaks {
+            append_leaks(&l);
+        }
         STATE.store(crate::DISABLED, Ordering::Release);
         t.busy.set(was);
     });
 }
 
+/// The leak check's outcome, taken by [`leak_check_at_exit`], waiting for
+/// the final snapshot.
+static PENDING: SpinLock<Option<crate::leaks::Outcome>> = SpinLock::new(None);
+/// The leak check ran (or is running) in this process.
+static CHECKED: AtomicBool = AtomicBool::new(false);
+/// The stack pointer in the `main` wrapper once `main` returned (0 while
+/// it runs; see `main_wrapper`).
+pub static MAIN_RETURNED_SP: AtomicU64 = AtomicU64::new(0);
+
+fn run_check(sp: u64) -> crate::leaks::Outcome {
+    if !CONFIG.get().exact {
+        crate::leaks::Outcome::failed(b"leak check: needs exact mode; no check")
+    } else if crate::header::is_on() {
+        crate::leaks::Outcome::failed(
+            b"leak check: needs the address table (OFFHEAP_HEADERS=0); no check",
+        )
+    } else {
+        crate::leaks::check(sp)
+    }
+}
+
+/// The exit handler the `main` wrapper registers (`OFFHEAP_LEAKS=1`): the
+/// leak check runs when `exit` starts its handlers, after those the
+/// program registered while `main` ran and before its static destructors
+/// and the loader's finalizers, as LeakSanitizer's does: the program's
+/// threads are still there (a libuv threadpool that a library destructor
+/// joins at exit would take its threads' TLS with it).
+pub extern "C" fn leak_check_at_exit() {
+    if STATE.load(Ordering::Acquire) != crate::ENABLED
+        || sys::getpid() != PID.load(Ordering::Relaxed)
+        || crate::tls::current().busy.get()
+        || CHECKED.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    crate::tls::TLS.with(|t| {
+        let was = t.busy.replace(true);
+        let here = unwind::regs().1;
+        let returned = MAIN_RETURNED_SP.load(Ordering::Acquire);
+        // On the thread whose `main` returned, the live frames start at
+        // the wrapper's (it is above this handler's: `exit` was called
+        // from below it).
+        let sp = if returned > here && sys::gettid() == sys::getpid() {
+            returned
+        } else {
+            here
+        };
+        let outcome = run_check(sp);
+        *PENDING.lock() = Some(outcome);
+        t.busy.set(was);
+    });
+}
+
+/// Appends the leak check's records after the final snapshot.
+fn append_leaks(l: &crate::leaks::Outcome) {
+    let mut guard = W.lock();
+    let w = &mut *guard;
+    if w.write_failed || w.index == 0 || !w.stream.ensure() {
+        return;
+    }
+    w.buf.clear();
+    let mut s = VecSink(&mut w.buf);
+    if !l.why.is_empty() {
+        fmt::write_note(&mut s, l.why);
+    }
+    if l.entries.is_empty() {
+        fmt::write_leaks(&mut s, &l.head, &[]);
+    }
+    for chunk in l.entries.chunks(65536) {
+        fmt::write_leaks(&mut s, &l.head, chunk);
+    }
+    if !w.stream.append(&w.buf) {
+        w.write_failed = true;
+    }
+}
+
 pub extern "C" fn on_exit() {
-    final_snapshot();
+    final_snapshot_at(Some(unwind::regs().1));
 }
 
 // ---------------------------------------------------------------------------
@@ -617,6 +711,7 @@ pub extern "C" fn fork_child() {
         WRITER_STARTED.store(false, Ordering::Relaxed);
         STOP.store(false, Ordering::Relaxed);
         FINAL_DONE.store(false, Ordering::Relaxed);
+        CHECKED.store(false, Ordering::Relaxed);
         START_MS_BITS.store(sys::now_ms().to_bits(), Ordering::Relaxed);
         LAST_SNAP_MONO.store(sys::mono_ms(), Ordering::Relaxed);
     } else {

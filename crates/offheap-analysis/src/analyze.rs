@@ -553,7 +553,8 @@ fn merge_by_frames(
     native: &NativeStream,
     frames_of: &HashMap<u32, Vec<Frame>>,
 ) -> Vec<StackSeries> {
-    let mut groups: HashMap<(AllocKind, Vec<FrameKey>), usize> = HashMap::new();
+    let mut groups: HashMap<(AllocKind, Vec<FrameKey>), usize> =
+        HashMap::with_capacity(native.series.len());
     let mut members: Vec<Vec<&StackSeries>> = Vec::new();
     for s in &native.series {
         let Some(st) = native.stacks.get(s.stack as usize) else {
@@ -1093,6 +1094,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
     let mut notes = rec.notes.clone();
     notes.extend(f.notes.iter().cloned());
     let owners = crate::owners::owners(&f.suspects, rec.heap.as_ref());
+    let check = crate::check::outcome(rec, &processes);
     Model {
         meta: rec.meta.clone(),
         end: rec.end.clone(),
@@ -1110,6 +1112,7 @@ pub fn analyze(rec: &Recording, opts: &Options) -> Model {
         ledger: f.ledger.clone(),
         rss_ledger: f.rss_ledger.clone(),
         processes,
+        check,
     }
 }
 
@@ -1238,6 +1241,7 @@ mod tests {
             native: Vec::new(),
             perf_maps: Default::default(),
             heap: None,
+            load: None,
             notes: Vec::new(),
         }
     }

@@ -137,6 +137,7 @@ pub fn diff_models(a: &Model, b: &Model, top: usize) -> Model {
         headline: String::new(),
         ledger: b.ledger.clone(),
         rss_ledger: b.rss_ledger.clone(),
+        check: None,
     }
 }
 

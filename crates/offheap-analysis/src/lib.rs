@@ -3,6 +3,7 @@
 //! (symbolization reads the target's binaries on disk, through offheap-symbols).
 
 mod analyze;
+pub mod check;
 pub mod diff;
 mod jsheap;
 pub mod ledger;

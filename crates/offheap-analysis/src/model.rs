@@ -322,6 +322,10 @@ pub struct Model {
     pub ledger: Vec<crate::ledger::Ledger>,
     #[serde(default)]
     pub rss_ledger: Option<crate::ledger::Ledger>,
+    /// `offheap check`'s gate: leaks at exit and growth limits, if this is
+    /// a recording of `check` or an agent ran a leak check.
+    #[serde(default)]
+    pub check: Option<crate::check::CheckOutcome>,
 }
 
 impl Model {
@@ -366,6 +370,7 @@ impl Model {
             headline: String::new(),
             ledger: p.ledger.clone(),
             rss_ledger: p.rss_ledger.clone(),
+            check: None,
         }
     }
 }

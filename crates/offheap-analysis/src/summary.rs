@@ -37,6 +37,9 @@ pub struct Summary<'a> {
     pub rss_ledger_timeline: Vec<crate::ledger::Ledger>,
     /// Every recorded process, the target first.
     pub processes: Vec<SummaryProcess<'a>>,
+    /// `offheap check`'s gate (see `check.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<serde_json::Value>,
 }
 
 /// One recorded process (`summary.json` `processes`).
@@ -249,6 +252,7 @@ impl Model {
                 .iter()
                 .map(|p| process_of(p, p.pid == self.focus))
                 .collect(),
+            check: self.check.as_ref().map(|c| c.to_json()),
         }
     }
 

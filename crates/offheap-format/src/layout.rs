@@ -33,6 +33,8 @@ pub const START_SNAPSHOT: &str = "start.heapsnapshot";
 pub const END_SNAPSHOT: &str = "end.heapsnapshot";
 /// Suffix of the view geometry the JS agent writes beside each snapshot.
 pub const VIEWS_SUFFIX: &str = ".views.json";
+/// What `check --load` sent: requests, errors, when (written by the CLI).
+pub const LOAD: &str = "load.json";
 /// Heap-snapshot findings, computed from the snapshots in the recording.
 pub const HEAP: &str = "heap.json";
 /// The latest figures in Prometheus' text format.

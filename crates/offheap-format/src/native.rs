@@ -50,7 +50,39 @@ pub mod tag {
     /// threadpool work: the submitting thread's stack), after that stack's
     /// STACK record.
     pub const ORIGIN: u8 = 10;
+    /// The leak check at exit (`OFFHEAP_LEAKS=1`): blocks still allocated,
+    /// classed by reachability, per stack. After the final snapshot.
+    pub const LEAKS: u8 = 11;
 }
+
+/// How a block still allocated at exit was classed by the leak check.
+pub mod leak_class {
+    /// No root reaches it, and no other lost block points to it.
+    pub const DIRECT: u8 = 0;
+    /// No root reaches it, but another lost block points to it.
+    pub const INDIRECT: u8 = 1;
+    /// A root (data, bss, a stack, registers, an anonymous mapping that is
+    /// not malloc's) reaches it, directly or through other blocks.
+    pub const REACHABLE: u8 = 2;
+}
+
+/// The figures of one leak check (the head of every `LEAKS` record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "read", derive(serde::Serialize, serde::Deserialize))]
+pub struct LeakScanHead {
+    /// 0: done; 1: not possible (a note says why).
+    pub status: u8,
+    /// Blocks still allocated at exit, and their bytes.
+    pub blocks: u64,
+    pub block_bytes: u64,
+    /// Bytes of roots scanned.
+    pub root_bytes: u64,
+    /// Microseconds the check took.
+    pub elapsed_us: u64,
+}
+
+/// Size of one entry of a leaks record.
+pub const LEAK_ENTRY_LEN: usize = 4 + 1 + 8 + 8;
 
 /// What kind of memory a stack's counters describe.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -372,6 +404,27 @@ pub fn write_allocator<S: Sink>(s: &mut S, a: &AllocatorStats) {
     r.end();
 }
 
+/// Writes one leaks record: the check's figures and `(stack, class, count,
+/// bytes)` entries (see [`leak_class`]). Several records may follow each
+/// other (at most 65536 entries each); the reader adds their entries up.
+pub fn write_leaks<S: Sink>(s: &mut S, h: &LeakScanHead, entries: &[(u32, u8, u64, u64)]) {
+    let len = 1 + 4 * 8 + 4 + entries.len() * LEAK_ENTRY_LEN;
+    let mut r = Rec::begin(s, tag::LEAKS, len);
+    r.u8(h.status);
+    r.u64(h.blocks);
+    r.u64(h.block_bytes);
+    r.u64(h.root_bytes);
+    r.u64(h.elapsed_us);
+    r.u32(entries.len() as u32);
+    for &(stack, class, count, bytes) in entries {
+        r.u32(stack);
+        r.u8(class);
+        r.u64(count);
+        r.u64(bytes);
+    }
+    r.end();
+}
+
 /// Writes a free-text agent note (UTF-8).
 pub fn write_note<S: Sink>(s: &mut S, text: &[u8]) {
     let t = &text[..str_len(text)];
@@ -390,7 +443,7 @@ pub use decoded::*;
 
 #[cfg(feature = "read")]
 mod decoded {
-    use super::{AllocKind, AllocatorStats, StackCounters};
+    use super::{AllocKind, AllocatorStats, LeakScanHead, StackCounters};
     use serde::{Deserialize, Serialize};
 
     /// One loaded module (executable, shared library, `.node` addon) as the
@@ -499,6 +552,18 @@ mod decoded {
         /// Version of the record layout ([`super::NATIVE_VERSION`]).
         #[serde(default)]
         pub version: u16,
+        /// The leak check at exit, if the agent ran one (`OFFHEAP_LEAKS=1`).
+        #[serde(default)]
+        pub leaks: Option<LeakScan>,
+    }
+
+    /// The leak check at a process's exit: blocks still allocated, classed
+    /// by reachability (see [`super::leak_class`]), per stack.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct LeakScan {
+        pub head: LeakScanHead,
+        /// `(stack, class, count, bytes)`.
+        pub entries: Vec<(u32, u8, u64, u64)>,
     }
 }
 
@@ -859,6 +924,33 @@ impl Decoder {
                         _ => pts.push((idx, sc)),
                     }
                 }
+            }
+            tag::LEAKS => {
+                let head = LeakScanHead {
+                    status: c.u8().ok_or(bad)?,
+                    blocks: c.u64().ok_or(bad)?,
+                    block_bytes: c.u64().ok_or(bad)?,
+                    root_bytes: c.u64().ok_or(bad)?,
+                    elapsed_us: c.u64().ok_or(bad)?,
+                };
+                let n = c.u32().ok_or(bad)? as usize;
+                if n.saturating_mul(LEAK_ENTRY_LEN) > c.remaining() {
+                    return Err("leak entry count exceeds record");
+                }
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let stack = c.u32().ok_or(bad)?;
+                    let class = c.u8().ok_or(bad)?;
+                    let count = c.u64().ok_or(bad)?;
+                    let bytes = c.u64().ok_or(bad)?;
+                    if class > leak_class::REACHABLE {
+                        return Err("unknown leak class");
+                    }
+                    entries.push((stack, class, count, bytes));
+                }
+                let scan = self.out.leaks.get_or_insert_with(Default::default);
+                scan.head = head;
+                scan.entries.extend(entries);
             }
             _ => return Err("unknown record tag"),
         }

@@ -403,6 +403,8 @@ pub struct Recording {
     pub perf_maps: BTreeMap<u32, PathBuf>,
     /// Heap-snapshot findings (`heap.json`), if snapshots were taken.
     pub heap: Option<serde_json::Value>,
+    /// The load `check --load` sent (`load.json`), if any.
+    pub load: Option<serde_json::Value>,
     /// What was skipped or looked odd while reading; shown to the user.
     pub notes: Vec<String>,
 }
@@ -668,6 +670,17 @@ impl Recording {
             {
                 Some(v) => rec.heap = Some(v),
                 None => notes.push(format!("{}: unreadable; skipped", layout::HEAP)),
+            }
+        }
+
+        let load_path = dir.join(layout::LOAD);
+        if fs::symlink_metadata(&load_path).is_ok() {
+            match read_json_file(&load_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            {
+                Some(v) => rec.load = Some(v),
+                None => notes.push(format!("{}: unreadable; skipped", layout::LOAD)),
             }
         }
 

@@ -60,6 +60,7 @@ pub fn render_html_with(model: &Model, interned: &flame::Interned) -> String {
     );
     header(&mut o, model);
     o.push_str("<main>\n");
+    o.push_str(&crate::check::html(model));
     verdict(&mut o, model);
     timeline(&mut o, model);
     ledger(&mut o, model);

@@ -21,6 +21,7 @@
 //! (`OFFHEAP_BLESS=1` rewrites them). `examples/bench_reports.rs` measures
 //! the reporters; `examples/render_recording.rs` renders a recording dir.
 
+pub mod check;
 pub mod escape;
 pub mod flame;
 pub mod folded;

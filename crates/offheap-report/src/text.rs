@@ -74,6 +74,10 @@ pub fn render_text(model: &Model) -> String {
     if multi {
         processes_text(&mut o, model);
     }
+    if model.check.is_some() {
+        o.push('\n');
+        o.push_str(&crate::check::text(model));
+    }
 
     if !model.notes.is_empty() {
         o.push_str("\nNotes:\n");

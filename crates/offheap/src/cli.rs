@@ -27,6 +27,14 @@ pub enum Command {
         after_help = "Examples:\n  offheap run -- node server.js\n  offheap run --duration 2m --out leak-1 -- node server.js --port 8080\n  offheap run --exact -- ./test-binary        every allocation, for CI and small programs\n  offheap run --quiet --interval 250ms -- node job.js"
     )]
     Run(RunArgs),
+    /// Run a test command under exact tracking and fail on leaks: a gate for CI (exit 23 on a leak).
+    #[command(
+        after_help = "Exit status: the command's own status when it fails (128+signal if a signal killed it); \
+else 23 when a gate fails (a block lost at exit, a --max-growth limit exceeded); else 0. 2: bad arguments.\n\n\
+Examples:\n  offheap check -- node --test\n  offheap check --suppressions offheap.supp --junit leaks.xml -- npm test\n  \
+offheap check --max-growth native=1MiB --max-growth rss=20MiB -- ./test-binary"
+    )]
+    Check(crate::check::CheckArgs),
     /// Watch a running Node process through its inspector (SIGUSR1), then detach.
     #[command(
         after_help = "Examples:\n  offheap attach 4242\n  offheap attach 4242 --duration 5m --out prod-leak\n  offheap attach 4242 --snapshots    take heap snapshots at the start and the end"
@@ -111,6 +119,8 @@ pub struct RunArgs {
     /// Time between SIGINT, SIGTERM and SIGKILL when --duration ends the target.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub grace: Duration,
+    #[command(flatten)]
+    pub load: crate::load::LoadOpts,
     /// The program to run and its arguments (after `--`).
     #[arg(
         trailing_var_arg = true,
@@ -303,6 +313,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => crate::run::run(args),
+        Command::Check(args) => crate::check::check(args),
         Command::Demo(args) => crate::demo::demo(args),
         Command::Report(args) => crate::reporting::report(args),
         Command::Diff(args) => crate::reporting::diff(args),

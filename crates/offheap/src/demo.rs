@@ -48,6 +48,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         follow_exec: false,
         max_depth: 64,
         grace: Duration::from_secs(3),
+        load: Default::default(),
         command: vec![
             node.to_string(),
             scripts.join("server.js").to_string_lossy().into_owned(),

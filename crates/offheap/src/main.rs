@@ -5,11 +5,13 @@
 //! analysis to the reporters. It computes no verdict itself.
 
 mod attach;
+mod check;
 mod cli;
 mod collect;
 mod demo;
 mod elf;
 mod heap;
+mod load;
 mod outdir;
 mod reporting;
 mod run;

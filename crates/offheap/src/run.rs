@@ -196,6 +196,50 @@ fn quote_node_option(s: &str) -> String {
 }
 
 pub fn run(args: RunArgs) -> Result<u8> {
+    run_with(args, Extra::default()).map(|f| f.status)
+}
+
+/// Without `check`, what the load did goes into the notes.
+fn load_note(dir: &Path, is_check: bool) -> Option<String> {
+    if is_check {
+        None
+    } else {
+        crate::load::note(dir)
+    }
+}
+
+/// A hook `check` runs with the recording directory once the target runs.
+pub type OnStart = Box<dyn FnOnce(&Path)>;
+
+/// What `check` adds to a run: environment for the agents, settings for
+/// `recording.json`, no verdict text at the end.
+#[derive(Default)]
+pub struct Extra {
+    pub env: Vec<(&'static str, String)>,
+    pub settings: Vec<(String, serde_json::Value)>,
+    pub no_report_text: bool,
+}
+
+/// A run that ended: its exit status, the recording and its Model.
+pub struct Finished {
+    pub status: u8,
+    pub dir: PathBuf,
+    pub model: offheap_analysis::Model,
+}
+
+pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
+    let load = args
+        .load
+        .spec()
+        .map_err(|e| crate::user_error(e.to_string()))?;
+    let (on_start, on_end) = match load {
+        Some((spec, addr)) => {
+            let (s, e) = crate::load::hooks(spec, addr);
+            (Some(s), Some(e))
+        }
+        None => (None, None),
+    };
+    let is_check = extra.settings.iter().any(|(k, _)| k == "check");
     if args.command.is_empty() {
         return Err(user_error(
             "no command given; usage: offheap run [OPTIONS] -- CMD [ARGS...]",
@@ -301,6 +345,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
         if args.exact {
             cmd.env("OFFHEAP_EXACT", "1");
         }
+        for (k, v) in &extra.env {
+            cmd.env(k, v);
+        }
     }
 
     supervised_by_us(&mut cmd);
@@ -322,6 +369,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
     };
     drop(out);
     let pid = child.id();
+    if let Some(f) = on_start {
+        f(&dir);
+    }
 
     let mut settings = BTreeMap::new();
     settings.insert("follow_fork".into(), args.follow_fork.into());
@@ -332,6 +382,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         (args.record.min_age.as_millis() as u64).into(),
     );
     settings.insert("exact".into(), args.exact.into());
+    settings.extend(extra.settings);
     session::write_meta(
         &dir,
         session::MetaSpec {
@@ -366,6 +417,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
         &mut snapshots,
         Duration::from_millis(1500),
     )?;
+    if let Some(f) = on_end {
+        f();
+    }
+    notes.extend(load_note(&dir, is_check));
     snapshots.finish(&dir);
     notes.append(&mut snapshots.notes);
     if target.node {
@@ -400,8 +455,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
         top: 10,
         extra_notes: notes,
     };
-    reporting::finish(&dir, &opts, args.record.quiet)?;
-    Ok(outcome.exit_status.clamp(0, 255) as u8)
+    let model = reporting::finish(&dir, &opts, args.record.quiet || extra.no_report_text)?;
+    Ok(Finished {
+        status: outcome.exit_status.clamp(0, 255) as u8,
+        dir,
+        model,
+    })
 }
 
 /// If offheap dies, the target it launched is asked to stop as if offheap

@@ -79,6 +79,11 @@ pub fn write_meta(dir: &Path, m: MetaSpec<'_>) -> Result<Meta> {
     Ok(meta)
 }
 
+/// Set by `check --load` when the load is over: the recording ends as at
+/// the end of `--duration` (SIGINT, then SIGTERM, then SIGKILL).
+pub static STOP_REQUESTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Records until the target ends (launched) or the recording is ended
 /// (attached: `--duration`, a signal, or the process gone). The heap
 /// snapshots of `snapshots` are requested `snapshot_delay` after the start
@@ -161,6 +166,11 @@ pub fn record(
             if let Target::Launched { .. } = target {
                 reason = "duration";
             }
+        }
+        // `check --load`: the load is over; stop the target as --duration does.
+        if !ending && STOP_REQUESTED.load(std::sync::atomic::Ordering::Acquire) {
+            ending = true;
+            reason = "load";
         }
         if ending && snapshots.request_end(control, pid, dir) {
             collector.poll_agent();
