@@ -314,10 +314,15 @@ impl Collector {
                     if self.maps_due.get(&pid).is_none_or(|d| now >= *d) {
                         s.maps = crate::smaps::sample(pid);
                         let cost = s.maps.map_or(0, |m| m.cost_us);
-                        let gap = crate::smaps::next_gap_ms(cost, self.interval.as_millis() as u64);
-                        // A little early, so that a read costing under 1%
-                        // is made at every tick.
-                        let gap = std::time::Duration::from_millis(gap).mul_f64(0.8);
+                        let interval = self.interval.as_millis() as u64;
+                        let gap = crate::smaps::next_gap_ms(cost, interval);
+                        // A read costing under 1% is made at every tick
+                        // (due a little early); a costlier one is spaced.
+                        let gap = if gap > interval {
+                            std::time::Duration::from_millis(gap)
+                        } else {
+                            self.interval.mul_f64(0.8)
+                        };
                         self.maps_due.insert(pid, now + gap);
                     }
                     if let Ok(l) = serde_json::to_string(&s) {
