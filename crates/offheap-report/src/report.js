@@ -19,7 +19,7 @@
     if (lo > 0 && Math.abs(pts[lo - 1][0] - t) < Math.abs(pts[lo][0] - t)) lo--;
     return pts[lo];
   }
-  Array.prototype.forEach.call(document.querySelectorAll('figure.chart'), function (fig) {
+  Array.prototype.forEach.call(document.querySelectorAll('figure.chart[data-name]'), function (fig) {
     var names = fig.getAttribute('data-name').split(',');
     var titles = fig.getAttribute('data-titles').split('\t');
     var hit = fig.querySelector('rect.hit'), cur = fig.querySelector('line.cursor');
