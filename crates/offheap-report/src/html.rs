@@ -312,31 +312,7 @@ fn ledger(o: &mut String, m: &Model) {
         o,
         "</span></figcaption><svg viewBox=\"0 0 {cw} {ch:.0}\" role=\"img\" aria-label=\"RSS ledger\">"
     );
-    let mut v = 0.0;
-    while v <= ymax * 1.0001 {
-        let y = ys(v);
-        let _ = write!(
-            o,
-            "<line class=\"grid\" x1=\"{ML}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text class=\"ax\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            ML + pw,
-            ML - 6.0,
-            y + 4.0,
-            esc(&format::bytes_f(v))
-        );
-        v += step;
-    }
-    let tstep = nice_step(t_end / 12.0);
-    let mut t = 0.0;
-    while t <= t_end * 1.0001 {
-        let x = xs(t);
-        let _ = write!(
-            o,
-            "<text class=\"ax\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            ch - 8.0,
-            esc(&fmt_t(t))
-        );
-        t += tstep;
-    }
+    axes(o, (ymax, step), (t_end, 12.0), (pw, ph, ch), &xs, &ys);
     // Bands from the bottom up: each part's polygon between the running
     // sums before and after it.
     let mut below = vec![0u64; pts.len()];
@@ -495,6 +471,46 @@ fn growth_of(m: &Model, name: &str) -> Option<f64> {
     }
 }
 
+/// A chart's grid and axes: byte lines every `step` up to `ymax`, and
+/// about `ticks` time ticks up to `t_end`, in a plot `pw` x `ph` of a
+/// chart `ch` high.
+fn axes(
+    o: &mut String,
+    (ymax, step): (f64, f64),
+    (t_end, ticks): (f64, f64),
+    (pw, ph, ch): (f64, f64, f64),
+    xs: &dyn Fn(f64) -> f64,
+    ys: &dyn Fn(f64) -> f64,
+) {
+    let mut v = 0.0;
+    while v <= ymax * 1.0001 {
+        let y = ys(v);
+        let _ = write!(
+            o,
+            "<line class=\"grid\" x1=\"{ML}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text class=\"ax\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            ML + pw,
+            ML - 6.0,
+            y + 4.0,
+            esc(&format::bytes_f(v))
+        );
+        v += step;
+    }
+    let tstep = nice_step(t_end / ticks);
+    let mut t = 0.0;
+    while t <= t_end * 1.0001 {
+        let x = xs(t);
+        let _ = write!(
+            o,
+            "<line class=\"tick\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/><text class=\"ax\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            MT + ph,
+            MT + ph + 4.0,
+            ch - 8.0,
+            esc(&fmt_t(t))
+        );
+        t += tstep;
+    }
+}
+
 /// A chart of one series (small multiple), or of several on one scale
 /// (`overview`), with the warm-up shaded and GC events marked.
 fn chart(o: &mut String, m: &Model, lines: &[Line], overview: bool, t_end: f64) {
@@ -563,33 +579,8 @@ fn chart(o: &mut String, m: &Model, lines: &[Line], overview: bool, t_end: f64) 
             xs(tl.warmup_end) - ML
         );
     }
-    let mut v = 0.0;
-    while v <= ymax * 1.0001 {
-        let y = ys(v);
-        let _ = write!(
-            o,
-            "<line class=\"grid\" x1=\"{ML}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text class=\"ax\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            ML + pw,
-            ML - 6.0,
-            y + 4.0,
-            esc(&format::bytes_f(v))
-        );
-        v += step;
-    }
-    let tstep = nice_step(t_end / if overview { 12.0 } else { 6.0 });
-    let mut t = 0.0;
-    while t <= t_end * 1.0001 {
-        let x = xs(t);
-        let _ = write!(
-            o,
-            "<line class=\"tick\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/><text class=\"ax\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            MT + ph,
-            MT + ph + 4.0,
-            ch - 8.0,
-            esc(&fmt_t(t))
-        );
-        t += tstep;
-    }
+    let ticks = if overview { 12.0 } else { 6.0 };
+    axes(o, (ymax, step), (t_end, ticks), (pw, ph, ch), &xs, &ys);
     // GC marks: one per pixel column and kind, majors on top.
     let mut cols: std::collections::BTreeMap<(u8, i64), (usize, f64)> =
         std::collections::BTreeMap::new();
