@@ -288,7 +288,7 @@ fn process_timeline(
             });
     }
     if let Some(native) = p.native {
-        let (live, retained) = native_totals(native, start, skip);
+        let (live, retained) = native_totals(native, start, |id| !skip.contains(&id));
         push("native_live", live);
         push("allocator_retained", retained);
     }
@@ -357,11 +357,15 @@ fn until(tl: &Timeline, t: f64) -> Timeline {
 
 /// Sum of live malloc bytes per snapshot (aged when the agent recorded ages),
 /// and the allocator's retained free bytes.
-fn native_totals(native: &NativeStream, start: f64, skip: &HashSet<u32>) -> (Points, Points) {
+fn native_totals(
+    native: &NativeStream,
+    start: f64,
+    include: impl Fn(u32) -> bool,
+) -> (Points, Points) {
     let n = native.snapshot_times_ms.len();
     let mut live = vec![0f64; n];
     for s in &native.series {
-        if skip.contains(&s.stack)
+        if !include(s.stack)
             || native
                 .stacks
                 .get(s.stack as usize)
@@ -696,8 +700,27 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
         .collect();
     let is_node = p.main_node.is_some() || (p.root && rec.meta.node);
     let mut ev = Evidence::from_timeline(judged_tl, &post_gc, exit_gc, is_node);
+    // Buffer backing stores, which external counts exactly: a Node
+    // process's native growth is judged on the rest.
+    let backing: HashSet<u32> = if is_node {
+        frames_of
+            .iter()
+            .filter(|(_, frames)| crate::suspects::is_backing_store(frames))
+            .map(|(&id, _)| id)
+            .collect()
+    } else {
+        HashSet::new()
+    };
     if let Some(n) = native {
         ev.native_sampling = n.sample_interval as f64;
+        if is_node {
+            let start = rec.meta.start_ms;
+            let (other, _) = native_totals(n, start, |id| {
+                !instrumentation.contains(&id) && !backing.contains(&id)
+            });
+            let (stores, _) = native_totals(n, start, |id| backing.contains(&id));
+            ev.split_native(judged_tl, judged_tl.duration, &other, &stores);
+        }
     }
     let max_of = |name: &str| {
         tl.series(name)
@@ -791,7 +814,7 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
             );
         }
         ranked.sort_by(|a, b| b.slope.total_cmp(&a.slope));
-        ev.native_concentrated = !ranked.is_empty();
+        ev.native_concentrated = ranked.iter().any(|f| !backing.contains(&f.stack));
         for f in ranked.into_iter().take(opts.top) {
             let stack = &native.stacks[f.stack as usize];
             let frames = crate::suspects::collapse_allocator(

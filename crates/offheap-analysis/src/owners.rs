@@ -108,7 +108,7 @@ pub fn mechanism(frames: &[Frame]) -> Option<String> {
             "tls-socket"
         } else if has("TCPWrap") || has("PipeWrap") || has("UDPWrap") {
             "socket"
-        } else if has("ArrayBufferAllocator") || has("BackingStore") || has("node::Buffer") {
+        } else if crate::suspects::is_backing_store(frames) {
             "array-buffer"
         } else if let Some(f) = native().find(|f| f.module.ends_with(".node")) {
             return Some(format!("napi:{}", f.module));

@@ -23,6 +23,18 @@ pub fn is_instrumentation(f: &Frame) -> bool {
         || n.contains("v8::internal::HeapSnapshot::")
 }
 
+/// Frames of Node's ArrayBuffer allocator: a Buffer or ArrayBuffer backing
+/// store, which V8 also counts, exactly, in `external`/`arrayBuffers`. The
+/// sampled native figure of such a stack is a noisy copy of that counter.
+pub fn is_backing_store(frames: &[Frame]) -> bool {
+    frames.iter().any(|f| {
+        f.kind != FrameKind::Js
+            && (f.function.contains("ArrayBufferAllocator")
+                || f.function.contains("BackingStore")
+                || f.function.contains("node::Buffer"))
+    })
+}
+
 /// A suspect (rank 0: ranked later) from its frames, innermost first,
 /// allocator frames already collapsed.
 pub fn suspect(
@@ -169,7 +181,7 @@ pub fn hint(frames: &[Frame]) -> Option<String> {
         "TLS contexts (SSL_CTX): create one SecureContext and reuse it instead of one per connection; contexts live until a full GC."
     } else if has("SSL_new") || has("TLSWrap") {
         "TLS connection state: sockets that are never destroyed keep their OpenSSL state."
-    } else if has("ArrayBufferAllocator") || has("BackingStore") || has("node::Buffer") {
+    } else if is_backing_store(frames) {
         "Buffer/ArrayBuffer backing stores allocated through Node's ArrayBuffer allocator: something keeps Buffers alive; `offheap snapshot PID` shows what retains them."
     } else if has("vips_") || has("sharp") {
         "libvips/sharp: large image buffers; check sharp.cache() and sharp.concurrency(), and prefer jemalloc."
