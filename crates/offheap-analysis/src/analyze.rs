@@ -1081,13 +1081,48 @@ fn ledgers(p: &ProcStreams, start: f64, cut_ms: Option<f64>) -> Vec<crate::ledge
     out
 }
 
+/// `f` of every item, in order, on up to as many threads as there are
+/// cores: each recorded process is analysed (symbolized above all) on its
+/// own, and a test suite under `offheap check` records one per test file.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            done.push((i, f(item)));
+        }
+        done
+    };
+    // The calling thread is one of the workers: its symbolizer's caches
+    // stay warm for what follows (the leak check's stacks).
+    let mut out: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for w in others {
+            match w.join() {
+                Ok(done) => all.extend(done),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
 /// The whole analysis: every recorded process in turn, and the focus (the
 /// process that leaks fastest, else the target) for the top-level figures.
 pub fn analyze(rec: &Recording, opts: &Options) -> Model {
-    let mut analysed: Vec<Analysed> = processes(rec)
-        .iter()
-        .map(|p| analyze_process(rec, p, opts))
-        .collect();
+    let procs = processes(rec);
+    let mut analysed = in_parallel(&procs, |p| analyze_process(rec, p, opts));
     // Leaks outrank fragmentation, which outranks nothing; then the rate.
     let score = |p: &ProcessModel| {
         let class = if p.leaks() {

@@ -11,11 +11,19 @@ use offheap_symbols::{Frame, FrameKind};
 /// carry the agent's frame, and are the V8 heap the verdict already sees.)
 pub fn is_instrumentation(f: &Frame) -> bool {
     let n = f.function.as_str();
-    (f.kind == FrameKind::Js
-        && f.file
+    if f.kind == FrameKind::Js {
+        return f
+            .file
             .as_deref()
-            .is_some_and(|p| p.ends_with("/offheap-agent.js")))
-        || n.contains("v8::internal::AllocationTracker")
+            .is_some_and(|p| p.ends_with("/offheap-agent.js"));
+    }
+    // One search for the common part first: this runs on every frame of
+    // every stack.
+    let Some(at) = n.find("v8::internal::") else {
+        return false;
+    };
+    let n = &n[at..];
+    n.contains("v8::internal::AllocationTracker")
         || n.contains("v8::internal::HeapObjectsMap")
         || n.contains("v8::internal::HeapSnapshotGenerator")
         || n.contains("v8::internal::HeapProfiler")
@@ -28,10 +36,13 @@ pub fn is_instrumentation(f: &Frame) -> bool {
 /// sampled native figure of such a stack is a noisy copy of that counter.
 pub fn is_backing_store(frames: &[Frame]) -> bool {
     frames.iter().any(|f| {
+        let n = f.function.as_str();
+        // A cheap filter first: this runs on every frame of every stack.
         f.kind != FrameKind::Js
-            && (f.function.contains("ArrayBufferAllocator")
-                || f.function.contains("BackingStore")
-                || f.function.contains("node::Buffer"))
+            && (n.contains("Buffer") || n.contains("BackingStore"))
+            && (n.contains("ArrayBufferAllocator")
+                || n.contains("BackingStore")
+                || n.contains("node::Buffer"))
     })
 }
 

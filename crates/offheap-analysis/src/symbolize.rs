@@ -35,6 +35,19 @@ pub fn symbolize(
         k += 1;
     }
     let (mut own, notes) = symbolize_each(rec, native, &all);
+    // A stack asked for once that no other one names as its origin is
+    // used once: its frames are moved, not copied (most stacks: start-up
+    // queues no work).
+    let mut reused: std::collections::HashSet<u32> = all
+        .iter()
+        .filter_map(|&id| native.stacks.get(id as usize).and_then(|s| s.origin))
+        .collect();
+    let mut asked = std::collections::HashSet::new();
+    for &id in ids {
+        if !asked.insert(id) {
+            reused.insert(id);
+        }
+    }
     let stitched = ids
         .iter()
         .map(|&id| {
@@ -43,7 +56,11 @@ pub fn symbolize(
             for depth in 0..=MAX_ORIGINS {
                 let Some(c) = cur else { break };
                 let next = native.stacks.get(c as usize).and_then(|s| s.origin);
-                let mut part = own.get(&c).cloned().unwrap_or_default();
+                let mut part = if depth == 0 && next.is_none() && !reused.contains(&c) {
+                    own.remove(&c).unwrap_or_default()
+                } else {
+                    own.get(&c).cloned().unwrap_or_default()
+                };
                 if next.is_some() && depth < MAX_ORIGINS {
                     // What ran the work (the agent's wrapper, libuv's worker
                     // loop, the thread start) says nothing once the stack

@@ -12,7 +12,11 @@ use std::fmt::Write;
 /// sorted, identical stacks merged, zero weights left out. Frame names are
 /// [`frame_label`]s with `;` and line breaks removed.
 pub fn folded(model: &Model, weight: Weight) -> String {
-    let interned = flame::intern(model);
+    folded_with(model, &flame::intern(model), weight)
+}
+
+/// [`folded`] with the frames already interned.
+pub fn folded_with(model: &Model, interned: &flame::Interned<'_>, weight: Weight) -> String {
     let names: Vec<String> = interned
         .frames
         .iter()

@@ -134,12 +134,20 @@ pub fn write_all(model: &Model, dir: &Path) -> io::Result<Written> {
     };
     use offheap_format::write_atomic;
     let interned = flame::intern(model);
-    write_atomic(&w.html, html::render_html_with(model, &interned).as_bytes())?;
-    write_atomic(
-        &w.svg,
-        svg::flamegraph_svg_with(model, &interned, Weight::LiveBytes).as_bytes(),
-    )?;
-    write_atomic(&w.folded, folded(model, Weight::LiveBytes).as_bytes())?;
-    write_atomic(&w.pprof, &pprof(model))?;
+    // The four files are independent: rendered side by side.
+    let (html, svg, folded, pprof) = std::thread::scope(|s| {
+        let html = s.spawn(|| html::render_html_with(model, &interned));
+        let svg = s.spawn(|| svg::flamegraph_svg_with(model, &interned, Weight::LiveBytes));
+        let folded = s.spawn(|| folded::folded_with(model, &interned, Weight::LiveBytes));
+        let pprof = pprof(model);
+        let join = |h: std::thread::ScopedJoinHandle<'_, String>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        (join(html), join(svg), join(folded), pprof)
+    });
+    write_atomic(&w.html, html.as_bytes())?;
+    write_atomic(&w.svg, svg.as_bytes())?;
+    write_atomic(&w.folded, folded.as_bytes())?;
+    write_atomic(&w.pprof, &pprof)?;
     Ok(w)
 }

@@ -270,7 +270,6 @@ pub struct ProcessSymbols {
     /// Prefix maximum of the range ends (bounds the backward scan).
     ranges_max_end: Vec<u64>,
     perf: Option<perf_map::PerfMap>,
-    symbolizer: Symbolizer,
     /// (module, raw address) -> frames.
     native: FastMap<(usize, u64), Vec<Frame>>,
     /// Perf-map line number -> its frame (address not filled in).
@@ -286,6 +285,21 @@ pub struct ProcessSymbols {
     unresolved: BTreeSet<u64>,
     /// Size of `unresolved` when the remap search last ran.
     unresolved_at_last_search: usize,
+}
+
+thread_local! {
+    /// One blazesym symbolizer per thread for every process it symbolizes:
+    /// its caches of parsed files (node's symbol table above all, tens of
+    /// MiB) are filled once per file and thread, not once per recorded
+    /// process and again for the leak check's stacks. (blazesym's
+    /// symbolizer cannot move between threads.) It re-reads a file that
+    /// changed on disk.
+    static SYMBOLIZER: Symbolizer = Symbolizer::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .enable_demangling(false)
+        .enable_auto_reload(true)
+        .build();
 }
 
 impl ProcessSymbols {
@@ -349,18 +363,11 @@ impl ProcessSymbols {
                 None
             }
         });
-        let symbolizer = Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(false)
-            .enable_auto_reload(false)
-            .build();
         ProcessSymbols {
             modules,
             ranges,
             ranges_max_end,
             perf,
-            symbolizer,
             native: FastMap::default(),
             js: FastMap::default(),
             js_lookups: FastMap::default(),
@@ -638,8 +645,13 @@ impl ProcessSymbols {
             .collect();
         let path = PathBuf::from(&self.modules[m].rec.path);
         let src = Source::Elf(Elf::new(path.clone()));
-        let results = match self.symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
-            Ok(r) => r.into_iter().map(|s| owned(s)).collect::<Vec<_>>(),
+        let symbolized = SYMBOLIZER.with(|symbolizer| {
+            symbolizer
+                .symbolize(&src, Input::FileOffset(&offsets))
+                .map(|r| r.into_iter().map(|s| owned(s)).collect::<Vec<_>>())
+        });
+        let results = match symbolized {
+            Ok(r) => r,
             Err(e) => {
                 self.note(format!(
                     "{}: symbolization failed ({e}); its frames are shown as {}+offset",
@@ -857,15 +869,14 @@ impl ProcessSymbols {
         let vaddr = blob.vaddr + (a - c.start);
         let module_path = self.modules[c.module].rec.path.clone();
         let src = Source::Elf(Elf::new(PathBuf::from(&module_path)));
-        let frames = match self
-            .symbolizer
-            .symbolize_single(&src, Input::VirtOffset(vaddr.saturating_sub(1)))
-        {
-            Ok(s) => match owned(s) {
-                Some(sym) => self.sym_frames(&sym, a, &module_path),
-                None => Vec::new(),
-            },
-            Err(_) => Vec::new(),
+        let symbolized = SYMBOLIZER.with(|symbolizer| {
+            symbolizer
+                .symbolize_single(&src, Input::VirtOffset(vaddr.saturating_sub(1)))
+                .map(owned)
+        });
+        let frames = match symbolized {
+            Ok(Some(sym)) => self.sym_frames(&sym, a, &module_path),
+            _ => Vec::new(),
         };
         let frames = if frames.is_empty() {
             vec![Frame {

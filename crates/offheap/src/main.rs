@@ -53,6 +53,13 @@ pub fn user_error(message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// The analysis builds and drops millions of small strings and vectors
+/// (frames of every stack of every process): mimalloc does that at about
+/// half of glibc's cost (docs/BENCHMARKS.md, `offheap check`). The target
+/// never sees it: offheap's own process only.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     reporting::restore_sigpipe();
     let args = cli::Cli::parse();
