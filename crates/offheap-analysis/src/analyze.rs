@@ -1298,6 +1298,7 @@ mod tests {
             node: Vec::new(),
             native: Vec::new(),
             perf_maps: Default::default(),
+            iterations: Vec::new(),
             heap: None,
             load: None,
             notes: Vec::new(),

@@ -8,8 +8,8 @@
 //! exactly the figures `offheap check` judged.
 
 use crate::model::{JsOwner, ProcessModel};
-use offheap_format::Recording;
 use offheap_format::native::{NativeStream, leak_class};
+use offheap_format::{IterationCount, Recording};
 use offheap_symbols::Frame;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -149,13 +149,17 @@ impl GrowthKind {
 }
 
 /// `--max-growth KIND=SIZE`: the most KIND may grow over the analysis
-/// window; `KIND=SIZE/request`: per request of `check --load`.
+/// window; `KIND=SIZE/request`: per request of `check --load`;
+/// `KIND=SIZE/iteration`: per iteration the command reported (a line
+/// appended to `$OFFHEAP_ITERATIONS` each).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrowthLimit {
     pub kind: GrowthKind,
     pub bytes: u64,
     #[serde(default)]
     pub per_request: bool,
+    #[serde(default)]
+    pub per_iteration: bool,
 }
 
 /// What `check --load` sent (`load.json`).
@@ -174,6 +178,9 @@ pub struct LoadStats {
     /// Why the load did not run, if it did not.
     #[serde(default)]
     pub error: Option<String>,
+    /// The rate asked for (`--load-rate`), requests per second in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
 }
 
 impl LoadStats {
@@ -212,13 +219,17 @@ pub fn parse_growth_limit(s: &str) -> Result<GrowthLimit, String> {
     };
     let mut v = v.trim();
     let mut per_request = false;
+    let mut per_iteration = false;
     if let Some((size, per)) = v.split_once('/') {
-        if !matches!(per.trim(), "request" | "req" | "requests") {
-            return Err(format!(
-                "{s:?}: growth is per run (native=1MiB) or per request (native=2KiB/request)"
-            ));
+        match per.trim() {
+            "request" | "req" | "requests" => per_request = true,
+            "iteration" | "iter" | "iterations" => per_iteration = true,
+            _ => {
+                return Err(format!(
+                    "{s:?}: growth is per run (native=1MiB), per request (native=2KiB/request) or per iteration (native=1KiB/iteration)"
+                ));
+            }
         }
-        per_request = true;
         v = size.trim();
     }
     let i = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
@@ -245,6 +256,7 @@ pub fn parse_growth_limit(s: &str) -> Result<GrowthLimit, String> {
         kind,
         bytes: bytes as u64,
         per_request,
+        per_iteration,
     })
 }
 
@@ -485,7 +497,14 @@ pub fn outcome(rec: &Recording, processes: &[ProcessModel]) -> Option<CheckOutco
         gates.push(load_gate(l));
     }
     for lim in &config.max_growth {
-        gates.push(growth_gate(lim, processes, stop_s, load.as_ref()));
+        gates.push(growth_gate(
+            lim,
+            processes,
+            stop_s,
+            load.as_ref(),
+            &rec.iterations,
+            rec.meta.start_ms,
+        ));
     }
     Some(CheckOutcome {
         passed: gates.iter().all(|g| g.passed),
@@ -560,9 +579,14 @@ fn growth_gate(
     processes: &[ProcessModel],
     stop_s: Option<f64>,
     load: Option<&LoadStats>,
+    iterations: &[IterationCount],
+    start_ms: f64,
 ) -> Gate {
     if lim.per_request {
         return per_request_gate(lim, processes, load);
+    }
+    if lim.per_iteration {
+        return per_iteration_gate(lim, processes, stop_s, iterations, start_ms);
     }
     let name = format!("max-growth {}", lim.kind.as_str());
     let worst = processes
@@ -608,6 +632,99 @@ fn growth_gate(
                 ),
             }
         }
+    }
+}
+
+/// Iterations the command reported between `from` and `to` (seconds of
+/// the recording), and over how long they came: the count is a step
+/// series, read at each end.
+pub fn iterations_between(iterations: &[IterationCount], start_ms: f64, from: f64, to: f64) -> u64 {
+    let at = |s: f64| {
+        let t = start_ms + s * 1000.0;
+        iterations
+            .iter()
+            .take_while(|c| c.t <= t)
+            .last()
+            .map_or(0, |c| c.n)
+    };
+    at(to).saturating_sub(at(from))
+}
+
+/// Growth of `kind` per iteration in the analysis window: the growth
+/// over the window over the iterations reported in it.
+pub fn growth_per_iteration(
+    p: &ProcessModel,
+    kind: GrowthKind,
+    stop_s: Option<f64>,
+    iterations: &[IterationCount],
+    start_ms: f64,
+) -> Option<f64> {
+    let grew = growth_over_window(p, kind, stop_s)?;
+    let end = stop_s
+        .filter(|&s| s > p.timeline.warmup_end && s < p.timeline.duration)
+        .unwrap_or(p.timeline.duration);
+    let n = iterations_between(iterations, start_ms, p.timeline.warmup_end, end);
+    (n > 0).then(|| grew / n as f64)
+}
+
+fn per_iteration_gate(
+    lim: &GrowthLimit,
+    processes: &[ProcessModel],
+    stop_s: Option<f64>,
+    iterations: &[IterationCount],
+    start_ms: f64,
+) -> Gate {
+    let name = format!("max-growth {}/iteration", lim.kind.as_str());
+    let limit = offheap_format::units::bytes(lim.bytes);
+    let worst = processes
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p,
+                growth_per_iteration(p, lim.kind, stop_s, iterations, start_ms)?,
+            ))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let Some((p, per)) = worst else {
+        let reported = iterations.last().map_or(0, |c| c.n);
+        return Gate {
+            name,
+            passed: false,
+            measured: 0.0,
+            limit: lim.bytes as f64,
+            pid: None,
+            message: if reported == 0 {
+                format!(
+                    "the command reported no iteration (append one line per iteration to the file named by $OFFHEAP_ITERATIONS), so the limit of {limit}/iteration cannot be checked"
+                )
+            } else {
+                format!(
+                    "no {} figure, or none of the {reported} iterations fell in the analysis window, so the limit of {limit}/iteration cannot be checked",
+                    lim.kind.as_str()
+                )
+            },
+        };
+    };
+    let end = stop_s
+        .filter(|&s| s > p.timeline.warmup_end && s < p.timeline.duration)
+        .unwrap_or(p.timeline.duration);
+    let n = iterations_between(iterations, start_ms, p.timeline.warmup_end, end);
+    let shown = if per < 0.0 {
+        format!("-{}", offheap_format::units::bytes((-per) as u64))
+    } else {
+        offheap_format::units::bytes(per as u64)
+    };
+    Gate {
+        name,
+        passed: per <= lim.bytes as f64,
+        measured: per,
+        limit: lim.bytes as f64,
+        pid: Some(p.pid),
+        message: format!(
+            "{} grew by {shown} per iteration in {} ({n} iterations after warm-up; limit {limit}/iteration)",
+            lim.kind.as_str(),
+            p.label(),
+        ),
     }
 }
 
@@ -927,6 +1044,20 @@ mod tests {
         let g = parse_growth_limit("native=2KiB/request").unwrap();
         assert_eq!((g.bytes, g.per_request), (2048, true));
         assert!(!parse_growth_limit("native=2KiB").unwrap().per_request);
+        let g = parse_growth_limit("external=1KiB/iteration").unwrap();
+        assert_eq!(
+            (g.bytes, g.per_iteration, g.per_request),
+            (1024, true, false)
+        );
+        assert!(parse_growth_limit("native=1KiB/minute").is_err());
+        let it = [
+            IterationCount { t: 1000.0, n: 10 },
+            IterationCount { t: 2000.0, n: 30 },
+            IterationCount { t: 3000.0, n: 60 },
+        ];
+        // Recording started at 0 ms: from 1.5 s (10 done) to 3 s (60).
+        assert_eq!(iterations_between(&it, 0.0, 1.5, 3.0), 50);
+        assert_eq!(iterations_between(&it, 0.0, 0.0, 0.5), 0);
         assert!(parse_growth_limit("native=2KiB/second").is_err());
     }
 }

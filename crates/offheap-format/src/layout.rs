@@ -35,6 +35,11 @@ pub const END_SNAPSHOT: &str = "end.heapsnapshot";
 pub const VIEWS_SUFFIX: &str = ".views.json";
 /// What `check --load` sent: requests, errors, when (written by the CLI).
 pub const LOAD: &str = "load.json";
+/// Where `offheap check`'s command reports its iterations: one line per
+/// iteration, appended by the command (`$OFFHEAP_ITERATIONS`).
+pub const ITERATIONS_LOG: &str = "iterations.log";
+/// The iteration count over time, as the CLI read `iterations.log`.
+pub const ITERATIONS: &str = "iterations.jsonl";
 /// Heap-snapshot findings, computed from the snapshots in the recording.
 pub const HEAP: &str = "heap.json";
 /// The latest figures in Prometheus' text format.

@@ -390,6 +390,14 @@ impl NodeStream {
     }
 }
 
+/// The command's iteration count at a moment (`iterations.jsonl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IterationCount {
+    /// Unix ms.
+    pub t: f64,
+    pub n: u64,
+}
+
 /// A whole recording, as read back.
 #[derive(Clone, Debug, Default)]
 pub struct Recording {
@@ -405,6 +413,8 @@ pub struct Recording {
     pub heap: Option<serde_json::Value>,
     /// The load `check --load` sent (`load.json`), if any.
     pub load: Option<serde_json::Value>,
+    /// Iterations the command reported, over time (`iterations.jsonl`).
+    pub iterations: Vec<IterationCount>,
     /// What was skipped or looked odd while reading; shown to the user.
     pub notes: Vec<String>,
 }
@@ -682,6 +692,11 @@ impl Recording {
                 Some(v) => rec.load = Some(v),
                 None => notes.push(format!("{}: unreadable; skipped", layout::LOAD)),
             }
+        }
+
+        let it_path = dir.join(layout::ITERATIONS);
+        if fs::symlink_metadata(&it_path).is_ok() {
+            rec.iterations = read_jsonl(&it_path, &mut notes);
         }
 
         let proc_path = dir.join(layout::PROC);

@@ -31,6 +31,8 @@ pub struct CheckArgs {
     pub suppressions: Option<PathBuf>,
     /// Fail when KIND grows by more than SIZE over the run (KIND: native, external, js-heap, rss;
     /// SIZE like 1MiB, 512KiB). Repeatable. Measured as the verdict measures growth.
+    /// SIZE/request: per request of --load. SIZE/iteration: per iteration the command reports, by
+    /// appending one line per iteration to the file named by $OFFHEAP_ITERATIONS.
     #[arg(long, value_name = "KIND=SIZE", value_parser = parse_growth_limit)]
     pub max_growth: Vec<GrowthLimit>,
     /// Write a JUnit XML report to FILE (one test case per gate and per lost allocation stack).
@@ -119,6 +121,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
         ],
         settings: vec![("check".into(), serde_json::to_value(&config)?)],
         no_report_text: true,
+        iterations: true,
     };
     let finished = match run::run_with(run_args, extra) {
         Ok(f) => f,

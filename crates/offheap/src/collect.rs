@@ -230,6 +230,8 @@ pub struct Collector {
     maps_due: BTreeMap<u32, std::time::Instant>,
     /// The target's latest classes of mappings, for the live ledger.
     last_maps: Option<offheap_format::MapClasses>,
+    /// `iterations.log` as far as it was read: (file, bytes read, lines).
+    iterations: Option<(File, u64, u64)>,
 }
 
 /// At most this many descendants of the target are sampled each interval.
@@ -252,6 +254,7 @@ impl Collector {
             interval: std::time::Duration::from_millis(500),
             maps_due: BTreeMap::new(),
             last_maps: None,
+            iterations: None,
         })
     }
 
@@ -289,8 +292,51 @@ impl Collector {
         }
     }
 
+    /// Counts the lines the command appended to `iterations.log` since the
+    /// last look and, when the count moved, appends it with the time to
+    /// `iterations.jsonl` (the file exists only under `offheap check`).
+    fn poll_iterations(&mut self) {
+        if self.iterations.is_none() {
+            let path = self.dir.join(layout::ITERATIONS_LOG);
+            if let Ok(f) = offheap_format::io::open_recording_file(&path) {
+                self.iterations = Some((f, 0, 0));
+            } else {
+                return;
+            }
+        }
+        let Some((f, read, lines)) = self.iterations.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 64 * 1024];
+        let before = *lines;
+        // At most 64 MiB a look: a command that floods the file cannot
+        // hold the collector.
+        for _ in 0..1024 {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    *read += k as u64;
+                    *lines += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+                }
+            }
+        }
+        if *lines != before {
+            let rec = offheap_format::IterationCount {
+                t: now_ms(),
+                n: *lines,
+            };
+            if let (Ok(mut out), Ok(line)) = (
+                open_append(&self.dir.join(layout::ITERATIONS)),
+                serde_json::to_string(&rec),
+            ) {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+
     /// One interval: sample /proc, copy perf maps, read the latest JS figures.
     pub fn tick(&mut self) {
+        self.poll_iterations();
         let mut lines = String::new();
         // /proc is sampled for the target's live descendants too, whether
         // offheap's agents follow them or not (their RSS alone can show a
@@ -460,6 +506,7 @@ impl Collector {
 
     /// Last copy of the perf maps once the target has ended.
     pub fn finish(&mut self) {
+        self.poll_iterations();
         for copy in self.perf_maps.values_mut() {
             copy.poll();
         }

@@ -36,6 +36,10 @@ pub struct LoadOpts {
     /// With --load: stop the load after this long even if requests are left (e.g. 30s).
     #[arg(long, value_name = "DURATION", requires = "load", value_parser = crate::cli::parse_stop_after)]
     pub load_duration: Option<Duration>,
+    /// With --load: requests per second in all, spread evenly over time (an open load, as
+    /// production traffic arrives; default: as fast as the connections go).
+    #[arg(long, value_name = "N", requires = "load", value_parser = parse_rate)]
+    pub load_rate: Option<f64>,
     /// With --load: the request method.
     #[arg(long, default_value = "GET", value_name = "METHOD", requires = "load")]
     pub load_method: String,
@@ -64,6 +68,7 @@ impl LoadOpts {
                 requests: self.load_requests,
                 concurrency: self.load_concurrency,
                 duration: self.load_duration,
+                rate: self.load_rate,
                 method: self.load_method.to_ascii_uppercase(),
                 body: self.load_body.clone(),
                 headers: self.load_header.clone(),
@@ -101,12 +106,15 @@ pub fn note(dir: &std::path::Path) -> Option<String> {
     Some(match &l.error {
         Some(e) => format!("--load {}: the load did not run: {e}", l.url),
         None => format!(
-            "--load: {} {} requests to {} answered in {:.1} s ({:.0}/s over {} connections){}; the analysis ends where the load did",
+            "--load: {} {} requests to {} answered in {:.1} s ({:.0}/s{} over {} connections){}; the analysis ends where the load did",
             l.requests,
             l.method,
             l.url,
             (l.end_ms - l.start_ms) / 1000.0,
             l.rate(),
+            l.rate_limit
+                .map(|r| format!(", limited to {r}/s"))
+                .unwrap_or_default(),
             l.concurrency,
             if l.errors > 0 {
                 format!(", {} failed", l.errors)
@@ -123,6 +131,8 @@ pub struct LoadSpec {
     pub requests: u64,
     pub concurrency: u32,
     pub duration: Option<Duration>,
+    /// Requests per second in all, if limited.
+    pub rate: Option<f64>,
     pub method: String,
     pub body: Option<String>,
     pub headers: Vec<(String, String)>,
@@ -150,6 +160,17 @@ pub fn loopback_addr(url: &str) -> Result<SocketAddr> {
         _ => bail!(
             "--load {url:?}: {host} is not a loopback address; the load generator only drives this machine's loopback (127.0.0.1, ::1, localhost)"
         ),
+    }
+}
+
+/// Parses `--load-rate N`: a positive number of requests per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let s = s.trim().trim_end_matches("/s");
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e7 => Ok(r),
+        _ => Err(format!(
+            "{s:?}: expected requests per second, a positive number (e.g. 200)"
+        )),
     }
 }
 
@@ -187,6 +208,7 @@ fn run(spec: &LoadSpec, addr: SocketAddr, finished: &AtomicBool) -> LoadStats {
         url: spec.url.clone(),
         method: spec.method.clone(),
         concurrency: spec.concurrency,
+        rate_limit: spec.rate,
         ..Default::default()
     };
     // Wait until the server listens (or the target is gone).
@@ -227,7 +249,21 @@ fn run(spec: &LoadSpec, addr: SocketAddr, finished: &AtomicBool) -> LoadStats {
                 loop {
                     if finished.load(Ordering::Relaxed)
                         || deadline.is_some_and(|d| Instant::now() >= d)
-                        || next.fetch_add(1, Ordering::Relaxed) >= spec.requests
+                    {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= spec.requests {
+                        break;
+                    }
+                    // A limited rate: request i leaves at i / rate seconds
+                    // (a worker that fell behind sends at once).
+                    if let Some(rate) = spec.rate
+                        && !wait_until(
+                            start + Duration::from_secs_f64(i as f64 / rate),
+                            deadline,
+                            finished,
+                        )
                     {
                         break;
                     }
@@ -244,6 +280,21 @@ fn run(spec: &LoadSpec, addr: SocketAddr, finished: &AtomicBool) -> LoadStats {
     stats.requests = ok.load(Ordering::Relaxed);
     stats.errors = errors.load(Ordering::Relaxed);
     stats
+}
+
+/// Sleeps until `at`, waking to see whether the target ended or the
+/// load's duration is over: false then.
+fn wait_until(at: Instant, deadline: Option<Instant>, finished: &AtomicBool) -> bool {
+    loop {
+        let now = Instant::now();
+        if finished.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d) {
+            return false;
+        }
+        if now >= at {
+            return true;
+        }
+        std::thread::sleep((at - now).min(Duration::from_millis(50)));
+    }
 }
 
 /// One request; true if it was answered with a 2xx or 3xx status and its
@@ -290,5 +341,10 @@ mod tests {
             ("X-Test".into(), "1".into())
         );
         assert!(parse_header("nocolon").is_err());
+        assert_eq!(parse_rate("200").unwrap(), 200.0);
+        assert_eq!(parse_rate("12.5/s").unwrap(), 12.5);
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("-3").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 }

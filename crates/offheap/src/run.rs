@@ -218,6 +218,9 @@ pub struct Extra {
     pub env: Vec<(&'static str, String)>,
     pub settings: Vec<(String, serde_json::Value)>,
     pub no_report_text: bool,
+    /// Give the command `$OFFHEAP_ITERATIONS`, a file to append a line to
+    /// per iteration (for `--max-growth KIND=SIZE/iteration`).
+    pub iterations: bool,
 }
 
 /// A run that ended: its exit status, the recording and its Model.
@@ -297,8 +300,22 @@ pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
         }
     };
 
+    let iterations = if extra.iterations {
+        match out.create_file(layout::ITERATIONS_LOG, 0o600, b"") {
+            Ok(p) => Some(p),
+            Err(e) => {
+                out.remove_created();
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let mut cmd = Command::new(&target.exe);
     cmd.arg0(&args.command[0]).args(&args.command[1..]);
+    if let Some(p) = &iterations {
+        cmd.env("OFFHEAP_ITERATIONS", p);
+    }
     cmd.env("OFFHEAP_DIR", &dir).env(
         "OFFHEAP_INTERVAL_MS",
         args.record.interval.as_millis().max(10).to_string(),

@@ -719,3 +719,105 @@ fn run_load_drives_a_server_then_stops_it_and_notes_what_it_sent() {
     );
     assert!(s.get("check").is_none());
 }
+
+/// A test loop that reports its iterations by appending a line per
+/// iteration to `$OFFHEAP_ITERATIONS`: "leak" keeps 4 KiB each time,
+/// "steady" frees what it allocates.
+const ITERATIONS: &str = r#"
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static void *kept[400];
+int main(int argc, char **argv) {
+  int leak = argc > 1 && strcmp(argv[1], "leak") == 0;
+  const char *f = getenv("OFFHEAP_ITERATIONS");
+  int fd = f ? open(f, O_WRONLY | O_APPEND) : -1;
+  for (int i = 0; i < 400; i++) {
+    char *p = malloc(4096); memset(p, 1, 4096);
+    if (leak) kept[i] = p; else free(p);
+    if (fd >= 0 && write(fd, "\n", 1) != 1) return 3;
+    usleep(10000);
+  }
+  return fd >= 0 ? 0 : 4;
+}
+"#;
+
+#[test]
+fn growth_per_iteration_reported_by_the_command_is_gated() {
+    let sb = Sandbox::new();
+    let prog = sb.gcc("iter.c", ITERATIONS, "iter", &["-O0"]);
+    for (mode, want) in [("leak", GATE_FAILED), ("steady", 0)] {
+        let out = check(
+            &sb,
+            mode,
+            &["--max-growth", "native=1KiB/iteration"],
+            &[prog.to_str().unwrap(), mode],
+        );
+        assert_eq!(out.status.code(), Some(want), "{mode}: {}", text(&out));
+        let s = summary(&sb.path(mode));
+        let g = gate(&s, "max-growth native/iteration");
+        let per = g["measured"].as_f64().unwrap();
+        if mode == "leak" {
+            assert_eq!(g["passed"], false, "{g}");
+            // 4 KiB kept per iteration (malloc's header on top).
+            assert!(per > 3000.0 && per < 6000.0, "{g}");
+            assert!(text(&out).contains("per iteration"), "{}", text(&out));
+        } else {
+            assert_eq!(g["passed"], true, "{g}");
+            assert!(per < 512.0, "{g}");
+        }
+    }
+    // A command that reports nothing cannot pass a per-iteration gate.
+    let out = check(
+        &sb,
+        "silent",
+        &["--max-growth", "native=1KiB/iteration"],
+        &["/bin/true"],
+    );
+    assert_eq!(out.status.code(), Some(GATE_FAILED), "{}", text(&out));
+    let s = summary(&sb.path("silent"));
+    let g = gate(&s, "max-growth native/iteration");
+    assert!(
+        g["message"]
+            .as_str()
+            .unwrap()
+            .contains("reported no iteration"),
+        "{g}"
+    );
+}
+
+#[test]
+fn load_rate_spreads_the_requests_over_time() {
+    let sb = Sandbox::new();
+    sb.write("server.js", SERVER);
+    let port = free_port().to_string();
+    let url = format!("http://127.0.0.1:{port}/");
+    let out = sb.run(
+        "rec",
+        &[
+            "--load",
+            &url,
+            "--load-requests",
+            "300",
+            "--load-rate",
+            "150",
+        ],
+        &["node", "server.js", "steady", &port],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let load: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.path("rec").join("load.json")).unwrap()).unwrap();
+    assert_eq!(load["requests"], 300, "{load}");
+    assert_eq!(load["rate_limit"], 150.0, "{load}");
+    // 300 requests at 150/s cannot take less than 2 s (the last leaves at
+    // 299/150 s); without the limit they take a fraction of that.
+    let took = load["end_ms"].as_f64().unwrap() - load["start_ms"].as_f64().unwrap();
+    assert!(took >= 1990.0, "{load}");
+    let bad = offheap()
+        .args(["run", "--load", &url, "--load-rate", "0", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("requests per second"));
+}
