@@ -711,6 +711,20 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
     } else {
         HashSet::new()
     };
+    // V8's own heap pages, mapped by V8: the JS heap, not a native suspect.
+    let v8_pages: HashSet<u32> = match native {
+        Some(n) if is_node => frames_of
+            .iter()
+            .filter(|(id, _)| {
+                n.stacks
+                    .get(**id as usize)
+                    .is_some_and(|s| s.kind == AllocKind::Mmap)
+            })
+            .filter(|(_, frames)| crate::suspects::is_v8_heap_pages(frames))
+            .map(|(&id, _)| id)
+            .collect(),
+        _ => HashSet::new(),
+    };
     if let Some(n) = native {
         ev.native_sampling = n.sample_interval as f64;
         if is_node {
@@ -804,6 +818,18 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
             .filter(|f| f.slope > 0.0 && f.slope * span >= 64.0 * 1024.0)
             .filter(|f| !instrumentation.contains(&f.stack))
             .collect();
+        let pages_rate: f64 = ranked
+            .iter()
+            .filter(|f| v8_pages.contains(&f.stack))
+            .map(|f| f.slope)
+            .sum();
+        if pages_rate > 0.0 {
+            ranked.retain(|f| !v8_pages.contains(&f.stack));
+            notes.push(format!(
+                "the V8 heap's own pages (mapped by V8's MemoryAllocator, {}) are left out of the native suspects: they are the JS heap, whose growth the verdict reads from V8's figures and whose allocation sites are the js-heap suspects",
+                offheap_format::units::bytes_f(pages_rate) + "/s"
+            ));
+        }
         if active
             .iter()
             .any(|f| instrumentation.contains(&f.stack) && f.live_end > 0)

@@ -54,6 +54,35 @@ fn frames(ns: &NodeStream, stack: u32) -> Vec<Frame> {
         .collect()
 }
 
+/// The frames of a heap stack that make it a site: without the builtins
+/// on top (`String.prototype.repeat`, `Array.prototype.push`: frames with
+/// no script), so that what one line of JS allocates is one site whether
+/// or not it went through a builtin, or an inlined one. A stack of
+/// builtins alone is kept whole.
+fn site_key(ns: &NodeStream, stack: u32) -> Vec<u32> {
+    let Some(st) = ns.heap_stacks.get(stack as usize) else {
+        return Vec::new();
+    };
+    let scripted = |id: &u32| {
+        ns.heap_frames
+            .get(*id as usize)
+            .is_some_and(|f| !f.url.is_empty())
+    };
+    match st.frames.iter().position(scripted) {
+        Some(k) => st.frames[k..].to_vec(),
+        None => st.frames.clone(),
+    }
+}
+
+/// [`frames`] without the builtins on top, as [`site_key`] merges them.
+fn site_frames(ns: &NodeStream, stack: u32) -> Vec<Frame> {
+    let f = frames(ns, stack);
+    match f.iter().position(|f| f.file.is_some()) {
+        Some(k) => f[k..].to_vec(),
+        None => f,
+    }
+}
+
 /// js-heap suspects of every isolate of one process, over the window
 /// `[from, to]` (seconds since start), ending at `stop_ms` (Unix ms) when
 /// the target was asked to stop. `heap_grows`: the verdict found the V8
@@ -102,12 +131,18 @@ pub fn suspects(
         if profiles.len() < MIN_PROFILES {
             continue;
         }
-        // stack -> (t, bytes, samples) at each profile, 0 when absent.
+        // site -> (bytes, samples) at each profile, 0 when absent; each
+        // site named by its first stack.
         let n = profiles.len();
-        let mut sites: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+        let mut keys: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut sites: HashMap<Vec<u32>, (u32, Vec<(u64, u64)>)> = HashMap::new();
         for (i, p) in profiles.iter().enumerate() {
             for &(stack, bytes, samples) in &p.sites {
-                let v = sites.entry(stack).or_insert_with(|| vec![(0, 0); n]);
+                let key = keys
+                    .entry(stack)
+                    .or_insert_with(|| site_key(ns, stack))
+                    .clone();
+                let (_, v) = sites.entry(key).or_insert_with(|| (stack, vec![(0, 0); n]));
                 v[i].0 += bytes;
                 v[i].1 += samples;
             }
@@ -115,7 +150,7 @@ pub fn suspects(
         let times: Vec<f64> = profiles.iter().map(|p| (p.t - start) / 1000.0).collect();
         let span = (times[n - 1] - times[0]).max(1e-9);
         let mut found = Vec::new();
-        for (stack, v) in sites {
+        for (_, (stack, v)) in sites {
             let samples_growth = v[n - 1].1 as i64 - v[0].1 as i64;
             if samples_growth < MIN_SAMPLES {
                 continue;
@@ -143,7 +178,7 @@ pub fn suspects(
             ));
         }
         for (slope, peak, stack) in found.into_iter().take(top) {
-            let frames = frames(ns, stack);
+            let frames = site_frames(ns, stack);
             if frames.is_empty() {
                 continue;
             }
@@ -230,5 +265,39 @@ mod tests {
         assert_eq!(found(&flat, (0.0, 7.1)), 0);
         // Only the exit profile beside two others: too few to judge.
         assert_eq!(found(&[(1.0, 2, false), (3.0, 7, false)], (0.0, 4.0)), 0);
+    }
+
+    /// Regression (CI's Node 24 leg): what one line of JS allocated came in
+    /// two stacks, through `String.prototype.repeat` (a builtin: no
+    /// script) and directly, each too few samples to be a suspect alone.
+    /// They are one site, named by the scripted frames.
+    #[test]
+    fn a_builtin_on_top_does_not_split_a_site() {
+        let mut ns = stream(&[]);
+        ns.heap_frames.push(HeapFrame {
+            id: 1,
+            function: "repeat".into(),
+            url: String::new(),
+            line: 0,
+            column: 0,
+        });
+        ns.heap_stacks.push(HeapStack {
+            id: 1,
+            frames: vec![1, 0],
+        });
+        ns.heap_profiles = (0..5)
+            .map(|k| HeapProfile {
+                t: k as f64 * 2000.0,
+                interval: 512 << 10,
+                sites: vec![(0, k << 19, k), (1, k << 19, k)],
+                exit: false,
+            })
+            .collect();
+        let rec = Recording::default();
+        let (found, _) = suspects(&rec, &[&ns], (0.0, 10.0), None, true, 5);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].frames[0].function, "remember");
+        // 4 MiB over 8 s, both stacks together.
+        assert!((found[0].bytes_per_s - 524288.0).abs() < 1.0, "{found:?}");
     }
 }

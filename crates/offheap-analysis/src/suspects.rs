@@ -46,6 +46,20 @@ pub fn is_backing_store(frames: &[Frame]) -> bool {
     })
 }
 
+/// Frames of V8 reserving its own heap's pages (new and old spaces, large
+/// objects, code): that memory is the V8 heap, measured by the V8 heap
+/// figures, and the JS that fills it is named by the js-heap suspects.
+pub fn is_v8_heap_pages(frames: &[Frame]) -> bool {
+    frames.iter().any(|f| {
+        let n = f.function.as_str();
+        f.kind != FrameKind::Js
+            && n.contains("v8::internal::")
+            && (n.contains("v8::internal::MemoryAllocator::")
+                || n.contains("v8::internal::VirtualMemory::")
+                || n.contains("v8::internal::CodeRange::"))
+    })
+}
+
 /// A suspect (rank 0: ranked later) from its frames, innermost first,
 /// allocator frames already collapsed.
 pub fn suspect(
