@@ -54,6 +54,9 @@ fn frames(ns: &NodeStream, stack: u32) -> Vec<Frame> {
         .collect()
 }
 
+/// A site's first stack, and its (bytes, samples) at each profile.
+type Site = (u32, Vec<(u64, u64)>);
+
 /// The frames of a heap stack that make it a site: without the builtins
 /// on top (`String.prototype.repeat`, `Array.prototype.push`: frames with
 /// no script), so that what one line of JS allocates is one site whether
@@ -135,7 +138,7 @@ pub fn suspects(
         // site named by its first stack.
         let n = profiles.len();
         let mut keys: HashMap<u32, Vec<u32>> = HashMap::new();
-        let mut sites: HashMap<Vec<u32>, (u32, Vec<(u64, u64)>)> = HashMap::new();
+        let mut sites: HashMap<Vec<u32>, Site> = HashMap::new();
         for (i, p) in profiles.iter().enumerate() {
             for &(stack, bytes, samples) in &p.sites {
                 let key = keys
