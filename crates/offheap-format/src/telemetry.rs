@@ -146,6 +146,9 @@ pub enum NodeRecord {
     Note(NodeNote),
     /// The agent stopped (detach, exit, or offheap gone).
     Bye(NodeBye),
+    /// The process is exiting: the agent's own exit work (a full GC, the
+    /// last heap profile, perhaps the end snapshot) starts now.
+    Exiting(NodeExiting),
     /// A record type this version does not know (a newer agent): skipped.
     #[serde(other)]
     Unknown,
@@ -235,6 +238,12 @@ pub struct NodeAck {
 pub struct NodeNote {
     pub t: f64,
     pub text: String,
+}
+
+/// `exiting`: the process's `exit` event reached the agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeExiting {
+    pub t: f64,
 }
 
 /// `bye`: the agent's last record.
@@ -385,6 +394,7 @@ impl NodeStream {
             NodeRecord::Ack(a) => self.acks.push(a),
             NodeRecord::Note(n) => self.notes.push(n),
             NodeRecord::Bye(b) => self.bye = Some(b),
+            NodeRecord::Exiting(_) => {}
             NodeRecord::Unknown => {}
         }
     }

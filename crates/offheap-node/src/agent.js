@@ -602,6 +602,8 @@
     // bounded time. The process is already exiting with its own code:
     // nothing observable to the program changes.
     function exitSample() {
+      // The CLI holds back its SIGTERM while the process is exiting.
+      try { record({ type: 'exiting', t: nowMs() }); flush(); } catch (_) { /* ignore */ }
       try {
         // Skipped for very large heaps, where a full GC would delay the exit noticeably.
         if (isMain && cfg.mode !== 'attach' && memoryUsage().heapUsed < 1024 * 1024 * 1024) fullGc();

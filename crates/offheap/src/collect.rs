@@ -180,6 +180,8 @@ struct NodeTail {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
+    /// The agent wrote `exiting`: the process is on its way out.
+    exiting: bool,
 }
 
 impl NodeTail {
@@ -200,6 +202,7 @@ impl NodeTail {
                     acks.extend(a.id);
                 }
                 Ok(NodeRecord::Bye(_)) => *bye = true,
+                Ok(NodeRecord::Exiting(_)) => self.exiting = true,
                 _ => {}
             }
         }
@@ -280,6 +283,12 @@ impl Collector {
             }
         }
         pids
+    }
+
+    /// The target's main-thread JS agent saw the process's `exit` event:
+    /// it is exiting, perhaps still busy with the agent's exit work.
+    pub fn target_exiting(&self) -> bool {
+        self.node_tail.as_ref().is_some_and(|t| t.exiting)
     }
 
     /// Reads what the target's JS agent wrote since the last look (acks
@@ -422,6 +431,7 @@ impl Collector {
                     path,
                     offset: 0,
                     partial: Vec::new(),
+                    exiting: false,
                 });
             }
         }

@@ -60,8 +60,15 @@ pub const SNAPSHOT_BUDGET: Duration = Duration::from_secs(30);
 pub struct Snapshots {
     enabled: bool,
     started: bool,
+    /// The start snapshot's request.
+    start_id: Option<u64>,
+    /// The end snapshot was decided on (asked for, or not needed): once.
+    end_decided: bool,
     /// The end snapshot's request, and when it was sent.
     end: Option<(u64, Instant)>,
+    /// The end snapshot's request after its budget ran out: the target may
+    /// still be taking it.
+    end_overdue: Option<u64>,
     pub notes: Vec<String>,
 }
 
@@ -70,7 +77,10 @@ impl Snapshots {
         Snapshots {
             enabled,
             started: false,
+            start_id: None,
+            end_decided: false,
             end: None,
+            end_overdue: None,
             notes: Vec::new(),
         }
     }
@@ -82,7 +92,8 @@ impl Snapshots {
         }
         self.started = true;
         let req = serde_json::json!({"name": "start", "file": layout::START_SNAPSHOT});
-        if control.send(pid, "snapshot", req).is_none() {
+        self.start_id = control.send(pid, "snapshot", req);
+        if self.start_id.is_none() {
             self.notes
                 .push("no heap snapshots: cannot write the request into the recording".into());
         }
@@ -91,9 +102,10 @@ impl Snapshots {
     /// Before the target is stopped: asks for the end snapshot if the
     /// verdict so far calls for one. True if one was requested.
     pub fn request_end(&mut self, control: &mut Control, pid: u32, dir: &Path) -> bool {
-        if !self.enabled || !self.started || self.end.is_some() {
+        if !self.enabled || !self.started || self.end_decided {
             return false;
         }
+        self.end_decided = true;
         if !heap_grows(dir) {
             self.notes.push(
                 "no end heap snapshot: neither the JS heap, external memory nor native memory grows"
@@ -124,10 +136,24 @@ impl Snapshots {
                 "the end heap snapshot took more than {} s: the target was stopped without waiting for it",
                 SNAPSHOT_BUDGET.as_secs()
             ));
+            self.end_overdue = Some(id);
             self.end = None;
             return false;
         }
         true
+    }
+
+    /// True while the target may be busy with a snapshot offheap asked for
+    /// (the start one, or an end one past its budget): a signal sent to
+    /// stop it waits until the snapshot is written, and its grace with it.
+    pub fn in_flight(&self, c: &Collector) -> bool {
+        // Only a JS agent that runs answers (it acks every request, done or
+        // failed); without one nothing is being written.
+        if c.agent_gone || c.last_node.is_none() {
+            return false;
+        }
+        let pending = |id: Option<u64>| id.is_some_and(|id| !c.acks.contains(&id));
+        pending(self.start_id) || pending(self.end_overdue) || pending(self.end.map(|e| e.0))
     }
 
     /// After the run: notes on what could not be taken.

@@ -106,6 +106,8 @@ pub fn record(
     let mut next_poll = start;
     // Launched: when the stop began, and the signals sent so far.
     let mut stopping: Option<(Instant, u8)> = None;
+    // The grace was held back while a snapshot was being written.
+    let mut held = false;
     // The recording is to end (duration, or a signal under attach); the
     // end snapshot may still be on its way.
     let mut ending = false;
@@ -188,6 +190,25 @@ pub fn record(
                 }
                 Target::Attached { .. } => break,
             }
+        }
+        // A target busy writing a snapshot offheap asked for handles the
+        // stop signal only afterwards: its grace starts then (up to a bound),
+        // so that watching it never turns its clean exit into a SIGTERM.
+        // Likewise a target already exiting (its `exit` event reached the
+        // JS agent, whose exit work, a full GC and the last heap profile or
+        // snapshot, takes seconds on a large heap).
+        if let Some((since, sent)) = stopping
+            && sent == 1
+            && (snapshots.in_flight(&collector) || collector.target_exiting())
+            && now.duration_since(since) < 2 * crate::heap::SNAPSHOT_BUDGET
+        {
+            if !held {
+                held = true;
+                snapshots.notes.push(
+                    "the stop signal reached the target while it wrote a heap snapshot or was exiting: SIGTERM waited until it was done (at most 60 s)".into(),
+                );
+            }
+            stopping = Some((now, sent));
         }
         if let (Some((since, sent)), Target::Launched { grace, .. }) = (stopping, &*target)
             && now.duration_since(since) >= *grace

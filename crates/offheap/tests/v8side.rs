@@ -385,3 +385,35 @@ fn snapshots_never_stall_the_recording_or_the_duration() {
         s["heap"]
     );
 }
+
+/// Regression (CI, `tls_contexts_in_an_array_are_tied_to_the_array`, exit
+/// 143 under load): a target that exits cleanly on SIGINT was SIGTERMed
+/// because the JS agent's exit work (a full GC, the last heap profile, the
+/// end snapshot) on its large heap outlasted `--grace`. SIGTERM now waits
+/// while the target is exiting or writing a snapshot offheap asked for.
+#[test]
+fn a_target_busy_exiting_or_snapshotting_is_not_sigtermed_by_the_grace() {
+    let sb = Sandbox::new();
+    sb.write(
+        "big.js",
+        "const keep = (globalThis.keep = []);\n\
+         for (let i = 0; i < 300000; i++) keep.push({ i, s: 'v' + i });\n\
+         setInterval(() => {}, 100);\n\
+         process.on('SIGINT', () => { require('fs').writeFileSync('done.txt', 'ok'); process.exit(0); });\n",
+    );
+    let out = sb.run(
+        "rec",
+        &["--snapshots", "--duration", "2s", "--grace", "100ms"],
+        &["node", "big.js"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.path("done.txt")).ok().as_deref(),
+        Some("ok"),
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let end: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.path("rec/end.json")).unwrap()).unwrap();
+    assert_eq!(end["exit_code"], 0, "{end}");
+    assert!(end["signal"].is_null(), "{end}");
+}
