@@ -302,9 +302,14 @@ fn end_ledger<'a>(name: &str, s: &'a Value) -> Result<&'a Value, String> {
     Ok(l)
 }
 
-/// The demo's native live figure may exceed its RSS only with the ledger
-/// saying why: blocks allocated but not resident, in the `allocated` of
-/// the native parts, for at least half the excess.
+/// The demo's native live figure (the agent's: allocated bytes) may exceed
+/// its RSS only with the ledger saying why: at the end of the window its
+/// native parts give their allocated bytes beside the resident ones (blocks
+/// malloc'd and never touched, Buffer stores counted once, inside malloc's
+/// blocks), of the same order as the native live figure, and the closing
+/// table prints them. (The peaks are not compared with the ledger's own
+/// figures: they come from other moments, and VmRSS from a read before
+/// the ledger's.)
 fn demo_native_live_is_explained(s: &Value, text: &str) -> Result<(), String> {
     let (live, rss) = (
         s["peak"]["native_live"].as_f64().unwrap_or(0.0),
@@ -320,12 +325,16 @@ fn demo_native_live_is_explained(s: &Value, text: &str) -> Result<(), String> {
         resident += r;
         allocated += l["allocated"][p].as_f64().unwrap_or(r);
     }
-    if allocated - resident < 0.5 * (live - rss) {
+    if l["allocated"]["native_malloc"].is_null()
+        || allocated <= 1.01 * resident
+        || allocated < 0.6 * live
+    {
         return Err(format!(
-            "demo: native live peaked at {:.0} MiB, over RSS {:.0} MiB, and the ledger's native parts show only {:.0} MiB allocated but not resident: {l}",
+            "demo: native live peaked at {:.0} MiB, over RSS {:.0} MiB, and the ledger's native parts say {:.0} MiB allocated, {:.0} MiB resident: {l}",
             live / MIB,
             rss / MIB,
-            (allocated - resident) / MIB
+            allocated / MIB,
+            resident / MIB
         ));
     }
     if !text
