@@ -676,6 +676,11 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
         }
         None => Default::default(),
     };
+    // The caller of each anonymous-mmap stack, for the ledger's split of
+    // its `anon_mmap` part (taken before the profile consumes the frames).
+    let mmap_callers = native
+        .map(|n| mmap_callers(n, &frames_of))
+        .unwrap_or_default();
     let instrumentation: HashSet<u32> = frames_of
         .iter()
         .filter(|(_, frames)| frames.iter().any(crate::suspects::is_instrumentation))
@@ -916,7 +921,7 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
     };
     // Nothing after the judged end is mixed into a moment before it.
     let cut_ms = judged.as_ref().map(|j| start + j.duration * 1000.0);
-    let ledger = ledgers(p, start, cut_ms);
+    let ledger = ledgers(p, start, cut_ms, &mmap_callers);
     // The end of the window, and before the native agent's final snapshot
     // (which describes teardown: an interpreter that frees everything on
     // its way out).
@@ -924,7 +929,11 @@ fn analyze_process(rec: &Recording, p: &ProcStreams, opts: &Options) -> Analysed
         .filter(|n| n.snapshot_times_ms.len() > 3)
         .and_then(|n| n.snapshot_times_ms.iter().rev().nth(1))
         .map(|&t| rel(t, start));
-    let judged_end = native_final.map_or(judged_tl.duration, |t| t.min(judged_tl.duration));
+    // And not after a Node process's `exit` event (see `node_exit_ms`).
+    let judged_end = [native_final, node_exit_ms(p).map(|t| rel(t, start))]
+        .into_iter()
+        .flatten()
+        .fold(judged_tl.duration, f64::min);
     let rss_ledger = ledger
         .iter()
         .rev()
@@ -989,43 +998,148 @@ fn interpolate(
     m
 }
 
+/// A native agent's figure at a smaps read, from the snapshots before (`x`)
+/// and after (`y`) it, `f` of the way between them. A rise is spread
+/// between the snapshots; a fall is taken at the later one. When the memory
+/// went is unknown, and the mappings read before it may still hold it: a
+/// fall spread back over the interval (an interpreter's teardown, taken by
+/// the last periodic snapshot before the final one) would leave pages that
+/// were still mapped unexplained.
+fn between_snapshots(x: u64, y: u64, f: f64) -> u64 {
+    if y < x {
+        x
+    } else {
+        x + ((y - x) as f64 * f.clamp(0.0, 1.0)) as u64
+    }
+}
+
+/// Unix ms at which a Node process's `exit` event began, if it exited:
+/// the forced full GC the JS agent runs first in its exit handler (after
+/// the last periodic record), else the agent's `bye`. From then on the
+/// process is no longer the program's: offheap's exit GC maps fresh V8
+/// pages that no record describes, and then Node tears its environment
+/// down, giving back to the allocator what its handles held (zlib streams,
+/// sockets) while the native agent may still take a periodic snapshot.
+fn node_exit_ms(p: &ProcStreams) -> Option<f64> {
+    let n = p.main_node?;
+    let bye = n.bye.as_ref().map(|b| b.t).filter(|t| t.is_finite())?;
+    // The exit handler's GC: the first forced one after the last periodic
+    // record (the one before the handler's own).
+    let periodic = n
+        .mem
+        .len()
+        .checked_sub(2)
+        .map_or(f64::NEG_INFINITY, |k| n.mem[k].t);
+    let gc =
+        n.gc.iter()
+            .find(|g| g.forced() && g.t >= periodic && g.t <= bye)
+            .map(|g| g.t);
+    Some(gc.unwrap_or(bye))
+}
+
+/// The callers of the anonymous mmaps: a name for each of the stacks
+/// (`function (module)`, the owner of its frames with the allocator's
+/// collapsed, as a suspect would name it), and each mmap stack's index
+/// among those names. A stack that was not symbolized is an unknown caller.
+#[derive(Default)]
+struct MmapCallers {
+    names: Vec<String>,
+    of_stack: HashMap<u32, usize>,
+}
+
+fn mmap_callers(n: &NativeStream, frames_of: &HashMap<u32, Vec<Frame>>) -> MmapCallers {
+    let mut c = MmapCallers::default();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for s in &n.series {
+        if n.stacks
+            .get(s.stack as usize)
+            .is_none_or(|st| st.kind != AllocKind::Mmap)
+            || c.of_stack.contains_key(&s.stack)
+        {
+            continue;
+        }
+        let name = match frames_of.get(&s.stack).filter(|f| !f.is_empty()) {
+            Some(frames) => {
+                let frames = crate::suspects::collapse_allocator(frames.clone());
+                let (module, function) = crate::suspects::owner(&frames);
+                let module = module.rsplit('/').next().unwrap_or(&module).to_string();
+                match (function.trim(), module.is_empty()) {
+                    ("", true) => "unknown caller".to_string(),
+                    ("", false) => format!("? ({module})"),
+                    (f, true) => f.to_string(),
+                    (f, false) => format!("{f} ({module})"),
+                }
+            }
+            None => "unknown caller".to_string(),
+        };
+        let k = *index.entry(name.clone()).or_insert_with(|| {
+            c.names.push(name);
+            c.names.len() - 1
+        });
+        c.of_stack.insert(s.stack, k);
+    }
+    c
+}
+
 /// The RSS ledger at every `/proc` sample that read the mappings, each
 /// beside the latest figures of every isolate and the allocator's state of
 /// the nearest native snapshot.
-fn ledgers(p: &ProcStreams, start: f64, cut_ms: Option<f64>) -> Vec<crate::ledger::Ledger> {
+fn ledgers(
+    p: &ProcStreams,
+    start: f64,
+    cut_ms: Option<f64>,
+    callers: &MmapCallers,
+) -> Vec<crate::ledger::Ledger> {
     let mut out = Vec::new();
-    // Live sampled bytes of anonymous mmaps at each native snapshot.
-    let mmap_live: Vec<u64> = p.native.map_or_else(Vec::new, |n| {
-        let mut live = vec![0u64; n.snapshot_times_ms.len()];
-        for s in &n.series {
-            if n.stacks
-                .get(s.stack as usize)
-                .is_none_or(|st| st.kind != AllocKind::Mmap)
-            {
-                continue;
-            }
-            for (k, &(idx, c)) in s.points.iter().enumerate() {
-                let next = s.points.get(k + 1).map_or(live.len(), |p| p.0 as usize);
-                for v in live.iter_mut().take(next).skip(idx as usize) {
-                    *v += c.live_bytes;
+    let exit_ms = node_exit_ms(p);
+    // Live sampled bytes of anonymous mmaps at each native snapshot, in
+    // all and by caller.
+    let (mmap_live, mmap_by_caller): (Vec<u64>, Vec<Vec<u64>>) =
+        p.native.map_or_else(Default::default, |n| {
+            let snaps = n.snapshot_times_ms.len();
+            let mut live = vec![0u64; snaps];
+            let mut by = vec![vec![0u64; snaps]; callers.names.len()];
+            for s in &n.series {
+                if n.stacks
+                    .get(s.stack as usize)
+                    .is_none_or(|st| st.kind != AllocKind::Mmap)
+                {
+                    continue;
+                }
+                let caller = callers.of_stack.get(&s.stack).copied();
+                for (k, &(idx, c)) in s.points.iter().enumerate() {
+                    let next = s.points.get(k + 1).map_or(snaps, |p| p.0 as usize);
+                    for i in (idx as usize)..next.min(snaps) {
+                        live[i] += c.live_bytes;
+                        if let Some(b) = caller {
+                            by[b][i] += c.live_bytes;
+                        }
+                    }
                 }
             }
-        }
-        live
-    });
+            (live, by)
+        });
     for s in &p.proc {
         let (Some(maps), Some(rss)) = (s.maps.as_ref(), s.rss()) else {
             continue;
         };
-        // Records after this moment that may be used to interpolate.
-        let horizon = cut_ms.filter(|&c| s.t <= c).unwrap_or(f64::INFINITY);
-        // Once a source has written its last record (the process is
-        // exiting, its heap and arenas going), nothing explains the
-        // mappings any more: no ledger.
+        // Records after this moment that may be used to interpolate: none
+        // after the judged end or after a Node process's `exit` event
+        // (teardown: a snapshot then has the allocator holding what the
+        // handles freed), for a moment before them.
+        let horizon = [cut_ms, exit_ms]
+            .into_iter()
+            .flatten()
+            .filter(|&c| s.t <= c)
+            .fold(f64::INFINITY, f64::min);
+        // Once a source has written its last record, or a Node process's
+        // `exit` event has begun (the process is exiting, its heap and
+        // arenas going), nothing explains the mappings any more: no ledger.
         let js_over = p
             .main_node
             .and_then(|n| n.mem.last())
-            .is_some_and(|m| s.t > m.t + 20.0);
+            .is_some_and(|m| s.t > m.t + 20.0)
+            || exit_ms.is_some_and(|e| s.t > e);
         let native_over = p
             .native
             .and_then(|n| n.snapshot_times_ms.last())
@@ -1036,15 +1150,26 @@ fn ledgers(p: &ProcStreams, start: f64, cut_ms: Option<f64>) -> Vec<crate::ledge
         // Each isolate's figures at the moment of the read: between the
         // records before and after it, interpolated (a heap that grows fast
         // moves by a MiB in an interval). Not towards the stream's last
-        // record, which follows the exit's GC that the mappings did not see.
+        // record, which follows the exit's GC that the mappings did not see,
+        // unless it is the main isolate's exit record and the moment came
+        // before the exit began: V8's spaces then take the larger figure,
+        // and a GC since the last periodic record (a heap-profile read's)
+        // may have mapped pages that only the exit record describes.
         let latest: Vec<offheap_format::NodeMem> = p
             .isolates
             .iter()
             .filter_map(|iso| {
                 let k = iso.mem.partition_point(|m| m.t <= s.t);
                 let a = iso.mem.get(k.checked_sub(1)?)?;
+                let last = k + 1 == iso.mem.len();
+                let exit_record =
+                    last && exit_ms.is_some() && p.main_node.is_some_and(|m| std::ptr::eq(m, *iso));
+                let within = |t: f64| {
+                    t <= horizon
+                        || (exit_record && cut_ms.filter(|&c| s.t <= c).is_none_or(|c| t <= c))
+                };
                 match iso.mem.get(k) {
-                    Some(b) if k + 1 < iso.mem.len() && b.t - a.t <= 2000.0 && b.t <= horizon => {
+                    Some(b) if (!last || exit_record) && b.t - a.t <= 2000.0 && within(b.t) => {
                         Some(interpolate(a, b, s.t))
                     }
                     _ => Some(a.clone()),
@@ -1056,53 +1181,65 @@ fn ledgers(p: &ProcStreams, start: f64, cut_ms: Option<f64>) -> Vec<crate::ledge
         // the snapshots around it (within 2 s) that have them: the
         // allocator's state is read by periodic snapshots only. Never
         // towards the final snapshot, which follows teardown.
-        let (allocator, mmap_live) = p.native.map_or((None, None), |n| {
-            let times = &n.snapshot_times_ms;
-            let last = times.len().saturating_sub(1);
-            let around = |ok: &dyn Fn(usize) -> bool| {
-                let k = times.partition_point(|&t| t <= s.t);
-                let before = (0..k)
-                    .rev()
-                    .find(|&i| ok(i))
-                    .filter(|&i| s.t - times[i] <= 2000.0);
-                let after = (k..last)
-                    .find(|&i| ok(i))
-                    .filter(|&i| times[i] - s.t <= 2000.0 && times[i] <= horizon);
-                match (before, after) {
-                    (Some(a), Some(b)) => {
-                        Some((a, b, (s.t - times[a]) / (times[b] - times[a]).max(1e-9)))
+        let (allocator, mmap_live, live_by_caller) =
+            p.native.map_or((None, None, Vec::new()), |n| {
+                let times = &n.snapshot_times_ms;
+                let last = times.len().saturating_sub(1);
+                let around = |ok: &dyn Fn(usize) -> bool| {
+                    let k = times.partition_point(|&t| t <= s.t);
+                    let before = (0..k)
+                        .rev()
+                        .find(|&i| ok(i))
+                        .filter(|&i| s.t - times[i] <= 2000.0);
+                    let after = (k..last)
+                        .find(|&i| ok(i))
+                        .filter(|&i| times[i] - s.t <= 2000.0 && times[i] <= horizon);
+                    match (before, after) {
+                        (Some(a), Some(b)) => {
+                            Some((a, b, (s.t - times[a]) / (times[b] - times[a]).max(1e-9)))
+                        }
+                        (Some(a), None) => Some((a, a, 0.0)),
+                        (None, Some(b)) => Some((b, b, 0.0)),
+                        (None, None) => None,
                     }
-                    (Some(a), None) => Some((a, a, 0.0)),
-                    (None, Some(b)) => Some((b, b, 0.0)),
-                    (None, None) => None,
-                }
-            };
-            let mix =
-                |x: u64, y: u64, f: f64| (x as f64 + (y as f64 - x as f64) * f).max(0.0) as u64;
-            let a = around(&|i| n.allocator.get(i).is_some_and(|a| a.is_some())).and_then(
-                |(i, j, f)| {
-                    let (x, y) = (n.allocator[i]?, n.allocator[j]?);
-                    Some(AllocatorStats {
-                        in_use_bytes: mix(x.in_use_bytes, y.in_use_bytes, f),
-                        mmapped_bytes: mix(x.mmapped_bytes, y.mmapped_bytes, f),
-                        agent_mapped_bytes: mix(x.agent_mapped_bytes, y.agent_mapped_bytes, f),
-                        free_bytes: mix(x.free_bytes, y.free_bytes, f),
-                        ..x
+                };
+                let mix = between_snapshots;
+                let a = around(&|i| n.allocator.get(i).is_some_and(|a| a.is_some())).and_then(
+                    |(i, j, f)| {
+                        let (x, y) = (n.allocator[i]?, n.allocator[j]?);
+                        Some(AllocatorStats {
+                            in_use_bytes: mix(x.in_use_bytes, y.in_use_bytes, f),
+                            mmapped_bytes: mix(x.mmapped_bytes, y.mmapped_bytes, f),
+                            agent_mapped_bytes: mix(x.agent_mapped_bytes, y.agent_mapped_bytes, f),
+                            free_bytes: mix(x.free_bytes, y.free_bytes, f),
+                            ..x
+                        })
+                    },
+                );
+                let at = around(&|i| i < mmap_live.len());
+                let m = at.map(|(i, j, f)| mix(mmap_live[i], mmap_live[j], f));
+                let by: Vec<(String, u64)> = at
+                    .map(|(i, j, f)| {
+                        callers
+                            .names
+                            .iter()
+                            .zip(&mmap_by_caller)
+                            .map(|(name, v)| (name.clone(), mix(v[i], v[j], f)))
+                            .collect()
                     })
-                },
-            );
-            let m = around(&|i| i < mmap_live.len())
-                .map(|(i, j, f)| mix(mmap_live[i], mmap_live[j], f));
-            (a, m)
-        });
-        out.push(crate::ledger::build(&crate::ledger::Inputs {
+                    .unwrap_or_default();
+                (a, m, by)
+            });
+        let mut l = crate::ledger::build(&crate::ledger::Inputs {
             at_s: rel(s.t, start),
             rss,
             maps,
             isolates: &latest,
             allocator,
             mmap_live,
-        }));
+        });
+        l.split_anon_mmap(&live_by_caller);
+        out.push(l);
     }
     out
 }
@@ -1414,6 +1551,15 @@ mod tests {
     /// snapshot, which for a Node server stopped gracefully (the demo) came
     /// after its exit had freed what leaked: "+26 MiB/s, live 0 B in 0
     /// allocations". Suspects now carry the peak of the window.
+    /// Between two native snapshots, a rise is spread and a fall waits
+    /// for the later snapshot.
+    #[test]
+    fn a_fall_between_snapshots_is_taken_at_the_later_one() {
+        assert_eq!(between_snapshots(100, 200, 0.25), 125);
+        assert_eq!(between_snapshots(200, 100, 0.9), 200);
+        assert_eq!(between_snapshots(7, 7, 0.5), 7);
+    }
+
     #[test]
     fn figures_keep_the_peak_live_bytes_of_the_window() {
         let mut n = NativeStream {

@@ -122,7 +122,8 @@ impl Part {
 pub struct Ledger {
     /// Seconds since the recording started.
     pub at_s: f64,
-    /// VmRSS at that moment.
+    /// RSS at that moment: the resident total of the smaps read the parts
+    /// come from (VmRSS as that read saw it).
     pub rss: u64,
     /// Resident bytes by part; parts that hold nothing are left out.
     pub parts: BTreeMap<Part, u64>,
@@ -132,18 +133,85 @@ pub struct Ledger {
     /// more than 1% (blocks never touched, committed V8 pages).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub allocated: BTreeMap<Part, u64>,
+    /// The `anon_mmap` part split by the caller the native agent saw
+    /// mapping the memory ("function (module)"): the largest
+    /// [`MAX_CALLERS`], then [`OTHER_CALLERS`]. Resident bytes that add up
+    /// to the part exactly: each caller's sampled live bytes, scaled to it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub anon_mmap_by_caller: BTreeMap<String, u64>,
 }
+
+/// How many callers `anon_mmap_by_caller` names before the rest go
+/// together.
+pub const MAX_CALLERS: usize = 8;
+/// The name of the callers past [`MAX_CALLERS`] in `anon_mmap_by_caller`.
+pub const OTHER_CALLERS: &str = "other callers";
 
 impl Ledger {
     pub fn part(&self, p: Part) -> u64 {
         self.parts.get(&p).copied().unwrap_or(0)
+    }
+
+    /// Splits the `anon_mmap` part by caller, from the sampled live bytes
+    /// of each caller's mmaps at this moment: the largest [`MAX_CALLERS`]
+    /// by name and the rest as [`OTHER_CALLERS`], each given its share of
+    /// the part's resident bytes (largest remainders, so the split adds up
+    /// to the part exactly). A part with no live caller to share it is all
+    /// [`OTHER_CALLERS`]; an empty part has no split.
+    pub fn split_anon_mmap(&mut self, live_by_caller: &[(String, u64)]) {
+        self.anon_mmap_by_caller.clear();
+        let total = self.part(Part::AnonMmap);
+        if total == 0 {
+            return;
+        }
+        let mut live: Vec<(&str, u64)> = live_by_caller
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(c, v)| (c.as_str(), *v))
+            .collect();
+        live.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        if live.len() > MAX_CALLERS {
+            let rest: u64 = live[MAX_CALLERS..].iter().map(|(_, v)| v).sum();
+            live.truncate(MAX_CALLERS);
+            live.push((OTHER_CALLERS, rest));
+        }
+        let weight: u128 = live.iter().map(|(_, v)| *v as u128).sum();
+        if weight == 0 {
+            self.anon_mmap_by_caller
+                .insert(OTHER_CALLERS.to_string(), total);
+            return;
+        }
+        // Floors first, then one byte each to the largest remainders.
+        let mut shares: Vec<(&str, u64, u128)> = live
+            .iter()
+            .map(|(c, v)| {
+                let x = total as u128 * *v as u128;
+                (*c, (x / weight) as u64, x % weight)
+            })
+            .collect();
+        let mut left = total - shares.iter().map(|s| s.1).sum::<u64>();
+        let mut order: Vec<usize> = (0..shares.len()).collect();
+        order.sort_by(|&a, &b| shares[b].2.cmp(&shares[a].2).then(a.cmp(&b)));
+        for k in order {
+            if left == 0 {
+                break;
+            }
+            shares[k].1 += 1;
+            left -= 1;
+        }
+        for (c, v, _) in shares {
+            if v > 0 {
+                *self.anon_mmap_by_caller.entry(c.to_string()).or_default() += v;
+            }
+        }
     }
 }
 
 /// What a ledger is built from, at one moment.
 pub struct Inputs<'a> {
     pub at_s: f64,
-    /// VmRSS from the same `/proc` sample as `maps`.
+    /// VmRSS from the same `/proc` sample as `maps`: the ledger's RSS
+    /// when `maps` has no resident total (else that total is).
     pub rss: u64,
     pub maps: &'a MapClasses,
     /// The latest memory figures of each isolate of the process.
@@ -260,13 +328,20 @@ pub fn build(i: &Inputs) -> Ledger {
         }
     }
 
+    // The RSS the parts are shares of: the resident total of the smaps
+    // read they come from. VmRSS, read a moment before it, runs behind a
+    // target that grows fast while a slow read walks its mappings (a
+    // loaded machine: 34 MiB in one read of a leaking server), which
+    // would read as parts adding up to more than RSS.
+    let rss = if m.rss > 0 { m.rss } else { i.rss };
     let sum: u64 = parts.values().sum();
     Ledger {
         at_s: i.at_s,
-        rss: i.rss,
+        rss,
         parts,
-        unexplained: i.rss as i64 - sum as i64,
+        unexplained: rss as i64 - sum as i64,
         allocated,
+        anon_mmap_by_caller: BTreeMap::new(),
     }
 }
 
@@ -463,7 +538,9 @@ mod tests {
         assert_eq!(l.part(Part::MallocUnsplit), 40 * MIB);
         assert_eq!(l.part(Part::NativeMalloc), 0);
         // Nothing claims the anonymous mappings: unexplained, not guessed.
-        assert_eq!(l.unexplained, 12 * MIB as i64);
+        // The RSS is the smaps read's (VmRSS, read before it, said 52 MiB).
+        assert_eq!(l.rss, 50 * MIB);
+        assert_eq!(l.unexplained, 10 * MIB as i64);
     }
 
     /// V8 claims more than the mappings hold: the parts never exceed them.
@@ -486,5 +563,47 @@ mod tests {
         assert_eq!(l.part(Part::V8Old), 10 * MIB);
         assert_eq!(l.allocated[&Part::V8Old], 30_000_000);
         assert_eq!(l.unexplained, 0);
+    }
+
+    /// The split by caller adds up to the part exactly, names the largest
+    /// callers, and puts the rest together.
+    #[test]
+    fn anon_mmaps_split_by_caller() {
+        let mut l = Ledger {
+            parts: BTreeMap::from([(Part::AnonMmap, 1000)]),
+            ..Default::default()
+        };
+        l.split_anon_mmap(&[
+            ("a (x)".into(), 3),
+            ("b (x)".into(), 1),
+            ("c (x)".into(), 0),
+        ]);
+        assert_eq!(
+            l.anon_mmap_by_caller,
+            BTreeMap::from([("a (x)".into(), 750), ("b (x)".into(), 250)])
+        );
+        // Thirds: the remainders go one byte each, the sum stays exact.
+        l.split_anon_mmap(&[("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]);
+        assert_eq!(l.anon_mmap_by_caller.values().sum::<u64>(), 1000);
+        assert!(
+            l.anon_mmap_by_caller
+                .values()
+                .all(|&v| v == 333 || v == 334)
+        );
+        let many: Vec<(String, u64)> = (0..12).map(|k| (format!("f{k:02}"), 100 - k)).collect();
+        l.split_anon_mmap(&many);
+        assert_eq!(l.anon_mmap_by_caller.len(), MAX_CALLERS + 1);
+        assert!(l.anon_mmap_by_caller.contains_key(OTHER_CALLERS));
+        assert!(!l.anon_mmap_by_caller.contains_key("f08"));
+        assert_eq!(l.anon_mmap_by_caller.values().sum::<u64>(), 1000);
+        // Nothing live to share it by: all "other callers"; no part, no split.
+        l.split_anon_mmap(&[]);
+        assert_eq!(
+            l.anon_mmap_by_caller,
+            BTreeMap::from([(OTHER_CALLERS.into(), 1000)])
+        );
+        l.parts.clear();
+        l.split_anon_mmap(&many);
+        assert!(l.anon_mmap_by_caller.is_empty());
     }
 }

@@ -388,17 +388,57 @@ fn ledger(o: &mut String, m: &Model) {
     let u = end.unexplained;
     let _ = write!(
         o,
-        "<tr><td>unexplained</td><td>{}{}</td><td>{:.1}%</td><td></td></tr></tbody></table>\
-         <p class=\"muted\">At {}: RSS {}. Residency comes from /proc/PID/smaps; the split inside the allocator's \
-         regions from mallinfo2 and inside the other anonymous mappings from V8's heap statistics and the mmaps \
-         offheap's agent saw. See docs/FORMAT.md.</p></section>",
+        "<tr><td>unexplained</td><td>{}{}</td><td>{:.1}%</td><td></td></tr></tbody></table>",
         if u < 0 { "-" } else { "" },
         esc(&format::bytes(u.unsigned_abs())),
         pct(u as f64),
+    );
+    anon_mmap_callers(o, end);
+    let _ = write!(
+        o,
+        "<p class=\"muted\">At {}: RSS {}. Residency comes from /proc/PID/smaps; the split inside the allocator's \
+         regions from mallinfo2 and inside the other anonymous mappings from V8's heap statistics and the mmaps \
+         offheap's agent saw. See docs/FORMAT.md.</p></section>",
         esc(&format::seconds(end.at_s)),
         esc(&format::bytes(end.rss)),
     );
     o.push('\n');
+}
+
+/// The `anon_mmap` part by the caller that mapped it: a small table under
+/// the ledger's, largest first.
+fn anon_mmap_callers(o: &mut String, end: &offheap_analysis::ledger::Ledger) {
+    use offheap_analysis::ledger::Part;
+    if end.anon_mmap_by_caller.is_empty() {
+        return;
+    }
+    let part = end.part(Part::AnonMmap);
+    let mut callers: Vec<(&String, u64)> = end
+        .anon_mmap_by_caller
+        .iter()
+        .map(|(c, v)| (c, *v))
+        .collect();
+    callers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let _ = write!(
+        o,
+        "<table class=\"ledger callers\"><caption>{} by the caller that mapped them</caption>\
+         <thead><tr><th>caller</th><th>resident</th><th>of the part</th></tr></thead><tbody>",
+        esc(Part::AnonMmap.label())
+    );
+    for (c, v) in callers {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+            esc(c),
+            esc(&format::bytes(v)),
+            if part == 0 {
+                0.0
+            } else {
+                100.0 * v as f64 / part as f64
+            }
+        );
+    }
+    o.push_str("</tbody></table>");
 }
 
 // ---------------------------------------------------------------- charts

@@ -325,6 +325,9 @@ fn ledger_text(o: &mut String, l: &offheap_analysis::ledger::Ledger) {
             format::bytes(v),
             pct(v as f64)
         );
+        if p == offheap_analysis::ledger::Part::AnonMmap {
+            anon_mmap_callers(o, l, &pct);
+        }
     }
     if n_rest > 0 {
         let _ = writeln!(
@@ -347,6 +350,48 @@ fn ledger_text(o: &mut String, l: &offheap_analysis::ledger::Ledger) {
         ),
         pct(u as f64)
     );
+}
+
+/// The largest callers of the anonymous mmaps, under their part's row:
+/// three, then how many more.
+fn anon_mmap_callers(
+    o: &mut String,
+    l: &offheap_analysis::ledger::Ledger,
+    pct: &dyn Fn(f64) -> f64,
+) {
+    let mut callers: Vec<(&String, u64)> =
+        l.anon_mmap_by_caller.iter().map(|(c, v)| (c, *v)).collect();
+    callers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    for (c, v) in callers.iter().take(3) {
+        let _ = writeln!(
+            o,
+            "    {:<38}{:>11} {:>5.1}%",
+            t(&ellipsize(c, 38)),
+            format::bytes(*v),
+            pct(*v as f64)
+        );
+    }
+    if callers.len() > 3 {
+        let rest: u64 = callers[3..].iter().map(|(_, v)| v).sum();
+        let _ = writeln!(
+            o,
+            "    {:<38}{:>11} {:>5.1}%",
+            format!("{} more callers", callers.len() - 3),
+            format::bytes(rest),
+            pct(rest as f64)
+        );
+    }
+}
+
+/// `s` cut to `n` characters, the cut marked with `...`.
+fn ellipsize(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut o: String = s.chars().take(n.saturating_sub(3)).collect();
+        o.push_str("...");
+        o
+    }
 }
 
 /// `handle (server.js:28)`.
