@@ -6,7 +6,8 @@
 //! - [`svg`]: `flamegraph.svg`, an interactive flame graph of live bytes;
 //! - [`folded`]: `stacks.folded`, collapsed stacks for flamegraph.pl, inferno, speedscope;
 //! - [`pprof`]: `profile.pb.gz`, a gzipped pprof profile (`go tool pprof`);
-//! - [`text`]: the terminal verdict with suspects, and a `jeprof --text`-like top list.
+//! - [`text`]: the terminal verdict with suspects, and a `jeprof --text`-like top list;
+//! - [`metrics`]: the verdict, growth rates and top suspects as Prometheus series (`--serve`'s `/metrics`).
 //!
 //! Every string that comes from the target (function names, paths) is escaped
 //! for the format it goes into; see [`escape`].
@@ -27,6 +28,7 @@ pub mod flame;
 pub mod folded;
 pub mod format;
 pub mod html;
+pub mod metrics;
 pub mod pprof;
 pub mod svg;
 pub mod text;

@@ -875,3 +875,51 @@ fn every_process_has_an_html_section() {
     assert!(html.contains("&lt;script&gt;alert(1)"));
     assert_eq!(html.matches("<details class=\"process\"").count(), 2);
 }
+
+// ------------------------------------------------------------------ metrics
+
+/// The analysed `/metrics` series of `--serve`: the top suspects labelled,
+/// a hostile function name escaped so that the line still parses, and
+/// promtool's lint clean (skipped with a note without promtool).
+#[test]
+fn metrics_series_of_the_model() {
+    let mut m = common::model();
+    m.suspects[0].function = "a\"quoted\\name\nnext".into();
+    let text = offheap_report::metrics::prometheus(&m);
+    assert!(
+        text.contains(r#"suspect="a\"quoted\\name\nnext""#),
+        "{text}"
+    );
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("offheap_suspect_live_bytes{"))
+        .collect();
+    assert_eq!(series.len(), m.suspects.len().min(10), "{text}");
+    assert!(series[0].contains("rank=\"1\""), "{text}");
+    assert!(text.contains("offheap_verdict{"), "{text}");
+    assert!(text.contains("series=\"rss\""), "{text}");
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = l.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{l}");
+        assert!(l.starts_with("offheap_") && l.contains("pid=\""), "{l}");
+    }
+    if Command::new("promtool").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
+        return;
+    }
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut c.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

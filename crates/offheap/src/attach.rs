@@ -46,6 +46,10 @@ fn inspector_error(e: impl std::fmt::Display) -> anyhow::Error {
 pub fn attach(args: AttachArgs) -> Result<u8> {
     let pid = args.pid;
     let rec = &args.record;
+    let bound = match rec.serve {
+        Some(addr) => Some(crate::serve::bind(addr, rec.quiet)?),
+        None => None,
+    };
     // Opening the inspector checks: running, same user, Node, loopback only.
     let mut insp = Inspector::open(pid, Duration::from_secs(10)).map_err(inspector_error)?;
     let dir = match outdir::create(rec.out.as_deref(), &comm(pid)) {
@@ -113,6 +117,7 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     let mut control = Control::new(&dir);
     let mut snapshots = Snapshots::new(rec.snapshots);
     let mut attached = Target::Attached { pid };
+    let serving = bound.map(|b| b.start(&dir, rec.min_age.as_secs_f64()));
     let end = session::record(
         &mut attached,
         &dir,
@@ -122,6 +127,7 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
         &mut snapshots,
         Duration::ZERO,
     )?;
+    drop(serving);
     snapshots.finish(&dir);
     let mut notes = vec![
         "attach mode: the native split (live native bytes by stack, allocator state) needs `offheap run`; the verdict rests on /proc and the V8 telemetry".into(),

@@ -90,6 +90,11 @@ pub struct RecordOpts {
     /// whose objects accumulate in the JS heap (Node targets; 0 turns it off).
     #[arg(long, default_value = "512KiB", value_parser = parse_size_or_zero)]
     pub heap_sample_interval: u64,
+    /// While recording, serve /metrics (Prometheus), /debug/pprof/heap (pprof), /summary.json and /
+    /// (the live report) over HTTP. PORT alone listens on 127.0.0.1; another address only when
+    /// named (0.0.0.0:PORT: every interface, unauthenticated).
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::serve::parse_addr)]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]

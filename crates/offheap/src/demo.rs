@@ -40,6 +40,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
             track_allocations: false,
             min_age: Duration::from_secs(3),
             heap_sample_interval: offheap_node::HEAP_SAMPLE_BYTES,
+            serve: None,
         },
         sample_interval: 512 * 1024,
         exact: false,

@@ -15,6 +15,7 @@ mod load;
 mod outdir;
 mod reporting;
 mod run;
+mod serve;
 mod session;
 mod signals;
 mod smaps;

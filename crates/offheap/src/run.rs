@@ -272,6 +272,12 @@ pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
             }
             Linkage::NotElf => true,
         };
+    // Bound before anything is created or started: a port in use is an
+    // error with nothing left behind.
+    let bound = match args.record.serve {
+        Some(addr) => Some(crate::serve::bind(addr, args.record.quiet)?),
+        None => None,
+    };
     let mut out = outdir::create(args.record.out.as_deref(), &program_name(&args.command))?;
     let dir = out.path().to_path_buf();
     let user_node_options = std::env::var("NODE_OPTIONS").ok();
@@ -425,6 +431,7 @@ pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
         child,
         grace: args.grace,
     };
+    let serving = bound.map(|b| b.start(&dir, args.record.min_age.as_secs_f64()));
     let outcome = session::record(
         &mut launched,
         &dir,
@@ -434,6 +441,8 @@ pub fn run_with(args: RunArgs, extra: Extra) -> Result<Finished> {
         &mut snapshots,
         Duration::from_millis(1500),
     )?;
+    // The target has ended: the live endpoints with it.
+    drop(serving);
     if let Some(f) = on_end {
         f();
     }
