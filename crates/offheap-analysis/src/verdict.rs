@@ -123,6 +123,31 @@ impl Evidence {
             let floor_trend = floor("heap_used").map(|p| trend(&p)).unwrap_or_default();
             let dt = (te - t_min).max(1e-3);
             let lower_bound = ve - v_min;
+            if lower_bound < 0.0 {
+                // The exit's GC retained less than was live early: the
+                // program let its memory go before exiting (timers cleared,
+                // a cache dropped), which says nothing of the run. Two full
+                // GCs of the run that rose, with a steadily rising floor
+                // between, still confirm growth; else the floor alone.
+                return Evidence::with_heap(
+                    tl,
+                    node,
+                    span,
+                    match post_gc.as_slice() {
+                        &[a, b] if b.1 > a.1 && b.0 > a.0 && floor_trend.tau >= 0.8 => (
+                            Some(Trend {
+                                slope: (b.1 - a.1) / (b.0 - a.0),
+                                tau: floor_trend.tau,
+                                level: b.1,
+                                span: floor_trend.span,
+                                n: floor_trend.n,
+                            }),
+                            true,
+                        ),
+                        _ => (Some(floor_trend).filter(|t| t.n >= 3), false),
+                    },
+                );
+            }
             let t = Trend {
                 slope: lower_bound / dt,
                 tau: if lower_bound > 0.0 {
@@ -137,6 +162,27 @@ impl Evidence {
             (Some(t), true)
         } else {
             (floor("heap_used").map(|p| trend(&p)), false)
+        };
+        Evidence::with_heap(tl, node, span, (heap_after_gc, heap_confirmed))
+    }
+
+    /// The evidence of `tl` around the JS heap's figure already chosen.
+    fn with_heap(
+        tl: &Timeline,
+        node: bool,
+        span: f64,
+        (heap_after_gc, heap_confirmed): (Option<Trend>, bool),
+    ) -> Evidence {
+        let w = tl.warmup_end;
+        let raw = |name: &str| {
+            tl.series(name)
+                .map(|s| after(&s.points, w))
+                .filter(|p| p.len() >= 3)
+        };
+        let floor = |name: &str| {
+            raw(name)
+                .map(|p| bucket_minima(&p, buckets(span)))
+                .filter(|p| p.len() >= 3)
         };
         Evidence {
             span,
@@ -689,6 +735,33 @@ mod tests {
                 .all(|k| matches!(k, Kind::None | Kind::Fragmentation)),
             "{v:?}"
         );
+    }
+
+    /// Regression (`a_map_cache_leak_is_found_with_no_flags` under load): a
+    /// cache that its program drops before exiting. Two profile reads' GCs
+    /// saw it grow, the floor rose steadily, and the exit's GC found it
+    /// gone: the exit says nothing of the run, the reads confirm the leak.
+    #[test]
+    fn a_leak_let_go_before_exit_is_judged_on_the_run() {
+        let tl = timeline(vec![
+            series("rss", |t| 60e6 + t * 1.2e6),
+            series("heap_used", |t| 8e6 + t * 1.0e6 + (t * 10.0 % 5.0) * 0.6e6),
+            series("heap_total", |t| 20e6 + t * 1.0e6),
+            series("external", |_| 1e6),
+        ]);
+        let post_gc = [(8.0, 15.5e6), (14.0, 21.5e6)];
+        let v = decide(&Evidence::from_timeline(
+            &tl,
+            &post_gc,
+            Some((20.0, 6e6)),
+            true,
+        ));
+        assert_eq!(v.primary, Kind::JsHeap, "{v:?}");
+        // The same without the reads: not confirmed, and never a negative
+        // "retained" figure taken as no growth.
+        let ev = Evidence::from_timeline(&tl, &[], Some((20.0, 6e6)), true);
+        assert!(!ev.heap_confirmed, "{ev:?}");
+        assert!(ev.heap_after_gc.is_some_and(|t| t.slope > 0.0), "{ev:?}");
     }
 
     /// Issue 12.6: attach on a process whose heap and RSS both grew about
