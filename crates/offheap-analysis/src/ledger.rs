@@ -51,8 +51,9 @@ pub enum Part {
     /// glibc's heap and arenas when no native agent told blocks in use from
     /// free ones (attach): the native split is unknown, not guessed.
     MallocUnsplit,
-    /// Anonymous mmaps the native agent saw the program make (sampled:
-    /// an estimate), by caller in the mmap suspects.
+    /// Anonymous mmaps the native agent saw the program make (every one is
+    /// recorded at its own size, also in sampling mode), split by caller in
+    /// `Ledger::anon_mmap_by_caller`.
     AnonMmap,
     /// offheap's own agent: its tables, copies of unwind sections, .bss.
     OffheapAgent,
@@ -109,7 +110,7 @@ impl Part {
             Part::NativeMalloc => "native malloc in use",
             Part::AllocatorFree => "allocator free but resident",
             Part::MallocUnsplit => "malloc heap (in use and free not split)",
-            Part::AnonMmap => "anonymous mmaps (sampled)",
+            Part::AnonMmap => "anonymous mmaps",
             Part::OffheapAgent => "offheap's agent",
             Part::ThreadStacks => "thread stacks",
             Part::FileBacked => "file-backed (program, libraries)",
