@@ -653,3 +653,75 @@ fn the_ledger_is_in_every_output() {
         "{text}"
     );
 }
+
+/// `attach` has no native agent: the ledger comes from smaps and V8's
+/// statistics alone, glibc's heap and arenas one part whose split into
+/// blocks in use and free bytes is named unknown (`malloc_unsplit`), never
+/// guessed; the V8 heap and the mapped files are parts as under `run`.
+#[test]
+fn attach_without_the_native_agent_names_the_malloc_split_unknown() {
+    use std::io::BufRead;
+    let sb = Sandbox::new();
+    let script = sb.write(
+        "grows.js",
+        "const kept = (globalThis.kept = []);\n\
+         setInterval(() => { for (let i = 0; i < 300; i++) kept.push({ i, s: 'k' + i }); \
+         kept.push(Buffer.alloc(32 * 1024, 1)); }, 50);\n\
+         console.log('ready');\n",
+    );
+    let mut child = std::process::Command::new("node")
+        .arg("--inspect-port=0")
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = offheap()
+        .current_dir(sb.dir.path())
+        .args(["attach", &child.0.id().to_string()])
+        .args(["--duration", "6s", "--quiet", "--out", "rec"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s = summary(&sb.path("rec"));
+    let end = &s["rss_ledger"];
+    assert!(!end.is_null(), "no ledger: {s}");
+    let parts = end["parts"].as_object().unwrap();
+    assert!(parts.contains_key("malloc_unsplit"), "{end}");
+    for p in ["native_malloc", "allocator_free", "anon_mmap"] {
+        assert!(
+            !parts.contains_key(p),
+            "{p} guessed without the agent: {end}"
+        );
+    }
+    assert!(
+        parts.contains_key("v8_old") && parts.contains_key("file_backed"),
+        "{end}"
+    );
+    assert!(parts.contains_key("array_buffers"), "{end}");
+    // Every moment adds up to RSS; what nothing claims stays unexplained.
+    for l in s["rss_ledger_timeline"].as_array().unwrap() {
+        let rss = l["rss"].as_f64().unwrap();
+        let sum: f64 = l["parts"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        let un = l["unexplained"].as_f64().unwrap();
+        assert!((sum + un - rss).abs() <= 0.01 * rss, "{l}");
+    }
+}
