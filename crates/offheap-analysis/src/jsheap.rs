@@ -86,6 +86,59 @@ fn site_frames(ns: &NodeStream, stack: u32) -> Vec<Frame> {
     }
 }
 
+/// When no site grows enough alone but the heap does: one function's
+/// allocations are often split over several stacks (a function inlined
+/// into its caller once optimized shows as the caller from then on, each
+/// stack with too few samples). The stacks' common callers add them up:
+/// the most specific application frame (not node's own `node:` scripts)
+/// under which the live estimate rises steadily is the suspect, with the
+/// stack from that frame out.
+fn by_caller(
+    ns: &NodeStream,
+    sites: &HashMap<Vec<u32>, Site>,
+    n: usize,
+    rising: impl Fn(&[(u64, u64)]) -> Option<(f64, u64)>,
+) -> Option<(f64, u64, Vec<Frame>)> {
+    type Key = Vec<(String, Option<String>, Option<u32>)>;
+    /// The caller's frames out, and its (bytes, samples) at each profile.
+    type Caller = (Vec<Frame>, Vec<(u64, u64)>);
+    let mut callers: HashMap<Key, Caller> = HashMap::new();
+    for (stack, v) in sites.values() {
+        let fr = site_frames(ns, *stack);
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..fr.len() {
+            let app = fr[k]
+                .file
+                .as_deref()
+                .is_some_and(|f| !f.starts_with("node:"));
+            if !app {
+                continue;
+            }
+            let key: Key = fr[k..]
+                .iter()
+                .map(|f| (f.function.clone(), f.file.clone(), f.line))
+                .collect();
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let e = callers
+                .entry(key)
+                .or_insert_with(|| (fr[k..].to_vec(), vec![(0, 0); n]));
+            for (sum, x) in e.1.iter_mut().zip(v) {
+                sum.0 += x.0;
+                sum.1 += x.1;
+            }
+        }
+    }
+    callers
+        .into_values()
+        .filter_map(|(frames, v)| {
+            let (slope, peak) = rising(&v)?;
+            Some((slope, peak, frames))
+        })
+        .max_by(|a, b| a.2.len().cmp(&b.2.len()).then(a.0.total_cmp(&b.0)))
+}
+
 /// js-heap suspects of every isolate of one process, over the window
 /// `[from, to]` (seconds since start), ending at `stop_ms` (Unix ms) when
 /// the target was asked to stop. `heap_grows`: the verdict found the V8
@@ -152,23 +205,33 @@ pub fn suspects(
         }
         let times: Vec<f64> = profiles.iter().map(|p| (p.t - start) / 1000.0).collect();
         let span = (times[n - 1] - times[0]).max(1e-9);
-        let mut found = Vec::new();
-        for (_, (stack, v)) in sites {
+        // A site's trend: (slope, peak) if it rises steadily, by more than
+        // sampling noise.
+        let rising = |v: &[(u64, u64)]| -> Option<(f64, u64)> {
             let samples_growth = v[n - 1].1 as i64 - v[0].1 as i64;
             if samples_growth < MIN_SAMPLES {
-                continue;
+                return None;
             }
             let pts: Vec<(f64, f64)> = times
                 .iter()
-                .zip(&v)
+                .zip(v)
                 .map(|(&t, &(b, _))| (t, b as f64))
                 .collect();
             let tr = trend(&pts);
             if tr.tau < tau_min || tr.slope <= 0.0 || tr.slope * span < growth_min {
-                continue;
+                return None;
             }
-            let peak = v.iter().map(|x| x.0).max().unwrap_or(0);
-            found.push((tr.slope, peak, stack));
+            Some((tr.slope, v.iter().map(|x| x.0).max().unwrap_or(0)))
+        };
+        let mut found: Vec<(f64, u64, Vec<Frame>)> = sites
+            .values()
+            .filter_map(|(stack, v)| {
+                let (slope, peak) = rising(v)?;
+                Some((slope, peak, site_frames(ns, *stack)))
+            })
+            .collect();
+        if found.is_empty() && heap_grows {
+            found.extend(by_caller(ns, &sites, n, rising));
         }
         found.sort_by(|a, b| b.0.total_cmp(&a.0));
         let thread = ns.thread_id();
@@ -180,8 +243,7 @@ pub fn suspects(
                 offheap_format::units::bytes_f(total)
             ));
         }
-        for (slope, peak, stack) in found.into_iter().take(top) {
-            let frames = site_frames(ns, stack);
+        for (slope, peak, frames) in found.into_iter().take(top) {
             if frames.is_empty() {
                 continue;
             }
@@ -302,5 +364,56 @@ mod tests {
         assert_eq!(found[0].frames[0].function, "remember");
         // 4 MiB over 8 s, both stacks together.
         assert!((found[0].bytes_per_s - 524288.0).abs() < 1.0, "{found:?}");
+    }
+
+    /// Regression (CI's Node 22 leg): a slow leak whose function was
+    /// inlined into its caller halfway: two stacks, two samples of growth
+    /// each, neither a suspect alone. Their common application caller is.
+    #[test]
+    fn a_site_split_by_inlining_is_found_at_its_caller() {
+        let mut ns = stream(&[]);
+        ns.heap_frames.push(HeapFrame {
+            id: 1,
+            function: "tick".into(),
+            url: "/app/cache.js".into(),
+            line: 5,
+            column: 1,
+        });
+        ns.heap_frames.push(HeapFrame {
+            id: 2,
+            function: "listOnTimeout".into(),
+            url: "node:internal/timers".into(),
+            line: 581,
+            column: 1,
+        });
+        ns.heap_stacks = vec![
+            HeapStack {
+                id: 0,
+                frames: vec![0, 1, 2],
+            },
+            HeapStack {
+                id: 1,
+                frames: vec![1, 2],
+            },
+        ];
+        let k = |i: u64| i.min(2);
+        ns.heap_profiles = (0..5u64)
+            .map(|i| HeapProfile {
+                t: i as f64 * 2000.0,
+                interval: 512 << 10,
+                sites: vec![
+                    (0, k(i) << 19, k(i)),
+                    (1, (i.saturating_sub(2)) << 19, i.saturating_sub(2)),
+                ],
+                exit: false,
+            })
+            .collect();
+        let rec = Recording::default();
+        let (found, _) = suspects(&rec, &[&ns], (0.0, 10.0), None, true, 5);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].frames[0].function, "tick");
+        // Not without the verdict's js-heap growth.
+        let (none, _) = suspects(&rec, &[&ns], (0.0, 10.0), None, false, 5);
+        assert!(none.is_empty(), "{none:?}");
     }
 }
