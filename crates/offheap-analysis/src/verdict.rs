@@ -53,6 +53,21 @@ fn after(points: &[(f64, f64)], t0: f64) -> Vec<(f64, f64)> {
     points.iter().copied().filter(|p| p.0 >= t0).collect()
 }
 
+/// A series' points after warm-up, if there are three or more.
+fn raw_after(tl: &Timeline, name: &str) -> Option<Vec<(f64, f64)>> {
+    tl.series(name)
+        .map(|s| after(&s.points, tl.warmup_end))
+        .filter(|p| p.len() >= 3)
+}
+
+/// The floor of a sawtooth series after warm-up (bucket minima over
+/// `span`), if it has three points or more.
+fn floor_after(tl: &Timeline, name: &str, span: f64) -> Option<Vec<(f64, f64)>> {
+    raw_after(tl, name)
+        .map(|p| bucket_minima(&p, buckets(span)))
+        .filter(|p| p.len() >= 3)
+}
+
 /// Number of floor buckets for a sawtooth series: about one per 1.5 s, 4 to 24.
 fn buckets(span: f64) -> usize {
     ((span / 1.5) as usize).clamp(4, 24)
@@ -94,16 +109,8 @@ impl Evidence {
     ) -> Evidence {
         let w = tl.warmup_end;
         let span = (tl.duration - w).max(0.0);
-        let raw = |name: &str| {
-            tl.series(name)
-                .map(|s| after(&s.points, w))
-                .filter(|p| p.len() >= 3)
-        };
-        let floor = |name: &str| {
-            raw(name)
-                .map(|p| bucket_minima(&p, buckets(span)))
-                .filter(|p| p.len() >= 3)
-        };
+        let raw = |name: &str| raw_after(tl, name);
+        let floor = |name: &str| floor_after(tl, name, span);
         let post_gc = after(post_gc_heap, w);
         let (heap_after_gc, heap_confirmed) = if post_gc.len() >= 3 {
             // Enough natural points: the exit's forced GC is left out, as it
@@ -174,16 +181,8 @@ impl Evidence {
         (heap_after_gc, heap_confirmed): (Option<Trend>, bool),
     ) -> Evidence {
         let w = tl.warmup_end;
-        let raw = |name: &str| {
-            tl.series(name)
-                .map(|s| after(&s.points, w))
-                .filter(|p| p.len() >= 3)
-        };
-        let floor = |name: &str| {
-            raw(name)
-                .map(|p| bucket_minima(&p, buckets(span)))
-                .filter(|p| p.len() >= 3)
-        };
+        let raw = |name: &str| raw_after(tl, name);
+        let floor = |name: &str| floor_after(tl, name, span);
         Evidence {
             span,
             rss: raw("rss").map(|p| trend(&p)),
