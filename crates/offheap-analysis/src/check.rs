@@ -532,10 +532,25 @@ pub fn growth_over_window(p: &ProcessModel, kind: GrowthKind, stop_s: Option<f64
         }
         GrowthKind::Rss => g.rss,
     };
-    let end = stop_s
-        .filter(|&s| s > p.timeline.warmup_end && s < p.timeline.duration)
-        .unwrap_or(p.timeline.duration);
+    let end = window_end(p, stop_s);
     Some(rate * (end - p.timeline.warmup_end).max(0.0))
+}
+
+/// Where a process's analysis window ends: at the stop, if the target was
+/// asked to stop inside it, else at the end of its timeline.
+fn window_end(p: &ProcessModel, stop_s: Option<f64>) -> f64 {
+    stop_s
+        .filter(|&s| s > p.timeline.warmup_end && s < p.timeline.duration)
+        .unwrap_or(p.timeline.duration)
+}
+
+/// A byte figure that may be negative, for people.
+fn signed_bytes(b: f64) -> String {
+    if b < 0.0 {
+        format!("-{}", offheap_format::units::bytes((-b) as u64))
+    } else {
+        offheap_format::units::bytes(b as u64)
+    }
 }
 
 /// The load itself: it must have run and been answered.
@@ -613,11 +628,7 @@ fn growth_gate(
         },
         Some((p, grew)) => {
             let passed = grew <= lim.bytes as f64;
-            let shown = if grew < 0.0 {
-                format!("-{}", offheap_format::units::bytes((-grew) as u64))
-            } else {
-                offheap_format::units::bytes(grew as u64)
-            };
+            let shown = signed_bytes(grew);
             Gate {
                 name,
                 passed,
@@ -658,13 +669,15 @@ pub fn growth_per_iteration(
     stop_s: Option<f64>,
     iterations: &[IterationCount],
     start_ms: f64,
-) -> Option<f64> {
+) -> Option<(f64, u64)> {
     let grew = growth_over_window(p, kind, stop_s)?;
-    let end = stop_s
-        .filter(|&s| s > p.timeline.warmup_end && s < p.timeline.duration)
-        .unwrap_or(p.timeline.duration);
-    let n = iterations_between(iterations, start_ms, p.timeline.warmup_end, end);
-    (n > 0).then(|| grew / n as f64)
+    let n = iterations_between(
+        iterations,
+        start_ms,
+        p.timeline.warmup_end,
+        window_end(p, stop_s),
+    );
+    (n > 0).then(|| (grew / n as f64, n))
 }
 
 fn per_iteration_gate(
@@ -684,8 +697,8 @@ fn per_iteration_gate(
                 growth_per_iteration(p, lim.kind, stop_s, iterations, start_ms)?,
             ))
         })
-        .max_by(|a, b| a.1.total_cmp(&b.1));
-    let Some((p, per)) = worst else {
+        .max_by(|a, b| a.1.0.total_cmp(&b.1.0));
+    let Some((p, (per, n))) = worst else {
         let reported = iterations.last().map_or(0, |c| c.n);
         return Gate {
             name,
@@ -705,15 +718,7 @@ fn per_iteration_gate(
             },
         };
     };
-    let end = stop_s
-        .filter(|&s| s > p.timeline.warmup_end && s < p.timeline.duration)
-        .unwrap_or(p.timeline.duration);
-    let n = iterations_between(iterations, start_ms, p.timeline.warmup_end, end);
-    let shown = if per < 0.0 {
-        format!("-{}", offheap_format::units::bytes((-per) as u64))
-    } else {
-        offheap_format::units::bytes(per as u64)
-    };
+    let shown = signed_bytes(per);
     Gate {
         name,
         passed: per <= lim.bytes as f64,
@@ -767,11 +772,7 @@ fn per_request_gate(
             lim.kind.as_str()
         ));
     };
-    let shown = if per < 0.0 {
-        format!("-{}", offheap_format::units::bytes((-per) as u64))
-    } else {
-        offheap_format::units::bytes(per as u64)
-    };
+    let shown = signed_bytes(per);
     Gate {
         name,
         passed: per <= lim.bytes as f64,
